@@ -1,0 +1,202 @@
+"""Configuration: one frozen, validated dataclass.
+
+Precedence, highest first: explicit values (CLI flags) > environment
+variables > a ``.env`` file > the defaults below. Every setting has an
+environment variable ``TQ_<FIELD>`` (upper case), e.g. ``TQ_WORKERS=8``.
+``.env`` is read with python-dotenv when it is installed and with a small
+``KEY=VALUE`` parser otherwise; it never modifies ``os.environ``.
+
+An invalid value raises :class:`~taskqueue.errors.ConfigError` naming the
+setting, where it came from, and the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from .errors import ConfigError
+from .processor import FaultConfig
+
+ENV_PREFIX = "TQ_"
+
+
+def _positive_int(value: Any) -> int:
+    value = _integer(value)
+    if value <= 0:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+def _number(low: float, high: float = math.inf, *, low_open: bool = False,
+            optional: bool = False) -> Callable[[Any], float | None]:
+    def parse(value: Any) -> float | None:
+        if optional and (value is None or (isinstance(value, str) and value.strip().lower() in ("", "none"))):
+            return None
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise ValueError("must be a number") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        if value < low or (low_open and value == low) or value > high:
+            bounds = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+            raise ValueError(f"must be within {bounds}")
+        return float(value)
+    return parse
+
+
+def _choice(*options: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if not isinstance(value, str) or value.strip().lower() not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return value.strip().lower()
+    return parse
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise ValueError("must be an integer") from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("must be an integer")
+    return value
+
+
+def _setting(default: Any, parse: Callable[[Any], Any], doc: str) -> Any:
+    return dataclasses.field(default=default, metadata={"parse": parse, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every tunable of the queue, validated on construction (keyword-only)."""
+
+    workers: int = _setting(8, _positive_int, "worker threads")
+    queue_size: int = _setting(128, _positive_int, "capacity of the bounded queue")
+    on_full: str = _setting("block", _choice("block", "reject"),
+                            "when the queue is full: block the producer, or reject with QueueFull")
+    put_timeout_s: float | None = _setting(None, _number(0.0, low_open=True, optional=True),
+                                           "block mode: give up with QueueFull after this long (none: wait)")
+    max_attempts: int = _setting(3, _positive_int, "attempts before a task is dead-lettered")
+    retry_base_s: float = _setting(0.1, _number(0.0), "backoff base: delay <= base * 2**(attempt-1)")
+    retry_cap_s: float = _setting(10.0, _number(0.0), "backoff cap in seconds")
+    lease_s: float = _setting(300.0, _number(0.0, low_open=True),
+                              "how long a claim lasts before a restart may take the task back")
+    db_synchronous: str = _setting("normal", _choice("normal", "full"), "SQLite synchronous pragma")
+    busy_timeout_ms: int = _setting(10000, _positive_int, "SQLite busy timeout")
+    chunk_size: int = _setting(64 * 1024, _positive_int, "object store read chunk in bytes")
+    fsync_outputs: bool = _setting(True, _boolean, "fsync each output and its directory")
+    shutdown_grace_s: float = _setting(30.0, _number(0.0), "time in-flight tasks get on SIGINT/SIGTERM")
+    max_task_file_bytes: int = _setting(64 * 1024 * 1024, _positive_int, "largest task file accepted")
+    retry_seed: int | None = _setting(None, lambda v: None if v in (None, "", "none") else _integer(v),
+                                      "seed of the backoff jitter (none: random)")
+    fault_latency_s: float = _setting(0.0, _number(0.0, 3600.0), "injected latency per attempt")
+    fault_jitter_s: float = _setting(0.0, _number(0.0, 3600.0), "injected extra latency, uniform")
+    fault_transient_rate: float = _setting(0.0, _number(0.0, 1.0), "injected transient error probability")
+    fault_permanent_rate: float = _setting(0.0, _number(0.0, 1.0), "injected permanent error probability")
+    fault_timeout_s: float | None = _setting(None, _number(0.0, low_open=True, optional=True),
+                                             "processing timeout (a transient error)")
+    fault_seed: int = _setting(0, _integer, "seed of the injected faults")
+    log_level: str = _setting("info", _choice("debug", "info", "warning", "error"), "log level")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            try:
+                parsed = f.metadata["parse"](value)
+            except ValueError as exc:
+                raise ConfigError(f"{f.name}: {exc}, got {value!r}") from None
+            object.__setattr__(self, f.name, parsed)
+        if self.fault_transient_rate + self.fault_permanent_rate > 1.0:
+            raise ConfigError("fault_transient_rate + fault_permanent_rate must not exceed 1, got "
+                              f"{self.fault_transient_rate} + {self.fault_permanent_rate}")
+        if self.retry_cap_s < self.retry_base_s:
+            raise ConfigError(f"retry_cap_s ({self.retry_cap_s}) must be >= retry_base_s ({self.retry_base_s})")
+
+    @property
+    def faults(self) -> FaultConfig:
+        return FaultConfig(latency_s=self.fault_latency_s, jitter_s=self.fault_jitter_s,
+                           transient_rate=self.fault_transient_rate,
+                           permanent_rate=self.fault_permanent_rate,
+                           timeout_s=self.fault_timeout_s, seed=self.fault_seed)
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, overrides: Mapping[str, Any] | None = None, *,
+                 environ: Mapping[str, str] | None = None,
+                 dotenv_path: str | os.PathLike | None = ".env") -> "Config":
+        """Build a Config from ``overrides`` > ``environ`` > ``dotenv_path`` > defaults.
+
+        ``overrides`` maps field names to values; ``None`` values are ignored
+        (an unset CLI flag). Raises :class:`ConfigError` naming the variable or
+        flag and the value.
+        """
+        environ = os.environ if environ is None else environ
+        dotenv = read_dotenv(dotenv_path) if dotenv_path else {}
+        overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ConfigError(f"unknown setting {unknown[0]!r}")
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            env_name = ENV_PREFIX + f.name.upper()
+            if f.name in overrides:
+                raw, source = overrides[f.name], f"--{f.name.replace('_', '-')}"
+            elif env_name in environ:
+                raw, source = environ[env_name], f"{env_name} (environment)"
+            elif env_name in dotenv:
+                raw, source = dotenv[env_name], f"{env_name} (.env)"
+            else:
+                continue
+            try:
+                values[f.name] = f.metadata["parse"](raw)
+            except ValueError as exc:
+                raise ConfigError(f"{source}: {exc}, got {raw!r}") from None
+        return cls(**values)
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, Any, str]]:
+        """(environment variable, default, meaning) for every setting, for docs and .env.example."""
+        return [(ENV_PREFIX + f.name.upper(), f.default, f.metadata["doc"]) for f in dataclasses.fields(cls)]
+
+
+def read_dotenv(path: str | os.PathLike) -> dict[str, str]:
+    """The ``KEY=VALUE`` pairs of a .env file; empty if the file does not exist."""
+    if not os.path.isfile(path):
+        return {}
+    try:
+        from dotenv import dotenv_values
+    except ImportError:
+        values: dict[str, str] = {}
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if not line or line.startswith("#") or "=" not in line:
+                    continue
+                key, _, value = line.partition("=")
+                key = key.strip().removeprefix("export ").strip()
+                value = value.strip()
+                if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                    value = value[1:-1]
+                values[key] = value
+        return values
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}

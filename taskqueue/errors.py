@@ -1,0 +1,98 @@
+"""One exception tree for the whole package.
+
+Every error the queue raises or records derives from :class:`TaskQueueError`.
+Below it, the split that drives retries: a :class:`TransientError` may pass if
+the task is tried again later, a :class:`PermanentError` never will.
+``retry.classify()`` maps foreign exceptions (``OSError``, ``sqlite3``, Pillow)
+onto this split; everything the package raises itself is already classified.
+"""
+
+
+class TaskQueueError(Exception):
+    """Base class of every error raised by the task queue."""
+
+
+# --- transient: retry with backoff -----------------------------------------
+
+class TransientError(TaskQueueError):
+    """A failure that may pass on a later attempt."""
+
+
+class ProcessingTimeout(TransientError):
+    """Processing a task took longer than the configured timeout."""
+
+
+class InjectedTransientError(TransientError):
+    """A transient fault injected by the processor's fault configuration."""
+
+
+class StorageBusy(TransientError):
+    """The object store or the database was momentarily unavailable."""
+
+
+# --- permanent: dead-letter at once -----------------------------------------
+
+class PermanentError(TaskQueueError):
+    """A failure that no retry can fix."""
+
+
+class InvalidTask(PermanentError, ValueError):
+    """A task (or a task file) failed validation; the message names the field."""
+
+
+class UnknownVariant(InvalidTask):
+    """The variant names no transformation the processor knows."""
+
+
+class InvalidParameter(InvalidTask):
+    """A variant's parameter is out of range or of the wrong type."""
+
+
+class InvalidKey(PermanentError, ValueError):
+    """An object key is malformed or would resolve outside the store root."""
+
+
+class SourceMissing(PermanentError):
+    """The task's source object does not exist in the object store."""
+
+
+class UnsupportedSource(PermanentError):
+    """The source object cannot be decoded for this variant (e.g. not an image)."""
+
+
+class DependencyMissing(PermanentError):
+    """An optional dependency needed for this variant (Pillow) is not installed."""
+
+
+class InjectedPermanentError(PermanentError):
+    """A permanent fault injected by the processor's fault configuration."""
+
+
+class WorkerCrashed(PermanentError):
+    """The task's lease expired on its last attempt: its worker process died."""
+
+
+class OutputWriteError(TaskQueueError):
+    """Writing an output object failed; ``retry.classify`` decides its kind from the cause."""
+
+
+# --- queue control: not task outcomes ---------------------------------------
+
+class QueueFull(TaskQueueError):
+    """The bounded queue is full and the backpressure policy is ``reject``."""
+
+
+class QueueShutDown(TaskQueueError, RuntimeError):
+    """``submit()`` was called after ``shutdown()``."""
+
+
+class ClaimedElsewhere(TaskQueueError):
+    """Another process claimed the task first; this process did not run it."""
+
+
+class StaleVersion(TaskQueueError):
+    """An optimistic-concurrency check failed: the row changed under the writer."""
+
+
+class ConfigError(TaskQueueError, ValueError):
+    """A setting is invalid; the message names the setting and its value."""

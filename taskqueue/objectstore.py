@@ -1,0 +1,237 @@
+"""A local directory standing in for an object store (MinIO / S3-like).
+
+Keys are ``/``-separated names mapped to files under one root. Reads stream
+in chunks; writes take an iterable of chunks and publish atomically: the
+bytes go to a temporary file in the destination directory, which is flushed,
+fsynced and ``os.replace``d onto the final name, and then the directory is
+fsynced. A reader therefore sees an object complete or not at all.
+
+Keys are validated before any I/O, and a path that would resolve outside the
+root (through ``..`` or a symlink) is refused: nothing is ever read or written
+outside the root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import os
+from typing import BinaryIO, Iterable, Iterator
+
+from .errors import InvalidKey, OutputWriteError, SourceMissing
+
+DEFAULT_CHUNK_SIZE = 64 * 1024
+MAX_KEY_LENGTH = 512
+MAX_SEGMENT_LENGTH = 255
+TEMP_MARKER = ".tmp-"
+
+_temp_counter = itertools.count()
+
+
+def validate_key(key: object) -> str:
+    """Return ``key`` if it is a safe object key, else raise :class:`InvalidKey` saying why.
+
+    Refused: non-strings, empty keys, keys over ``MAX_KEY_LENGTH`` characters,
+    absolute paths, backslashes, NUL and other control characters, empty
+    segments (``a//b``, trailing ``/``), ``.`` and ``..`` segments, and
+    segments that look like this store's temporary files.
+    """
+    if not isinstance(key, str):
+        raise InvalidKey(f"object key must be a string, got {type(key).__name__}")
+    if not key:
+        raise InvalidKey("object key is empty")
+    if len(key) > MAX_KEY_LENGTH:
+        raise InvalidKey(f"object key is {len(key)} characters long, at most {MAX_KEY_LENGTH}")
+    if key.startswith("/"):
+        raise InvalidKey(f"object key {key!r} is absolute")
+    if "\\" in key:
+        raise InvalidKey(f"object key {key!r} contains a backslash")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
+        raise InvalidKey(f"object key {key!r} contains a control character")
+    for segment in key.split("/"):
+        if segment == "":
+            raise InvalidKey(f"object key {key!r} has an empty segment")
+        if segment in (".", ".."):
+            raise InvalidKey(f"object key {key!r} has a {segment!r} segment")
+        if len(segment) > MAX_SEGMENT_LENGTH:
+            raise InvalidKey(f"object key {key!r} has a segment over {MAX_SEGMENT_LENGTH} characters")
+        if TEMP_MARKER in segment:
+            raise InvalidKey(f"object key {key!r} uses the reserved marker {TEMP_MARKER!r}")
+    if len(key) >= 2 and key[1] == ":":
+        raise InvalidKey(f"object key {key!r} looks like a drive path")
+    return key
+
+
+class LocalObjectStore:
+    """Objects as files under ``root``. Thread-safe: every call is independent.
+
+    ``fsync=False`` skips the two fsyncs of a write (atomicity against a
+    crashing process is kept by ``os.replace``; only power-loss durability is
+    given up).
+    """
+
+    def __init__(self, root: str | os.PathLike, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                 fsync: bool = True, create: bool = True) -> None:
+        if not isinstance(chunk_size, int) or chunk_size <= 0:
+            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        root = os.fspath(root)
+        if create:
+            os.makedirs(root, exist_ok=True)
+        if not os.path.isdir(root):
+            raise NotADirectoryError(errno.ENOTDIR, "object store root is not a directory", root)
+        self.root = os.path.realpath(root)
+        self.chunk_size = chunk_size
+        self.fsync = fsync
+
+    def __repr__(self) -> str:
+        return f"LocalObjectStore({self.root!r})"
+
+    # -- paths ---------------------------------------------------------------
+
+    def path_for(self, key: str) -> str:
+        """The absolute path of ``key``; raises :class:`InvalidKey` if it escapes the root."""
+        validate_key(key)
+        path = os.path.join(self.root, *key.split("/"))
+        # realpath follows symlinks; a key may use one only if it stays inside the root.
+        resolved = os.path.realpath(path)
+        if not resolved.startswith(self.root + os.sep):
+            raise InvalidKey(f"object key {key!r} resolves outside the store root")
+        return resolved
+
+    # -- reads ---------------------------------------------------------------
+
+    def exists(self, key: str) -> bool:
+        return os.path.isfile(self.path_for(key))
+
+    def size(self, key: str) -> int:
+        try:
+            return os.stat(self.path_for(key)).st_size
+        except FileNotFoundError:
+            raise SourceMissing(f"object {key!r} does not exist") from None
+
+    def read_chunks(self, key: str, chunk_size: int | None = None) -> Iterator[bytes]:
+        """Open ``key`` now and return an iterator over its bytes, ``chunk_size`` at a time.
+
+        Raises :class:`SourceMissing` at once if the object is absent, so the
+        caller learns of it before consuming anything. The file is closed when
+        the iterator is exhausted or closed.
+        """
+        size = chunk_size or self.chunk_size
+        try:
+            f = open(self.path_for(key), "rb")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise SourceMissing(f"object {key!r} does not exist") from None
+        return _chunks(f, size)
+
+    # -- writes --------------------------------------------------------------
+
+    def open_read(self, key: str):
+        """Open ``key`` for reading as a binary file (for decoders that seek, like Pillow)."""
+        try:
+            return open(self.path_for(key), "rb")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise SourceMissing(f"object {key!r} does not exist") from None
+
+    @contextlib.contextmanager
+    def open_write(self, key: str) -> Iterator[BinaryIO]:
+        """Context manager yielding a binary file whose contents become object ``key`` on exit.
+
+        The file is a temporary in the destination directory. On a clean exit
+        it is fsynced and renamed onto the key, then the directory is fsynced
+        (this blocks for the fsyncs). If the body raises, the temporary is
+        removed, nothing is published, and the error propagates; ``OSError``s
+        are wrapped in :class:`OutputWriteError` with the ``OSError`` as
+        ``__cause__``, so the retry policy can read its errno.
+        """
+        path = self.path_for(key)
+        directory = os.path.dirname(path)
+        temp = os.path.join(
+            directory, f".{os.path.basename(path)}{TEMP_MARKER}{os.getpid()}-{next(_temp_counter)}")
+        try:
+            os.makedirs(directory, exist_ok=True)
+            with open(temp, "wb") as f:
+                yield f
+                if self.fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(temp, path)
+            if self.fsync:
+                _fsync_directory(directory)
+        except BaseException as exc:
+            _remove_quietly(temp)
+            if isinstance(exc, OSError):
+                raise OutputWriteError(f"writing object {key!r}: {exc.strerror or exc}") from exc
+            raise
+
+    def write(self, key: str, chunks: Iterable[bytes]) -> int:
+        """Publish ``chunks`` as object ``key`` atomically (see :meth:`open_write`); return the size."""
+        written = 0
+        with self.open_write(key) as f:
+            for chunk in chunks:
+                f.write(chunk)
+                written += len(chunk)
+        return written
+
+    def delete(self, key: str) -> bool:
+        try:
+            os.remove(self.path_for(key))
+            return True
+        except FileNotFoundError:
+            return False
+
+    def temp_files(self) -> list[str]:
+        """Paths of temporary files under the root (left by a killed writer)."""
+        found = []
+        for dirpath, _dirs, files in os.walk(self.root):
+            found.extend(os.path.join(dirpath, name) for name in files if TEMP_MARKER in name)
+        return found
+
+    def sweep_temp_files(self) -> int:
+        """Remove temporary files whose writing process is gone; return how many."""
+        removed = 0
+        for path in self.temp_files():
+            pid_text = path.rsplit(TEMP_MARKER, 1)[1].split("-", 1)[0]
+            if pid_text.isdigit() and _pid_alive(int(pid_text)):
+                continue
+            _remove_quietly(path)
+            removed += 1
+        return removed
+
+
+def _chunks(f, size: int) -> Iterator[bytes]:
+    with f:
+        while True:
+            chunk = f.read(size)
+            if not chunk:
+                return
+            yield chunk
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _fsync_directory(directory: str) -> None:
+    if os.name != "posix":  # Windows cannot open a directory for fsync; NTFS journals renames.
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid() or os.name != "posix":  # os.kill(pid, 0) terminates on Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
