@@ -1,0 +1,515 @@
+"""TaskQueue: a bounded ``queue.Queue`` feeding long-lived workers in one ``ThreadPoolExecutor``.
+
+The way a task travels::
+
+    submit() --claim key (SQLite, UNIQUE)--> bounded queue --> worker: start (attempt + 1, lease)
+        --> Processor.process() --> success | retry (RetryScheduler) | dead letter
+        --> group-commit writer commits the outcome --> the task's Future resolves
+
+Tasks are never handed to ``executor.submit``: the executor's own work queue
+is unbounded. Instead ``max_workers`` worker loops are submitted once and
+``get()`` from the bounded queue; shutdown wakes each with one sentinel.
+Nothing in the engine polls: threads block on the queue, on Futures, or on a
+Condition.
+
+Lock order: ``TaskQueue._lock`` guards ``_inflight``, ``_unfinished`` and
+``_closed``; no other lock is taken while it is held.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+import logging
+import os
+import queue
+import random
+import threading
+import time
+import weakref
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
+from typing import Callable
+
+from . import errors
+from .config import Config
+from .errors import ClaimedElsewhere, QueueFull, QueueShutDown, StaleVersion
+from .logs import LOGGER_NAME, task_extra
+from .metrics import DepthSampler, Metrics
+from .objectstore import LocalObjectStore
+from .processor import Output, Processor
+from .retry import RetryPolicy, classify
+from .store import Row, TaskStore, owner_alive
+from .task import Task, TaskResult, TaskStatus
+
+_STOP = object()
+_live_queues: "weakref.WeakSet[TaskQueue]" = weakref.WeakSet()
+
+
+class _Item:
+    """A task on its way through the queue: its Future, its row and the row's version."""
+
+    __slots__ = ("task", "future", "row_id", "version", "submitted", "enqueued", "started")
+
+    def __init__(self, task: Task, future: Future, row: Row) -> None:
+        self.task = task
+        self.future = future
+        self.row_id = row.id
+        self.version = row.version
+        self.submitted = time.perf_counter()
+        self.enqueued = self.submitted
+        self.started = False  # set_running_or_notify_cancel() has been called
+
+
+class RetryScheduler:
+    """Puts items back on the queue when their backoff has passed.
+
+    A heap ordered by due time and one timer thread that sleeps on a
+    Condition until the earliest item is due (or a sooner one arrives). The
+    ``put`` callback may block on a full queue; it is called outside the lock.
+    """
+
+    def __init__(self, put: Callable[[_Item], None], clock: Callable[[], float] = time.monotonic) -> None:
+        self._put = put
+        self._clock = clock
+        self._heap: list = []
+        self._seq = itertools.count()
+        self._changed = threading.Condition()  # announces: heap changed or stop requested
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="tq-retry-scheduler", daemon=True)
+        self._thread.start()
+
+    def schedule(self, delay_s: float, item: _Item) -> None:
+        with self._changed:
+            heapq.heappush(self._heap, (self._clock() + delay_s, next(self._seq), item))
+            if self._heap[0][2] is item:
+                self._changed.notify()
+
+    def __len__(self) -> int:
+        with self._changed:
+            return len(self._heap)
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while True:
+                    if self._stopped:
+                        return
+                    if self._heap:
+                        wait = self._heap[0][0] - self._clock()
+                        if wait <= 0:
+                            item = heapq.heappop(self._heap)[2]
+                            break
+                        self._changed.wait(wait)
+                    else:
+                        self._changed.wait()
+            self._put(item)
+
+    def stop(self) -> list[_Item]:
+        """Stop the timer thread and return the items that were still waiting."""
+        with self._changed:
+            self._stopped = True
+            self._changed.notify()
+        self._thread.join()
+        with self._changed:
+            items = [entry[2] for entry in self._heap]
+            self._heap.clear()
+        return items
+
+
+class TaskQueue:
+    """A durable, bounded, idempotent task queue running ``config.workers`` worker threads.
+
+    ``db_path`` is the SQLite file of task rows; ``store`` the object store
+    (or its root directory). ``processor`` defaults to
+    ``Processor(store, config.faults)``. ``rng`` draws the backoff jitter
+    (default ``random.Random(config.retry_seed)``). ``metrics_out``, if given,
+    receives the final metrics as JSON at shutdown.
+
+    Construction recovers the open rows of dead processes (see
+    :meth:`TaskStore.recover`); they run again without being submitted.
+    Use as a context manager, or call :meth:`shutdown`.
+    """
+
+    def __init__(self, db_path: str | os.PathLike, store: LocalObjectStore | str | os.PathLike, *,
+                 config: Config | None = None, processor: Processor | None = None,
+                 rng: random.Random | None = None, metrics_out: str | None = None,
+                 wall_clock: Callable[[], float] = time.time, sample_interval_s: float = 0.01) -> None:
+        self.config = config = config or Config()
+        if not isinstance(store, LocalObjectStore):
+            store = LocalObjectStore(store, chunk_size=config.chunk_size, fsync=config.fsync_outputs)
+        self.objects = store
+        self.processor = processor or Processor(store, config.faults)
+        self.policy = RetryPolicy(config.max_attempts, config.retry_base_s, config.retry_cap_s)
+        self._rng = rng or random.Random(config.retry_seed)
+        self._wall = wall_clock
+        self._metrics_out = metrics_out
+        self._log = logging.getLogger(LOGGER_NAME)
+        self.metrics = Metrics(workers=config.workers, queue_capacity=config.queue_size)
+        self.store = TaskStore(db_path, synchronous=config.db_synchronous,
+                               busy_timeout_ms=config.busy_timeout_ms, clock=wall_clock)
+        self._queue: queue.Queue = queue.Queue(maxsize=config.queue_size)
+        self._lock = threading.Lock()
+        self._all_done = threading.Condition(self._lock)  # announces: _unfinished reached 0
+        self._inflight: dict[str, Future] = {}
+        self._unfinished = 0
+        self._closed = False
+        self._finished = threading.Event()  # set when shutdown has completed
+        self.final_metrics: dict | None = None
+        self._scheduler = RetryScheduler(self._requeue)
+        self._sampler = DepthSampler(self.metrics, self._queue.qsize, sample_interval_s)
+        self._executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="tq-worker")
+        self._workers = [self._executor.submit(self._work, index) for index in range(config.workers)]
+        _live_queues.add(self)
+        self.recovered = self._recover()
+
+    # -- intake ----------------------------------------------------------------
+
+    def submit(self, task: Task) -> Future:
+        """Offer ``task``; return a Future of its :class:`TaskResult` (or of its error).
+
+        Deduplicates on ``task.idempotency_key``: a key that already succeeded
+        (in this run or an earlier one) returns a completed Future without
+        touching the queue; a key in flight in this process returns the Future
+        already held for it; a key that is dead-lettered returns a failed one.
+
+        Blocks while the key is claimed in SQLite (a group commit, typically
+        well under a millisecond) and, in ``block`` mode, while the queue is
+        full (at most ``config.put_timeout_s`` if set). Raises
+        :class:`QueueFull` in ``reject`` mode or on that timeout, leaving the
+        key unclaimed so the task can be offered again, and
+        :class:`QueueShutDown` after :meth:`shutdown`.
+        """
+        key = task.idempotency_key
+        with self._lock:
+            if self._closed:
+                raise QueueShutDown("submit() after shutdown()")
+            future = self._inflight.get(key)
+            if future is not None:
+                self.metrics.incr("deduplicated")
+                return future
+            future = Future()
+            self._inflight[key] = future
+        try:
+            claim = self.store.claim(task).result()
+        except BaseException:
+            self._forget(key, future)
+            raise
+        if claim.new or self._adoptable(claim.row):
+            return self._enqueue(_Item(task, future, claim.row))
+        self._forget(key, future)
+        self.metrics.incr("deduplicated")
+        return _settled(task, claim.row)
+
+    def _adoptable(self, row: Row) -> bool:
+        """An existing open row whose owner is gone (e.g. after ``dlq redrive``): run it here."""
+        return row.status in (TaskStatus.QUEUED, TaskStatus.FAILED) \
+            and not owner_alive(row.owner, self.store.owner)
+
+    def _enqueue(self, item: _Item) -> Future:
+        with self._lock:
+            self._unfinished += 1
+        try:
+            if self.config.on_full == "reject":
+                self._queue.put_nowait(item)
+            else:
+                self._queue.put(item, timeout=self.config.put_timeout_s)
+        except queue.Full:
+            self._forget(item.task.idempotency_key, item.future, finished=True)
+            try:
+                self.store.release(item.row_id, item.version).result()
+            except StaleVersion:
+                pass  # an adopted row (not ours to delete): it stays queued for a later run
+            self.metrics.incr("rejected")
+            self._log.info("queue full: task rejected", extra=task_extra("rejected", item.task))
+            raise QueueFull(f"queue is full ({self.config.queue_size} tasks); "
+                            f"task {item.task.id!r} was not accepted") from None
+        self.metrics.on_put(self._queue.qsize())
+        return item.future
+
+    def _requeue(self, item: _Item) -> None:
+        """Put a retry (or a recovered task) back on the queue, blocking while it is full."""
+        item.enqueued = time.perf_counter()
+        self._queue.put(item)
+        self.metrics.on_put(self._queue.qsize())
+
+    def _forget(self, key: str, future: Future, finished: bool = False) -> None:
+        with self._lock:
+            if self._inflight.get(key) is future:
+                del self._inflight[key]
+            if finished:
+                self._unfinished -= 1
+                if self._unfinished == 0:
+                    self._all_done.notify_all()
+
+    # -- workers -----------------------------------------------------------------
+
+    def _work(self, index: int) -> None:
+        """One worker loop: take a task, claim an attempt, process, record. Runs until a sentinel.
+
+        The attempt of the *next* task is claimed before this one is
+        processed (when the queue has one ready), so that claim's commit
+        overlaps the processing instead of adding a round trip to every
+        task. Like a message broker's prefetch, a crash therefore also counts
+        an attempt for at most one waiting task per worker.
+        """
+        ahead = None  # (item, Future of its committed start)
+        stopping = False
+        while not (stopping and ahead is None):
+            if ahead is None:
+                item = self._queue.get()
+                if item is _STOP:
+                    return
+                ahead = self._begin(item)
+                continue
+            (item, started), ahead = ahead, None
+            if not stopping:
+                try:
+                    following = self._queue.get_nowait()
+                except queue.Empty:
+                    following = None
+                if following is _STOP:
+                    stopping = True
+                elif following is not None:
+                    ahead = self._begin(following)
+            try:
+                self._run_one(index, item, started)
+            except BaseException as exc:  # a bug here must not kill the worker or lose the Future
+                self._log.exception("worker error", extra=task_extra("worker_error", item.task, error=exc))
+                self._settle(item, "failed", error=exc)
+
+    def _begin(self, item: _Item):
+        """Dequeue bookkeeping, then claim the item's attempt; None if its client cancelled it."""
+        self.metrics.on_get(self._queue.qsize(), time.perf_counter() - item.enqueued)
+        if not item.started:
+            if not item.future.set_running_or_notify_cancel():
+                self._forget(item.task.idempotency_key, item.future, finished=True)
+                self.store.release(item.row_id, item.version)
+                return None
+            item.started = True
+        return item, self.store.start(item.row_id, item.version, self.config.lease_s)
+
+    def _run_one(self, index: int, item: _Item, started: Future) -> None:
+        try:
+            row = started.result()
+        except StaleVersion as exc:
+            self._settle(item, "deduplicated", error=ClaimedElsewhere(
+                f"task {item.task.id!r} was claimed by another process ({_describe(exc.args[0])})"))
+            return
+        item.version = row.version
+        attempt = row.attempts
+        began = time.perf_counter()
+        try:
+            output = self.processor.process(item.task, attempt)
+        except Exception as exc:
+            self.metrics.on_processed(index, time.perf_counter() - began)
+            self._failed(item, exc, attempt)
+        else:
+            busy = time.perf_counter() - began
+            self.metrics.on_processed(index, busy)
+            self._succeeded(item, output, attempt, busy)
+
+    def _succeeded(self, item: _Item, output: Output, attempt: int, busy: float) -> None:
+        result = TaskResult(task_id=item.task.id, idempotency_key=item.task.idempotency_key,
+                            status=TaskStatus.SUCCESS, output_key=output.key, attempts=attempt,
+                            queue_wait_s=busy and (time.perf_counter() - item.submitted - busy),
+                            processing_s=busy, output_bytes=output.size)
+        committed = self.store.succeed(item.row_id, item.version, output.key, output.size)
+        committed.add_done_callback(lambda f: self._settle(item, "succeeded", result=result, commit=f))
+
+    def _failed(self, item: _Item, exc: Exception, attempt: int) -> None:
+        self.metrics.incr("failed")
+        kind = classify(exc)
+        if self.policy.should_retry(exc, attempt):
+            delay = self.policy.delay(attempt, self._rng)
+            self._log.info("attempt failed, retrying", extra=task_extra(
+                "retry_scheduled", item.task, error=exc, kind=kind, attempt=attempt, delay_s=round(delay, 6)))
+            committed = self.store.fail(item.row_id, item.version, exc, self._wall() + delay)
+            committed.add_done_callback(lambda f: self._retry_committed(item, f, delay))
+            return
+        level = logging.WARNING if isinstance(exc, errors.TaskQueueError) else logging.ERROR
+        self._log.log(level, "task dead-lettered", exc_info=level == logging.ERROR, extra=task_extra(
+            "dead_lettered", item.task, error=exc, kind=kind, attempt=attempt))
+        committed = self.store.dead_letter(item.row_id, item.version, exc)
+        committed.add_done_callback(lambda f: self._settle(item, "dead_lettered", error=exc, commit=f))
+
+    def _retry_committed(self, item: _Item, committed: Future, delay: float) -> None:
+        if committed.exception() is not None:
+            self._settle(item, "failed", error=committed.exception())
+            return
+        item.version = committed.result()
+        self.metrics.incr("retried")
+        self._scheduler.schedule(delay, item)
+
+    def _settle(self, item: _Item, counter: str, *, result: TaskResult | None = None,
+                error: BaseException | None = None, commit: Future | None = None) -> None:
+        """Resolve an item's Future once its outcome is committed, and count it."""
+        if commit is not None and commit.exception() is not None:
+            counter, result, error = "failed", None, commit.exception()
+            self._log.error("could not record outcome", extra=task_extra("store_error", item.task, error=error))
+        self.metrics.on_outcome(counter, time.perf_counter() - item.submitted)
+        try:
+            if error is None:
+                item.future.set_result(result)
+            else:
+                item.future.set_exception(error)
+        except InvalidStateError:
+            pass  # cancelled meanwhile; the outcome is in the store all the same
+        self._forget(item.task.idempotency_key, item.future, finished=True)
+
+    # -- recovery and shutdown -------------------------------------------------------
+
+    def _recover(self):
+        recovered = self.store.recover(self.config.max_attempts).result()
+        now = self._wall()
+        for row in recovered.runnable:
+            item = _Item(row.task(), Future(), row)
+            with self._lock:
+                self._inflight[row.idempotency_key] = item.future
+                self._unfinished += 1
+            self._scheduler.schedule(max(0.0, (row.next_attempt_at or now) - now), item)
+        for row in recovered.dead:
+            self.metrics.incr("dead_lettered")
+            self._log.warning("task dead-lettered at recovery", extra={
+                "event": "dead_lettered", "task_id": row.task_id, "idempotency_key": row.idempotency_key,
+                "error_class": row.error_class, "error": row.last_error, "attempt": row.attempts})
+        if recovered.runnable or recovered.dead:
+            self._log.info("recovered open tasks", extra={
+                "event": "recovered", "task_id": None, "idempotency_key": None,
+                "runnable": len(recovered.runnable), "dead": len(recovered.dead)})
+        return recovered
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Block until every accepted task has settled; False if ``timeout`` passed first."""
+        with self._all_done:
+            return self._all_done.wait_for(lambda: self._unfinished == 0, timeout)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False,
+                 timeout: float | None = None) -> bool:
+        """Stop intake, finish or cancel what is pending, stop the workers, flush the store.
+
+        ``submit()`` raises :class:`QueueShutDown` from now on. With
+        ``cancel_futures=False`` every accepted task (retries included) is
+        finished first; with ``True`` the tasks not yet started are cancelled
+        and stay ``queued`` (or ``failed``, awaiting retry) in the store for
+        the next run, and only tasks being processed are finished. With
+        ``wait=True`` this blocks until done, or until ``timeout`` seconds
+        have passed, in which case it returns False and leaves the workers to
+        finish in the background (the store stays consistent: their rows are
+        recovered by the next run). With ``wait=False`` it returns at once.
+        Idempotent.
+        """
+        with self._lock:
+            already = self._closed
+            self._closed = True
+        if not already:
+            closer = threading.Thread(target=self._close, args=(cancel_futures,),
+                                      name="tq-shutdown", daemon=True)
+            closer.start()
+        elif cancel_futures:
+            self._cancel_pending()
+        if not wait:
+            return True
+        return self._finished.wait(timeout)
+
+    def _close(self, cancel_futures: bool) -> None:
+        if cancel_futures:
+            self._cancel_pending()
+        self.join()
+        for _ in self._workers:
+            self._queue.put(_STOP)
+        self._executor.shutdown(wait=True)
+        for item in self._scheduler.stop():  # only when cancelled concurrently: keep them for the next run
+            self._abandon(item)
+        self._sampler.stop()
+        self.store.close()
+        self.final_metrics = self.snapshot()
+        if self._metrics_out:
+            _write_json(self._metrics_out, self.final_metrics)
+        _live_queues.discard(self)
+        self._finished.set()
+
+    def _cancel_pending(self) -> None:
+        for item in self._scheduler.stop():
+            self._abandon(item)
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _STOP:
+                self._abandon(item)
+
+    def _abandon(self, item: _Item) -> None:
+        """Give up on an item at shutdown: its row stays open in the store for the next run."""
+        if not item.future.cancel():
+            try:
+                item.future.set_exception(QueueShutDown(
+                    f"task {item.task.id!r} was not finished before shutdown; it stays in the store"))
+            except InvalidStateError:
+                pass
+        self._forget(item.task.idempotency_key, item.future, finished=True)
+
+    def snapshot(self) -> dict:
+        """Metrics plus the store's group-commit statistics, as a plain dict."""
+        snap = self.metrics.snapshot()
+        snap["store"] = {"commits": self.store.batches, "operations": self.store.operations,
+                         "ops_per_commit": self.store.operations / self.store.batches
+                         if self.store.batches else 0.0}
+        snap["retry_pending"] = len(self._scheduler)
+        snap["config"] = {"workers": self.config.workers, "queue_size": self.config.queue_size,
+                          "on_full": self.config.on_full, "max_attempts": self.config.max_attempts}
+        return snap
+
+    def __enter__(self) -> "TaskQueue":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.shutdown(wait=True)
+
+
+def _settled(task: Task, row: Row) -> Future:
+    """A completed Future for a key the store already holds."""
+    future: Future = Future()
+    if row.status is TaskStatus.SUCCESS:
+        future.set_result(TaskResult(task_id=task.id, idempotency_key=row.idempotency_key,
+                                     status=TaskStatus.SUCCESS, output_key=row.output_key,
+                                     attempts=row.attempts, deduplicated=True,
+                                     output_bytes=row.output_bytes))
+    elif row.status is TaskStatus.DEAD:
+        future.set_exception(_stored_error(row))
+    else:
+        future.set_exception(ClaimedElsewhere(f"task {task.id!r} is being processed elsewhere "
+                                              f"({_describe(row)})"))
+    return future
+
+
+def _stored_error(row: Row) -> BaseException:
+    """Rebuild a dead-lettered task's error from its row (class by name when it is ours)."""
+    cls = getattr(errors, row.error_class or "", None)
+    message = row.last_error or "dead-lettered"
+    if isinstance(cls, type) and issubclass(cls, errors.TaskQueueError):
+        return cls(message)
+    return errors.PermanentError(f"{row.error_class}: {message}")
+
+
+def _describe(row: Row | None) -> str:
+    return "row gone" if row is None else f"status {row.status.value}, owner {row.owner}"
+
+
+def _write_json(path: str, data: dict) -> None:
+    temp = f"{path}.tmp-{os.getpid()}"
+    with open(temp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+    os.replace(temp, path)
+
+
+def _abandon_at_exit() -> None:
+    """At interpreter exit, stop queues nobody shut down (else their workers would block exit)."""
+    for tq in list(_live_queues):
+        tq.shutdown(wait=True, cancel_futures=True, timeout=5.0)
+
+
+# Registered like concurrent.futures does, so it runs before the executor's exit hook joins workers.
+if hasattr(threading, "_register_atexit"):
+    threading._register_atexit(_abandon_at_exit)

@@ -1,0 +1,66 @@
+"""Structured logs: stdlib ``logging`` with a formatter that writes one JSON object per line.
+
+Every record carries ``ts``, ``level``, ``logger``, ``event``, ``message``,
+``task_id`` and ``idempotency_key`` (null when the record is not about a
+task), and ``error_class`` when it reports a failure. Pass the fields with
+``extra=``; :func:`task_extra` builds them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+from typing import Any
+
+LOGGER_NAME = "taskqueue"
+_STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "taskName"}
+
+
+def task_extra(event: str, task: Any = None, *, error: BaseException | None = None, **fields: Any) -> dict:
+    """The ``extra=`` dict for a log call about ``task`` (a Task or anything with id/idempotency_key)."""
+    extra = {"event": event,
+             "task_id": getattr(task, "id", None),
+             "idempotency_key": getattr(task, "idempotency_key", None)}
+    if error is not None:
+        extra["error_class"] = type(error).__name__
+        extra["error"] = str(error)
+    extra.update(fields)
+    return extra
+
+
+class JsonFormatter(logging.Formatter):
+    """Format a LogRecord as one line of JSON."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": getattr(record, "event", None) or "log",
+            "message": record.getMessage(),
+            "task_id": getattr(record, "task_id", None),
+            "idempotency_key": getattr(record, "idempotency_key", None),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and key not in out:
+                out[key] = value
+        if record.exc_info:
+            out["traceback"] = self.formatException(record.exc_info)
+            out.setdefault("error_class", record.exc_info[0].__name__ if record.exc_info[0] else None)
+        return json.dumps(out, default=str, ensure_ascii=False)
+
+
+def configure(level: str | int = "info", path: str | None = None, stream: Any = None) -> logging.Handler:
+    """Send the package's logs, as JSON lines, to ``path`` (appended) or ``stream`` (stderr).
+
+    Returns the handler so the caller can remove it. Idempotent per target.
+    """
+    logger = logging.getLogger(LOGGER_NAME)
+    handler: logging.Handler = (logging.FileHandler(path, encoding="utf-8") if path
+                                else logging.StreamHandler(stream or sys.stderr))
+    handler.setFormatter(JsonFormatter())
+    logger.addHandler(handler)
+    logger.setLevel(level.upper() if isinstance(level, str) else level)
+    return handler

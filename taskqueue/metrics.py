@@ -1,0 +1,243 @@
+"""Metrics: thread-safe counters, bounded-memory latency histograms, queue depth, utilisation.
+
+``Metrics.snapshot()`` returns a plain dict (see ``SNAPSHOT_KEYS``);
+``to_json()`` and ``to_prometheus()`` are two renderings of it.
+
+Latency quantiles come from :class:`LatencyHistogram`, a log-bucketed
+histogram (the DDSketch construction): with relative accuracy ``alpha`` every
+reported quantile is within ``alpha * true value`` of the exact nearest-rank
+quantile of the recorded samples (default alpha = 1 %). Memory is bounded by
+the number of buckets between ``min_value`` and ``max_value``: about 1,200 for
+1 us .. 1 day at 1 %, however many samples are recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from typing import Callable
+
+COUNTERS = ("enqueued", "dequeued", "deduplicated", "rejected", "succeeded", "failed", "retried",
+            "dead_lettered")
+SNAPSHOT_KEYS = ("counters", "rates", "latency_s", "queue_wait_s", "processing_s", "queue_depth",
+                 "queue_depth_sampled", "workers", "elapsed_s")
+
+
+class LatencyHistogram:
+    """Quantiles of positive durations in bounded memory, relative error <= ``alpha``.
+
+    Not thread-safe on its own; :class:`Metrics` guards it with its lock.
+    Values at or below ``min_value`` share one bucket reported as
+    ``min_value``; values above ``max_value`` are clamped to it.
+    """
+
+    def __init__(self, alpha: float = 0.01, min_value: float = 1e-6, max_value: float = 86400.0) -> None:
+        if not 0.0 < alpha < 1.0:
+            raise ValueError(f"alpha must be within (0, 1), got {alpha!r}")
+        self.alpha = alpha
+        self.gamma = (1.0 + alpha) / (1.0 - alpha)
+        self._log_gamma = math.log(self.gamma)
+        self.min_value = min_value
+        self.max_value = max_value
+        self._buckets: dict[int, int] = {}
+        self.count = 0
+        self.total = 0.0
+        self.min = math.inf
+        self.max = 0.0
+
+    def record(self, value: float) -> None:
+        value = min(max(value, 0.0), self.max_value)
+        index = math.ceil(math.log(value) / self._log_gamma) if value > self.min_value else None
+        key = -(2 ** 31) if index is None else index
+        self._buckets[key] = self._buckets.get(key, 0) + 1
+        self.count += 1
+        self.total += value
+        self.min = min(self.min, value)
+        self.max = max(self.max, value)
+
+    def quantile(self, q: float) -> float | None:
+        """The nearest-rank ``q``-quantile (``q`` in [0, 1]) within relative error ``alpha``."""
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"q must be within [0, 1], got {q!r}")
+        if not self.count:
+            return None
+        rank = max(1, math.ceil(q * self.count))
+        seen = 0
+        for key in sorted(self._buckets):
+            seen += self._buckets[key]
+            if seen >= rank:
+                if key == -(2 ** 31):
+                    return self.min_value
+                # Any value in (gamma**(k-1), gamma**k] is within alpha of this estimate.
+                estimate = 2.0 * self.gamma ** key / (self.gamma + 1.0)
+                return min(max(estimate, self.min), self.max)
+        return self.max  # pragma: no cover - ranks always fall inside the buckets
+
+    def summary(self) -> dict:
+        return {
+            "count": self.count,
+            "mean": self.total / self.count if self.count else None,
+            "p50": self.quantile(0.50),
+            "p95": self.quantile(0.95),
+            "p99": self.quantile(0.99),
+            "max": self.max if self.count else None,
+            "relative_error": self.alpha,
+        }
+
+    @property
+    def buckets(self) -> int:
+        return len(self._buckets)
+
+
+class DepthStats:
+    """Exact statistics of small integer observations (queue depths 0..capacity)."""
+
+    def __init__(self, capacity: int) -> None:
+        self._counts = [0] * (capacity + 1)
+        self.count = 0
+        self.total = 0
+        self.max = 0
+        self.current = 0
+
+    def record(self, depth: int) -> None:
+        depth = min(max(depth, 0), len(self._counts) - 1)
+        self._counts[depth] += 1
+        self.count += 1
+        self.total += depth
+        self.current = depth
+        if depth > self.max:
+            self.max = depth
+
+    def summary(self) -> dict:
+        p95 = None
+        if self.count:
+            rank, seen = max(1, math.ceil(0.95 * self.count)), 0
+            for depth, n in enumerate(self._counts):
+                seen += n
+                if seen >= rank:
+                    p95 = depth
+                    break
+        return {"current": self.current, "max": self.max,
+                "mean": self.total / self.count if self.count else 0.0, "p95": p95,
+                "observations": self.count, "capacity": len(self._counts) - 1}
+
+
+class Metrics:
+    """All of a queue's metrics behind one lock. Every method is thread-safe and O(1)."""
+
+    def __init__(self, *, workers: int, queue_capacity: int,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self._lock = threading.Lock()
+        self._clock = clock
+        self._started = clock()
+        self._counters = dict.fromkeys(COUNTERS, 0)
+        self.latency = LatencyHistogram()
+        self.queue_wait = LatencyHistogram()
+        self.processing = LatencyHistogram()
+        self._depth = DepthStats(queue_capacity)
+        self._sampled = DepthStats(queue_capacity)
+        self._busy = [0.0] * workers
+        self._tasks_per_worker = [0] * workers
+
+    def incr(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counters[name] += n
+
+    def on_put(self, depth: int) -> None:
+        with self._lock:
+            self._counters["enqueued"] += 1
+            self._depth.record(depth)
+
+    def on_get(self, depth: int, waited_s: float) -> None:
+        with self._lock:
+            self._counters["dequeued"] += 1
+            self._depth.record(depth)
+            self.queue_wait.record(waited_s)
+
+    def sample_depth(self, depth: int) -> None:
+        with self._lock:
+            self._sampled.record(depth)
+
+    def on_processed(self, worker: int, busy_s: float) -> None:
+        with self._lock:
+            self._busy[worker] += busy_s
+            self._tasks_per_worker[worker] += 1
+            self.processing.record(busy_s)
+
+    def on_outcome(self, counter: str, latency_s: float | None) -> None:
+        """Count a terminal outcome or a retry, and record the submit-to-outcome latency."""
+        with self._lock:
+            self._counters[counter] += 1
+            if latency_s is not None:
+                self.latency.record(latency_s)
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            elapsed = max(self._clock() - self._started, 1e-9)
+            counters = dict(self._counters)
+            busy = list(self._busy)
+            return {
+                "counters": counters,
+                "rates": {"enqueue_per_s": counters["enqueued"] / elapsed,
+                          "dequeue_per_s": counters["dequeued"] / elapsed,
+                          "complete_per_s": (counters["succeeded"] + counters["dead_lettered"]) / elapsed},
+                "latency_s": self.latency.summary(),
+                "queue_wait_s": self.queue_wait.summary(),
+                "processing_s": self.processing.summary(),
+                "queue_depth": self._depth.summary(),
+                "queue_depth_sampled": self._sampled.summary(),
+                "workers": {"count": len(busy), "busy_s": busy,
+                            "tasks": list(self._tasks_per_worker),
+                            "utilisation": sum(busy) / (elapsed * len(busy)) if busy else 0.0},
+                "elapsed_s": elapsed,
+            }
+
+    def to_json(self, **kwargs) -> str:
+        return json.dumps(self.snapshot(), **kwargs)
+
+    def to_prometheus(self, prefix: str = "taskqueue") -> str:
+        """The snapshot in Prometheus text exposition format."""
+        snap = self.snapshot()
+        lines = []
+        for name, value in snap["counters"].items():
+            lines += [f"# TYPE {prefix}_{name}_total counter", f"{prefix}_{name}_total {value}"]
+        for name in ("latency_s", "queue_wait_s", "processing_s"):
+            summary = snap[name]
+            lines.append(f"# TYPE {prefix}_{name} summary")
+            for q in ("p50", "p95", "p99"):
+                if summary[q] is not None:
+                    lines.append(f'{prefix}_{name}{{quantile="0.{q[1:]}"}} {summary[q]:.6g}')
+            lines += [f"{prefix}_{name}_count {summary['count']}",
+                      f"{prefix}_{name}_sum {(summary['mean'] or 0.0) * summary['count']:.6g}"]
+        depth = snap["queue_depth"]
+        lines += [f"# TYPE {prefix}_queue_depth gauge", f"{prefix}_queue_depth {depth['current']}",
+                  f"{prefix}_queue_depth_max {depth['max']}",
+                  f"# TYPE {prefix}_worker_utilisation gauge",
+                  f"{prefix}_worker_utilisation {snap['workers']['utilisation']:.6g}"]
+        return "\n".join(lines) + "\n"
+
+
+class DepthSampler:
+    """A daemon thread recording ``depth()`` into ``metrics`` every ``interval_s`` until stopped.
+
+    It waits on an Event between samples (so :meth:`stop` returns at once);
+    a sample costs one ``qsize()`` call.
+    """
+
+    def __init__(self, metrics: Metrics, depth: Callable[[], int], interval_s: float = 0.01) -> None:
+        self._metrics = metrics
+        self._depth = depth
+        self._interval = interval_s
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tq-depth-sampler", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._interval):
+            self._metrics.sample_depth(self._depth())
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
