@@ -83,10 +83,18 @@ def _setting(default: Any, parse: Callable[[Any], Any], doc: str) -> Any:
     return dataclasses.field(default=default, metadata={"parse": parse, "doc": doc})
 
 
+def _path(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or "\0" in value:
+        raise ValueError("must be a non-empty path")
+    return value
+
+
 @dataclass(frozen=True)
 class Config:
     """Every tunable of the queue, validated on construction (keyword-only)."""
 
+    db: str = _setting("tasks.db", _path, "SQLite file of task rows (run, status, dlq)")
+    store: str = _setting("store", _path, "object store root directory (sources and variants)")
     workers: int = _setting(8, _positive_int, "worker threads")
     queue_size: int = _setting(128, _positive_int, "capacity of the bounded queue")
     on_full: str = _setting("block", _choice("block", "reject"),

@@ -1,0 +1,339 @@
+"""Command line: ``run``, ``status``, ``dlq list|redrive``, and ``--benchmark``.
+
+Settings come from flags > environment (``TQ_*``) > ``.env`` > defaults
+(see :mod:`taskqueue.config`). Exit codes: 0 done (every task terminal, or a
+graceful stop on a signal), 1 some tasks left unfinished or some keys not
+found, 2 bad input or settings (nothing was processed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sqlite3
+import sys
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, wait
+
+from . import logs
+from .config import Config
+from .errors import ConfigError, InvalidTask, QueueFull, TaskQueueError
+from .objectstore import LocalObjectStore
+from .processor import Processor
+from .store import TaskStore, connect, status_counts
+from .taskfile import ON_INVALID, load_tasks
+
+EXIT_OK, EXIT_UNFINISHED, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "--benchmark":
+        from .bench import main as bench_main
+        return bench_main(argv[1:])
+    args = _parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ConfigError, InvalidTask, NotADirectoryError, IsADirectoryError, FileNotFoundError,
+            PermissionError, sqlite3.Error) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if getattr(exc, "error_count", 0):
+            print("hint: --invalid dead-letter records the bad items as dead letters and runs the rest",
+                  file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="task_queue_optimized.py",
+        description="Durable in-process task queue. `--benchmark [options]` runs the load benchmark "
+                    "(see `--benchmark --help`).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="process a task file")
+    run.add_argument("--tasks", required=True, help="JSON array of tasks")
+    _store_flags(run)
+    run.add_argument("--store", help="object store root directory (TQ_STORE, default ./store)")
+    run.add_argument("--workers", type=int)
+    run.add_argument("--queue-size", type=int)
+    run.add_argument("--on-full", help="block | reject")
+    run.add_argument("--max-attempts", type=int)
+    run.add_argument("--grace", type=float, dest="shutdown_grace_s",
+                     help="seconds in-flight tasks get after SIGINT/SIGTERM")
+    run.add_argument("--invalid", choices=ON_INVALID, default="reject",
+                     help="bad items: refuse the whole file (default) or dead-letter them and run the rest")
+    run.add_argument("--make-sources", action="store_true",
+                     help="create the source objects the file names if absent (keys under missing/ never)")
+    run.add_argument("--metrics-out", help="write the final metrics here as JSON")
+    run.add_argument("--log-file", help="append JSON-lines logs here (INFO); default: warnings to stderr")
+    run.add_argument("--log-level", help="debug | info | warning | error")
+    run.set_defaults(handler=cmd_run)
+
+    status = sub.add_parser("status", help="counts by status and recent failures")
+    _store_flags(status)
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=cmd_status)
+
+    dlq = sub.add_parser("dlq", help="the dead-letter queue")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
+    dlq_list = dlq_sub.add_parser("list", help="dead-lettered tasks")
+    _store_flags(dlq_list)
+    dlq_list.add_argument("--json", action="store_true")
+    dlq_list.set_defaults(handler=cmd_dlq_list)
+    redrive = dlq_sub.add_parser("redrive", help="put dead tasks back to queued with a fresh attempt budget")
+    _store_flags(redrive)
+    group = redrive.add_mutually_exclusive_group(required=True)
+    group.add_argument("--all", action="store_true")
+    group.add_argument("keys", nargs="*", default=[], metavar="KEY")
+    redrive.set_defaults(handler=cmd_dlq_redrive)
+    return parser
+
+
+def _store_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", help="SQLite file of task rows (TQ_DB, default ./tasks.db)")
+
+
+def _config(args: argparse.Namespace, *names: str) -> Config:
+    return Config.from_env({name: getattr(args, name, None) for name in ("db", "store", *names)})
+
+
+# -- run -------------------------------------------------------------------------------
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .engine import TaskQueue  # imported here so `status` and `dlq` stay light
+
+    config = _config(args, "workers", "queue_size", "on_full", "max_attempts", "shutdown_grace_s",
+                     "log_level")
+    _check_paths(config, args)
+    handler = logs.configure(args.log_level or ("info" if args.log_file else "warning"), path=args.log_file)
+    try:
+        objects = LocalObjectStore(config.store, chunk_size=config.chunk_size, fsync=config.fsync_outputs)
+        processor = Processor(objects, config.faults)
+        loaded = load_tasks(args.tasks, max_bytes=config.max_task_file_bytes, check=processor.check,
+                            on_invalid=args.invalid)
+        if args.make_sources:
+            from .workload import create_sources
+            created = create_sources(objects, [t.to_dict() for t in loaded.tasks], seed=config.fault_seed)
+            if created:
+                print(f"created {created} source objects under {objects.root}")
+        swept = objects.sweep_temp_files()
+        started = time.perf_counter()
+        tq = TaskQueue(config.db, objects, config=config, processor=processor,
+                       metrics_out=args.metrics_out)
+        return _drive(tq, loaded, config, started, swept)
+    finally:
+        logs.logging.getLogger(logs.LOGGER_NAME).removeHandler(handler)
+        handler.close()
+
+
+def _check_paths(config: Config, args: argparse.Namespace) -> None:
+    """Refuse paths that cannot work before anything is created or processed."""
+    if os.path.exists(config.store) and not os.path.isdir(config.store):
+        raise NotADirectoryError(f"store {config.store!r} is not a directory")
+    if os.path.isdir(config.db):
+        raise IsADirectoryError(f"db {config.db!r} is a directory, not a database file")
+    for flag, path in (("--db", config.db), ("--metrics-out", args.metrics_out), ("--log-file", args.log_file)):
+        if path:
+            parent = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(parent):
+                raise FileNotFoundError(f"{flag} {path!r}: directory {parent!r} does not exist")
+
+
+def _drive(tq, loaded, config: Config, started: float, swept: int) -> int:
+    """Submit every task, wait for all outcomes (or a signal), shut down, summarise."""
+    stop = threading.Event()   # a signal asked us to stop
+    wake = threading.Event()   # every future settled, or a signal arrived
+    signals = {"count": 0}
+
+    def on_signal(signum, _frame):
+        signals["count"] += 1
+        if signals["count"] > 1:
+            os._exit(128 + signum)  # second signal: at once; SQLite and published outputs stay consistent
+        print(f"\n{signal.Signals(signum).name}: stopping intake, finishing in-flight tasks "
+              f"(up to {config.shutdown_grace_s:g}s; again to exit at once)", file=sys.stderr)
+        stop.set()
+        wake.set()
+
+    previous = _install(on_signal)
+    futures, rejected_offers = [], 0
+    pending = {"n": 0}
+    lock = threading.Lock()
+
+    def settled(_future) -> None:
+        with lock:
+            pending["n"] -= 1
+            if pending["n"] == 0 and submitted_all.is_set():
+                wake.set()
+
+    submitted_all = threading.Event()
+    try:
+        for item in loaded.invalid:
+            _record_invalid(tq, item)
+        for task in loaded.tasks:
+            if stop.is_set():
+                break
+            while True:
+                try:
+                    future = tq.submit(task)
+                    break
+                except QueueFull:  # reject mode: wait for room, then offer again
+                    rejected_offers += 1
+                    wait([f for f in futures if not f.done()] or futures[-1:], return_when=FIRST_COMPLETED)
+            with lock:
+                pending["n"] += 1
+            futures.append(future)
+            future.add_done_callback(settled)
+        submitted_all.set()
+        with lock:
+            if pending["n"] == 0:
+                wake.set()
+        wake.wait()
+        finished = tq.shutdown(wait=True, cancel_futures=stop.is_set(),
+                               timeout=config.shutdown_grace_s if stop.is_set() else None)
+    finally:
+        _install(previous)
+    summary = _summary(futures, loaded, rejected_offers, time.perf_counter() - started, tq, swept)
+    print(_render(summary))
+    if stop.is_set():
+        if not finished:
+            sys.stdout.flush()
+            os._exit(EXIT_OK)  # grace expired: in-flight rows are recovered by the next run
+        return EXIT_OK
+    return EXIT_OK if summary["unfinished"] == 0 else EXIT_UNFINISHED
+
+
+def _install(handler):
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if isinstance(handler, dict):
+        for signum, previous in handler.items():
+            signal.signal(signum, previous)
+        return None
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.signal(signum, handler)
+    return previous
+
+
+def _record_invalid(tq, item) -> None:
+    raw = item.raw or {}
+    task_id = str(raw.get("id") or f"item-{item.index}")
+    key = f"{raw.get('image_key', '')}:{raw.get('variant', '')}" if raw else f"invalid-item:{item.index}"
+    error = InvalidTask(str(item.error))
+    tq.store.record_invalid(task_id, key, json.dumps(raw, sort_keys=True, default=str), error).result()
+    tq.metrics.incr("dead_lettered")
+
+
+def _summary(futures, loaded, rejected_offers: int, elapsed: float, tq, swept: int) -> dict:
+    outcome = {"succeeded": 0, "deduplicated": 0, "dead_lettered": 0, "unfinished": 0}
+    seen: set[int] = set()
+    for future in futures:
+        if id(future) in seen:  # a duplicate key in flight shares its original's Future
+            outcome["deduplicated"] += 1
+            continue
+        seen.add(id(future))
+        if future.cancelled() or not future.done():
+            outcome["unfinished"] += 1
+            continue
+        error = future.exception()
+        if error is None:
+            outcome["deduplicated" if future.result().deduplicated else "succeeded"] += 1
+        elif isinstance(error, TaskQueueError) and type(error).__name__ in ("QueueShutDown", "ClaimedElsewhere"):
+            outcome["unfinished"] += 1
+        else:
+            outcome["dead_lettered"] += 1
+    snap = tq.final_metrics or tq.snapshot()
+    return {"tasks": len(loaded.tasks), "invalid_dead_lettered": len(loaded.invalid),
+            "duplicates_in_file_dropped": loaded.duplicates_dropped, **outcome,
+            "retries": snap["counters"]["retried"], "rejected_offers": rejected_offers,
+            "recovered": len(tq.recovered.runnable), "recovered_dead": len(tq.recovered.dead),
+            "temp_files_swept": swept, "elapsed_s": round(elapsed, 3),
+            "throughput_per_s": round(len(futures) / elapsed, 1) if elapsed > 0 else None,
+            "latency_p95_s": snap["latency_s"]["p95"], "queue_depth_max": snap["queue_depth"]["max"],
+            "db": tq.store.path, "store": tq.objects.root}
+
+
+def _render(summary: dict) -> str:
+    lines = [f"tasks {summary['tasks']}: {summary['succeeded']} succeeded, "
+             f"{summary['deduplicated']} already done (deduplicated), "
+             f"{summary['dead_lettered']} dead-lettered, {summary['unfinished']} unfinished"]
+    if summary["invalid_dead_lettered"]:
+        lines.append(f"invalid items dead-lettered: {summary['invalid_dead_lettered']}")
+    lines.append(f"retries {summary['retries']}, rejected offers {summary['rejected_offers']}, "
+                 f"recovered from an earlier run {summary['recovered']} (+{summary['recovered_dead']} "
+                 f"dead-lettered), temp files swept {summary['temp_files_swept']}")
+    p95 = summary["latency_p95_s"]
+    lines.append(f"elapsed {summary['elapsed_s']}s, {summary['throughput_per_s']} tasks/s, "
+                 f"p95 {'n/a' if p95 is None else f'{p95 * 1000:.1f} ms'}, "
+                 f"max queue depth {summary['queue_depth_max']}")
+    return "\n".join(lines)
+
+
+# -- status and dlq ------------------------------------------------------------------------
+
+def _existing_db(config: Config) -> str:
+    if not os.path.isfile(config.db):
+        raise FileNotFoundError(f"no database at {config.db!r} (set --db or TQ_DB)")
+    return config.db
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    path = _existing_db(_config(args))
+    counts = status_counts(path)
+    conn = connect(path, busy_timeout_ms=10000)
+    try:
+        failures = [dict(zip(("idempotency_key", "task_id", "status", "attempts", "error_class",
+                              "last_error", "updated_at"), row)) for row in conn.execute(
+            "SELECT idempotency_key, task_id, status, attempts, error_class, last_error, updated_at"
+            " FROM tasks WHERE status IN ('failed', 'dead') ORDER BY updated_at DESC LIMIT 10")]
+    finally:
+        conn.close()
+    if args.json:
+        print(json.dumps({"counts": counts, "total": sum(counts.values()), "recent_failures": failures},
+                         indent=2))
+        return EXIT_OK
+    print("  ".join(f"{name} {n}" for name, n in counts.items()) + f"  (total {sum(counts.values())})")
+    for f in failures:
+        print(f"  {f['status']:6} {f['idempotency_key']}  attempts {f['attempts']}  "
+              f"{f['error_class']}: {f['last_error']}")
+    return EXIT_OK
+
+
+def cmd_dlq_list(args: argparse.Namespace) -> int:
+    path = _existing_db(_config(args))
+    conn = connect(path, busy_timeout_ms=10000)
+    try:
+        rows = [dict(zip(("idempotency_key", "task_id", "attempts", "error_class", "last_error",
+                          "created_at", "dead_at"), row)) for row in conn.execute(
+            "SELECT idempotency_key, task_id, attempts, error_class, last_error, created_at, dead_at"
+            " FROM dead_letters ORDER BY dead_at")]
+    finally:
+        conn.close()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    print(f"{len(rows)} dead-lettered")
+    for r in rows:
+        print(f"  {r['idempotency_key']}  task {r['task_id']}  attempts {r['attempts']}  "
+              f"{r['error_class']}: {r['last_error']}")
+    return EXIT_OK
+
+
+def cmd_dlq_redrive(args: argparse.Namespace) -> int:
+    if not args.all and not args.keys:
+        print("error: give --all or one or more idempotency keys", file=sys.stderr)
+        return EXIT_USAGE
+    config = _config(args)
+    store = TaskStore(_existing_db(config), busy_timeout_ms=config.busy_timeout_ms)
+    try:
+        done = store.redrive(None if args.all else args.keys).result()
+    finally:
+        store.close()
+    print(f"redriven {len(done)} task(s) to queued; the next `run` processes them")
+    missing = [] if args.all else sorted(set(args.keys) - set(done))
+    for key in missing:
+        print(f"  not in the dead-letter queue: {key}", file=sys.stderr)
+    return EXIT_UNFINISHED if missing else EXIT_OK
