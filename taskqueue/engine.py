@@ -49,10 +49,11 @@ _live_queues: "weakref.WeakSet[TaskQueue]" = weakref.WeakSet()
 class _Item:
     """A task on its way through the queue: its Future, its row and the row's version."""
 
-    __slots__ = ("task", "future", "row_id", "version", "submitted", "enqueued", "started")
+    __slots__ = ("task", "future", "row_id", "version", "submitted", "enqueued", "started", "inserted")
 
-    def __init__(self, task: Task, future: Future, row: Row) -> None:
+    def __init__(self, task: Task, future: Future, row: Row, inserted: bool = False) -> None:
         self.task = task
+        self.inserted = inserted  # this process created the row: it may delete it if never run
         self.future = future
         self.row_id = row.id
         self.version = row.version
@@ -79,11 +80,15 @@ class RetryScheduler:
         self._thread = threading.Thread(target=self._run, name="tq-retry-scheduler", daemon=True)
         self._thread.start()
 
-    def schedule(self, delay_s: float, item: _Item) -> None:
+    def schedule(self, delay_s: float, item: _Item) -> bool:
+        """Put ``item`` back on the queue in ``delay_s`` seconds; False if the scheduler is stopped."""
         with self._changed:
+            if self._stopped:
+                return False
             heapq.heappush(self._heap, (self._clock() + delay_s, next(self._seq), item))
             if self._heap[0][2] is item:
                 self._changed.notify()
+            return True
 
     def __len__(self) -> int:
         with self._changed:
@@ -196,7 +201,7 @@ class TaskQueue:
             self._forget(key, future)
             raise
         if claim.new or self._adoptable(claim.row):
-            return self._enqueue(_Item(task, future, claim.row))
+            return self._enqueue(_Item(task, future, claim.row, inserted=claim.new))
         self._forget(key, future)
         self.metrics.incr("deduplicated")
         return _settled(task, claim.row)
@@ -216,10 +221,8 @@ class TaskQueue:
                 self._queue.put(item, timeout=self.config.put_timeout_s)
         except queue.Full:
             self._forget(item.task.idempotency_key, item.future, finished=True)
-            try:
+            if item.inserted:  # an adopted row is not ours to delete: it stays queued
                 self.store.release(item.row_id, item.version).result()
-            except StaleVersion:
-                pass  # an adopted row (not ours to delete): it stays queued for a later run
             self.metrics.incr("rejected")
             self._log.info("queue full: task rejected", extra=task_extra("rejected", item.task))
             raise QueueFull(f"queue is full ({self.config.queue_size} tasks); "
@@ -284,10 +287,15 @@ class TaskQueue:
         if not item.started:
             if not item.future.set_running_or_notify_cancel():
                 self._forget(item.task.idempotency_key, item.future, finished=True)
-                self.store.release(item.row_id, item.version)
+                if item.inserted:
+                    self.store.release(item.row_id, item.version)
                 return None
             item.started = True
-        return item, self.store.start(item.row_id, item.version, self.config.lease_s)
+        try:
+            return item, self.store.start(item.row_id, item.version, self.config.lease_s)
+        except Exception as exc:  # the store is gone: fail this item, keep the worker alive
+            self._settle(item, "failed", error=exc)
+            return None
 
     def _run_one(self, index: int, item: _Item, started: Future) -> None:
         try:
@@ -339,7 +347,8 @@ class TaskQueue:
             return
         item.version = committed.result()
         self.metrics.incr("retried")
-        self._scheduler.schedule(delay, item)
+        if not self._scheduler.schedule(delay, item):  # shutting down with cancel_futures
+            self._abandon(item)
 
     def _settle(self, item: _Item, counter: str, *, result: TaskResult | None = None,
                 error: BaseException | None = None, commit: Future | None = None) -> None:
@@ -430,13 +439,18 @@ class TaskQueue:
         self._finished.set()
 
     def _cancel_pending(self) -> None:
+        # Drain first: the scheduler thread may be blocked putting into a full queue.
+        self._drain()
         for item in self._scheduler.stop():
             self._abandon(item)
+        self._drain()
+
+    def _drain(self) -> None:
         while True:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
-                break
+                return
             if item is not _STOP:
                 self._abandon(item)
 
