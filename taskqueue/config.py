@@ -89,7 +89,7 @@ def _path(value: Any) -> str:
     return value
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """Every tunable of the queue, validated on construction (keyword-only)."""
 
@@ -205,6 +205,8 @@ def read_dotenv(path: str | os.PathLike) -> dict[str, str]:
                 value = value.strip()
                 if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
                     value = value[1:-1]
+                elif " #" in value:  # an inline comment, as python-dotenv reads it
+                    value = value.split(" #", 1)[0].rstrip()
                 values[key] = value
         return values
     return {k: v for k, v in dotenv_values(path).items() if v is not None}

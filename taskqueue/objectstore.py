@@ -23,7 +23,7 @@ from .errors import InvalidKey, OutputWriteError, SourceMissing
 
 DEFAULT_CHUNK_SIZE = 64 * 1024
 MAX_KEY_LENGTH = 512
-MAX_SEGMENT_LENGTH = 255
+MAX_SEGMENT_LENGTH = 200  # leaves room for the temp-file suffix within a 255-byte file name
 TEMP_MARKER = ".tmp-"
 
 _temp_counter = itertools.count()
@@ -47,8 +47,12 @@ def validate_key(key: object) -> str:
         raise InvalidKey(f"object key {key!r} is absolute")
     if "\\" in key:
         raise InvalidKey(f"object key {key!r} contains a backslash")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
+    if any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in key):  # C0, DEL and C1 controls
         raise InvalidKey(f"object key {key!r} contains a control character")
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidKey(f"object key {key!r} is not valid Unicode (lone surrogate)") from None
     for segment in key.split("/"):
         if segment == "":
             raise InvalidKey(f"object key {key!r} has an empty segment")
@@ -117,12 +121,10 @@ class LocalObjectStore:
         caller learns of it before consuming anything. The file is closed when
         the iterator is exhausted or closed.
         """
-        size = chunk_size or self.chunk_size
-        try:
-            f = open(self.path_for(key), "rb")
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            raise SourceMissing(f"object {key!r} does not exist") from None
-        return _chunks(f, size)
+        size = self.chunk_size if chunk_size is None else chunk_size
+        if not isinstance(size, int) or size <= 0:
+            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        return _ChunkReader(self.open_read(key), size)
 
     # -- writes --------------------------------------------------------------
 
@@ -199,13 +201,34 @@ class LocalObjectStore:
         return removed
 
 
-def _chunks(f, size: int) -> Iterator[bytes]:
-    with f:
-        while True:
-            chunk = f.read(size)
-            if not chunk:
-                return
-            yield chunk
+class _ChunkReader:
+    """An iterator over a file's chunks that owns the file from the start (closing it closes the file)."""
+
+    def __init__(self, f: BinaryIO, size: int) -> None:
+        self._f = f
+        self._size = size
+
+    def __iter__(self) -> "_ChunkReader":
+        return self
+
+    def __next__(self) -> bytes:
+        chunk = self._f.read(self._size) if not self._f.closed else b""
+        if not chunk:
+            self.close()
+            raise StopIteration
+        return chunk
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "_ChunkReader":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self._f.close()
 
 
 def _remove_quietly(path: str) -> None:

@@ -20,6 +20,7 @@ the same task on the same attempt with the same seed sees the same fault.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import re
@@ -28,9 +29,9 @@ import zlib
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from .errors import (DependencyMissing, InjectedPermanentError, InjectedTransientError,
+from .errors import (DependencyMissing, InjectedPermanentError, InjectedTransientError, InvalidKey,
                      InvalidParameter, ProcessingTimeout, UnknownVariant, UnsupportedSource)
-from .objectstore import LocalObjectStore
+from .objectstore import LocalObjectStore, validate_key
 from .task import Task
 
 try:  # Pillow is optional: without it, image variants fail permanently and say why.
@@ -178,18 +179,18 @@ class _Gzip:
 
     def run(self, processor: Processor, task: Task, key: str, deadline: float | None) -> int:
         level = _param(task, "level", self.params)
-        source = processor.store.read_chunks(task.image_key)
         # wbits=31: a gzip container whose header has no name and mtime 0, so output is deterministic.
         compressor = zlib.compressobj(level, zlib.DEFLATED, 31)
+        with contextlib.closing(processor.store.read_chunks(task.image_key)) as source:
 
-        def compressed() -> Iterator[bytes]:
-            for chunk in processor._timed(source, deadline):
-                out = compressor.compress(chunk)
-                if out:
-                    yield out
-            yield compressor.flush()
+            def compressed() -> Iterator[bytes]:
+                for chunk in processor._timed(source, deadline):
+                    out = compressor.compress(chunk)
+                    if out:
+                        yield out
+                yield compressor.flush()
 
-        return processor.store.write(key, compressed())
+            return processor.store.write(key, compressed())
 
 
 class _Image:
@@ -213,8 +214,13 @@ class _Image:
                 if self.size is not None and image.format == "JPEG":
                     image.draft("RGB", (self.size, self.size))  # decode at reduced scale
                 image.load()
-            except (UnidentifiedImageError, Image.DecompressionBombError, SyntaxError, ValueError,
-                    OSError) as exc:
+            except (UnidentifiedImageError, Image.DecompressionBombError, SyntaxError, ValueError) as exc:
+                raise UnsupportedSource(f"object {task.image_key!r} is not a decodable image: {exc}") \
+                    from exc
+            except OSError as exc:
+                if exc.errno is not None:  # a real I/O error (EIO, EAGAIN...): retry.classify decides
+                    raise
+                # Pillow's own decode failures ("image file is truncated") carry no errno.
                 raise UnsupportedSource(f"object {task.image_key!r} is not a decodable image: {exc}") \
                     from exc
         if self.size is not None:
@@ -256,6 +262,10 @@ def _plan(task: Task):
                                    f"{variant!r} (allowed: {', '.join(plan.params) or 'none'})")
     for name in plan.params:
         _param(task, name, plan.params)
+    try:
+        validate_key(plan.output_key(task))
+    except InvalidKey as exc:
+        raise InvalidParameter(f"field 'image_key': too long for its output key: {exc}") from None
     return plan
 
 

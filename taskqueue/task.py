@@ -12,6 +12,7 @@ import enum
 import math
 import re
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Mapping
 
 from .errors import InvalidKey, InvalidTask
@@ -72,8 +73,8 @@ class Task:
                 f"field 'variant': {self.variant!r} is not a variant name "
                 f"(lowercase letters, digits and '_', starting with a letter, at most 32)")
         _check_params(self.params)
-        # Freeze the mapping so a Task is a value: callers cannot change it under the queue.
-        object.__setattr__(self, "params", dict(self.params))
+        # Freeze a private copy so a Task is a value: nobody can change it under the queue.
+        object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
 
     @property
     def idempotency_key(self) -> str:

@@ -142,8 +142,8 @@ def load_tasks(path: str | os.PathLike, *, max_bytes: int,
     except OSError as exc:
         raise TaskFileError(path, f"cannot open: {exc.strerror or exc}") from exc
     _require_regular(path, st, max_bytes)  # before any read: a huge file is refused unread
-    items = _parse(path, _read_limited(path, max_bytes))
-    return _validate(path, items, check, on_invalid)
+    items, surrogates = _parse(path, _read_limited(path, max_bytes))
+    return _validate(path, items, check, on_invalid, surrogates)
 
 
 # -- reading -----------------------------------------------------------------------
@@ -224,7 +224,8 @@ def _parse_float(text: str) -> float:
     return value
 
 
-def _parse(path: str, data: bytes) -> list:
+def _parse(path: str, data: bytes) -> tuple[list, bool]:
+    """The top-level array, and whether any string in it may hold a surrogate."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -251,7 +252,11 @@ def _parse(path: str, data: bytes) -> list:
     if not isinstance(value, list):
         raise TaskFileError(path, f"expected a JSON array of tasks at the top level, "
                                   f"got {_json_type(value)}")
-    return value
+    # Strict UTF-8 text holds no surrogates: only \uXXXX escapes can put them in a string.
+    return value, _SURROGATE_ESCAPE.search(text) is not None
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def _deeper_than(value: Any, limit: int) -> bool:
@@ -277,7 +282,7 @@ def _json_type(value: Any) -> str:
 # -- validating --------------------------------------------------------------------
 
 def _validate(path: str, items: list, check: Callable[[Task], None] | None,
-              on_invalid: str) -> LoadedTasks:
+              on_invalid: str, surrogates: bool) -> LoadedTasks:
     tasks: list = []
     invalid: list = []
     listed: list = []
@@ -298,7 +303,7 @@ def _validate(path: str, items: list, check: Callable[[Task], None] | None,
         else:
             if isinstance(ident, str):
                 first_with_id[ident] = [index, None]
-            task, error = _check_item(index, obj, check)
+            task, error = _check_item(index, obj, check, surrogates)
         if error is None:
             tasks.append(task)
             continue
@@ -317,9 +322,9 @@ def _validate(path: str, items: list, check: Callable[[Task], None] | None,
     return LoadedTasks(tasks=tasks, invalid=invalid, duplicates_dropped=dropped)
 
 
-def _check_item(index: int, obj: Any, check: Callable[[Task], None] | None):
+def _check_item(index: int, obj: Any, check: Callable[[Task], None] | None, surrogates: bool):
     try:
-        _screen(obj)
+        _screen(obj, surrogates)
         task = Task.from_dict(obj)
         if check is not None:
             check(task)
@@ -328,7 +333,7 @@ def _check_item(index: int, obj: Any, check: Callable[[Task], None] | None):
     return task, None
 
 
-def _screen(obj: Any) -> None:
+def _screen(obj: Any, surrogates: bool) -> None:
     """Refuse what ``Task.from_dict`` lets through: repeated keys, strings that are not valid Unicode."""
     if not isinstance(obj, dict):
         return
@@ -338,6 +343,8 @@ def _screen(obj: Any) -> None:
         if isinstance(mapping, _DuplicateKeys):
             raise InvalidTask(f"field {_short.repr(prefix + mapping.key)}: "
                               f"appears more than once in the object")
+        if not surrogates:
+            continue
         for key, value in mapping.items():
             for text in (key, value):
                 if isinstance(text, str) and not _is_unicode(text):

@@ -19,7 +19,7 @@ import random
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from .errors import DependencyMissing, InvalidKey
-from .objectstore import LocalObjectStore, validate_key
+from .objectstore import LocalObjectStore
 from .task import VARIANT_PATTERN
 
 try:  # Pillow is optional: without it image keys get byte content.
@@ -133,8 +133,8 @@ def create_sources(store: LocalObjectStore, tasks: Iterable[Any], *, seed: int,
     ``tasks`` holds task dicts or :class:`~taskqueue.task.Task` objects. An
     object that already exists is left alone (so a second call creates
     nothing); keys starting with ``skip_prefix`` are never created (that is
-    how a task file shows a missing source); items without a valid image key
-    are skipped, since the task loader rejects them anyway.
+    how a task file shows a missing source; None or "" skips nothing); items
+    without a valid image key are skipped, since the task loader rejects them.
 
     Content depends only on ``seed`` and the key. Keys ending in
     ``.jpg``/``.png`` become real JPEG/PNG images (gradients plus seeded
@@ -163,10 +163,9 @@ def create_sources(store: LocalObjectStore, tasks: Iterable[Any], *, seed: int,
             continue
         seen.add(key)
         try:
-            validate_key(key)
+            if store.exists(key):  # validates the key, and refuses one escaping the root
+                continue
         except InvalidKey:
-            continue
-        if store.exists(key):
             continue
         rng = random.Random(f"{seed}:{key}")
         if make_images and key.lower().endswith(IMAGE_SUFFIXES):

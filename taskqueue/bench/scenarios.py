@@ -1,0 +1,88 @@
+"""The benchmark's scenarios and the rows each one runs.
+
+A *row* is one implementation under one load: a plain JSON-serialisable dict
+(:func:`row_spec`) that :mod:`taskqueue.bench.runner` executes in a fresh
+process. Every row of a scenario gets the same task list, the same source
+objects and the same fault seed, so the implementations do identical work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+WORKERS = 8          # the engine's default, the baseline's default, and the stdlib pool's size
+QUEUE_SIZE = 128     # the engine's default bound
+WARMUP_TASKS = 16    # per row, on separate keys, before the timed phase
+VARIANT = "gzip"     # standard library only, so the benchmark runs without Pillow
+
+# (implementation, backpressure mode); "-" where the implementation has no bound.
+CLOSED_ROWS = (("baseline", "-"), ("engine", "block"), ("stdlib", "-"))
+BURST_ROWS = (("baseline", "-"), ("engine", "block"), ("engine", "reject"), ("stdlib", "-"))
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One load shape: the work each task does, the faults injected, how clients submit."""
+
+    name: str
+    description: str
+    open_loop: bool               # True: clients submit everything, then wait (burst)
+    latency_s: float              # injected processor latency per attempt
+    jitter_s: float               # plus uniform(0, jitter_s)
+    transient_rate: float
+    permanent_rate: float
+    duplicate_fraction: float
+    tasks: int                    # default tasks per row
+    quick_tasks: int              # tasks per row with --quick
+    clients: tuple[int, ...]      # default client counts
+    retry_base_s: float = 0.005   # engine backoff: small, so retries fit a short run
+    retry_cap_s: float = 0.05
+    max_attempts: int = 3
+
+    @property
+    def rows(self) -> tuple[tuple[str, str], ...]:
+        return BURST_ROWS if self.open_loop else CLOSED_ROWS
+
+    def describe(self) -> dict:
+        return asdict(self)
+
+
+# Task counts are chosen for time, not for results: the baseline processes one
+# task at a time (~7 ms each in io, ~2 ms in overhead and burst on a local SSD
+# with fsync), and the whole default run has to finish in about two minutes.
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
+    Scenario("io", "processor latency 5 ms + up to 1 ms jitter, 2 % transient and 0.5 % permanent "
+                   "faults, 10 % duplicate keys; closed loop",
+             open_loop=False, latency_s=0.005, jitter_s=0.001, transient_rate=0.02,
+             permanent_rate=0.005, duplicate_fraction=0.10, tasks=300, quick_tasks=60,
+             clients=(50, 100)),
+    Scenario("overhead", "no injected latency, no faults, no duplicates: what the queue itself "
+                         "costs around real gzip + fsync work; closed loop",
+             open_loop=False, latency_s=0.0, jitter_s=0.0, transient_rate=0.0, permanent_rate=0.0,
+             duplicate_fraction=0.0, tasks=600, quick_tasks=80, clients=(50, 100)),
+    Scenario("burst", "open loop: every client submits all its tasks without waiting, then waits "
+                      "for them all; no injected latency or faults",
+             open_loop=True, latency_s=0.0, jitter_s=0.0, transient_rate=0.0, permanent_rate=0.0,
+             duplicate_fraction=0.0, tasks=1000, quick_tasks=150, clients=(100,)),
+)}
+
+
+def row_label(impl: str, on_full: str) -> str:
+    """``baseline``, ``engine``, ``engine-reject`` or ``stdlib``."""
+    return f"{impl}-reject" if on_full == "reject" else impl
+
+
+def row_spec(scenario: Scenario, impl: str, on_full: str, *, clients: int, tasks: int, seed: int,
+             repeat: int, record_outputs: bool = False) -> dict:
+    """Everything the runner needs for one row, as plain JSON data."""
+    return {
+        "scenario": scenario.name, "impl": impl, "on_full": on_full,
+        "label": row_label(impl, on_full), "clients": clients, "tasks": tasks, "seed": seed,
+        "repeat": repeat, "open_loop": scenario.open_loop, "variant": VARIANT,
+        "latency_s": scenario.latency_s, "jitter_s": scenario.jitter_s,
+        "transient_rate": scenario.transient_rate, "permanent_rate": scenario.permanent_rate,
+        "duplicate_fraction": scenario.duplicate_fraction, "workers": WORKERS,
+        "queue_size": QUEUE_SIZE, "retry_base_s": scenario.retry_base_s,
+        "retry_cap_s": scenario.retry_cap_s, "max_attempts": scenario.max_attempts,
+        "warmup_tasks": WARMUP_TASKS, "record_outputs": record_outputs,
+    }

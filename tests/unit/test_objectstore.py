@@ -1,0 +1,496 @@
+"""LocalObjectStore: key validation, confinement to the root, chunked reads, atomic writes, temp sweeping."""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+
+import pytest
+
+from taskqueue import objectstore
+from taskqueue.errors import InvalidKey, OutputWriteError, PermanentError, SourceMissing
+from taskqueue.objectstore import (DEFAULT_CHUNK_SIZE, MAX_KEY_LENGTH, MAX_SEGMENT_LENGTH, TEMP_MARKER,
+                                   LocalObjectStore, validate_key)
+
+posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX-only behaviour")
+
+
+def symlink(target, link, target_is_directory=False):
+    """os.symlink, or skip the test where the platform or user cannot make symlinks."""
+    try:
+        os.symlink(target, link, target_is_directory=target_is_directory)
+    except (OSError, NotImplementedError) as exc:  # Windows without the privilege
+        pytest.skip(f"cannot create symlinks here: {exc}")
+
+
+def listing(root):
+    """Every file under root, relative, sorted."""
+    out = []
+    for dirpath, _dirs, files in os.walk(root):
+        out.extend(os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, "/") for f in files)
+    return sorted(out)
+
+
+# -- key validation ------------------------------------------------------------------------
+
+BAD_KEYS = [
+    ("absolute", "/etc/passwd"),
+    ("absolute root", "/"),
+    ("dotdot", "../x"),
+    ("dotdot middle", "a/../b"),
+    ("dotdot last", "a/.."),
+    ("dotdot alone", ".."),
+    ("dot", "./a"),
+    ("dot middle", "a/./b"),
+    ("dot alone", "."),
+    ("backslash", "a\\b"),
+    ("backslash dotdot", "..\\x"),
+    ("NUL", "a\x00b"),
+    ("newline", "a\nb"),
+    ("tab", "a\tb"),
+    ("unit separator", "a\x1fb"),
+    ("DEL", "a\x7fb"),
+    ("empty segment", "a//b"),
+    ("trailing slash", "a/"),
+    ("segment too long", "d/" + "s" * (MAX_SEGMENT_LENGTH + 1)),
+    ("temp marker", "a/.b" + TEMP_MARKER + "123-4"),
+    ("temp marker bare", "x" + TEMP_MARKER),
+    ("drive letter", "C:/x"),
+    ("drive relative", "c:x"),
+    ("drive bare", "C:"),
+]
+
+
+@pytest.mark.parametrize("key", [k for _, k in BAD_KEYS], ids=[name for name, _ in BAD_KEYS])
+def test_validate_key_refuses_naming_the_key(key):
+    with pytest.raises(InvalidKey) as info:
+        validate_key(key)
+    message = str(info.value)
+    assert repr(key) in message
+    assert "\n" not in message and "\x00" not in message  # control characters are escaped
+    assert isinstance(info.value, PermanentError) and isinstance(info.value, ValueError)
+
+
+def test_validate_key_refuses_empty_and_too_long_keys():
+    with pytest.raises(InvalidKey, match="empty"):
+        validate_key("")
+    too_long = "/".join(["k" * 100] * 5) + "/" + "z" * 8  # 512 + 1 characters, every segment short
+    assert len(too_long) == MAX_KEY_LENGTH + 1
+    with pytest.raises(InvalidKey, match=str(MAX_KEY_LENGTH + 1)):
+        validate_key(too_long)
+
+
+@pytest.mark.parametrize("key", [None, 1, b"abc", ["a"]], ids=repr)
+def test_validate_key_refuses_non_strings(key):
+    with pytest.raises(InvalidKey, match=type(key).__name__):
+        validate_key(key)
+
+
+@pytest.mark.parametrize("key", [
+    "a", "a/b/c.jpg", "ab:c", "dir/a:b", "ümlaut/ß.png", "...", "a..b", ".hidden", "x.tmp",
+    "s" * MAX_SEGMENT_LENGTH, "/".join(["k" * 100] * 5) + "/" + "z" * 7,  # exactly MAX_KEY_LENGTH
+], ids=lambda k: k[:20])
+def test_validate_key_accepts_ordinary_keys(key):
+    assert validate_key(key) == key
+
+
+@pytest.mark.parametrize("key", ["a\x85b", "a\x9b31mb"], ids=["NEL", "CSI"])
+def test_validate_key_refuses_c1_control_characters(key):
+    with pytest.raises(InvalidKey):
+        validate_key(key)
+
+
+@pytest.mark.parametrize("key", ["a\ud800", "img/\udcff.png"], ids=["high", "low"])
+def test_keys_that_cannot_be_encoded_as_file_names_are_invalid(key, store):
+    with pytest.raises(InvalidKey):
+        store.exists(key)
+
+
+@pytest.mark.parametrize("call", [
+    lambda s, k: s.read_chunks(k), lambda s, k: s.open_read(k), lambda s, k: s.write(k, [b"x"]),
+    lambda s, k: s.exists(k), lambda s, k: s.size(k), lambda s, k: s.delete(k), lambda s, k: s.path_for(k),
+], ids=["read_chunks", "open_read", "write", "exists", "size", "delete", "path_for"])
+@pytest.mark.parametrize("key", ["../canary/secret.txt", "../escape", "/tmp/escape"])
+def test_every_operation_validates_before_io(store, call, key):
+    with pytest.raises(InvalidKey):
+        call(store, key)
+    assert listing(store.root) == []
+
+
+# -- constructor -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("chunk_size", [0, -1, 1.5, "64"])
+def test_chunk_size_must_be_a_positive_integer(tmp_path, chunk_size):
+    with pytest.raises(ValueError, match="chunk_size"):
+        LocalObjectStore(tmp_path / "s", chunk_size=chunk_size)
+
+
+def test_root_is_created_unless_told_not_to(tmp_path):
+    LocalObjectStore(tmp_path / "a" / "b")
+    assert (tmp_path / "a" / "b").is_dir()
+    with pytest.raises(OSError):
+        LocalObjectStore(tmp_path / "missing", create=False)
+    assert not (tmp_path / "missing").exists()
+
+
+def test_root_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(OSError):
+        LocalObjectStore(tmp_path / "file")
+    with pytest.raises(NotADirectoryError):
+        LocalObjectStore(tmp_path / "file", create=False)
+
+
+# -- confinement: symlinks ----------------------------------------------------------------
+
+def test_symlink_to_a_file_outside_the_root_is_refused(store, canary):
+    symlink(canary / "secret.txt", os.path.join(store.root, "leak"))
+    for call in (lambda: store.read_chunks("leak"), lambda: store.open_read("leak"),
+                 lambda: store.write("leak", [b"overwritten"]), lambda: store.exists("leak"),
+                 lambda: store.delete("leak")):
+        with pytest.raises(InvalidKey, match="outside"):
+            call()
+    assert (canary / "secret.txt").read_bytes() == b"do not touch\n"
+
+
+def test_dangling_symlink_pointing_outside_cannot_create_a_file_there(store, canary):
+    symlink(canary / "new.txt", os.path.join(store.root, "dangling"))
+    with pytest.raises(InvalidKey):
+        store.write("dangling", [b"x"])
+    assert not (canary / "new.txt").exists()
+
+
+def test_symlinked_directory_pointing_outside_is_refused(store, canary):
+    symlink(canary, os.path.join(store.root, "evil"), target_is_directory=True)
+    with pytest.raises(InvalidKey):
+        store.write("evil/planted.txt", [b"x"])
+    with pytest.raises(InvalidKey):
+        store.read_chunks("evil/secret.txt")
+
+
+def test_symlink_to_a_sibling_sharing_the_root_name_prefix_is_refused(tmp_path):
+    # "<root>-evil" starts with "<root>"; a prefix check without a separator would let it through.
+    store = LocalObjectStore(tmp_path / "store")
+    sibling = tmp_path / "store-evil"
+    sibling.mkdir()
+    (sibling / "x").write_bytes(b"outside")
+    symlink(sibling, tmp_path / "store" / "link", target_is_directory=True)
+    with pytest.raises(InvalidKey):
+        store.read_chunks("link/x")
+
+
+def test_symlink_staying_inside_the_root_works(store):
+    store.write("data/obj", [b"payload"])
+    symlink(os.path.join(store.root, "data", "obj"), os.path.join(store.root, "alias"))
+    symlink(os.path.join(store.root, "data"), os.path.join(store.root, "dir_alias"), target_is_directory=True)
+    assert b"".join(store.read_chunks("alias")) == b"payload"
+    assert b"".join(store.read_chunks("dir_alias/obj")) == b"payload"
+    assert store.exists("alias") and store.size("alias") == 7
+
+
+def test_root_reached_through_a_symlink_works(tmp_path):
+    (tmp_path / "real").mkdir()
+    symlink(tmp_path / "real", tmp_path / "via", target_is_directory=True)
+    store = LocalObjectStore(tmp_path / "via")
+    store.write("a/b", [b"x"])
+    assert (tmp_path / "real" / "a" / "b").read_bytes() == b"x"
+    assert b"".join(store.read_chunks("a/b")) == b"x"
+
+
+# -- reads ------------------------------------------------------------------------------------
+
+def test_one_mib_read_with_64_kib_chunks_yields_16_full_chunks(store):
+    data = bytes(range(256)) * 4096  # 1 MiB
+    store.write("big", [data])
+    chunks = list(store.read_chunks("big"))
+    assert store.chunk_size == DEFAULT_CHUNK_SIZE == 64 * 1024
+    assert [len(c) for c in chunks] == [64 * 1024] * 16
+    assert b"".join(chunks) == data
+
+
+@pytest.mark.parametrize("size, chunk, expected", [
+    (100_000, 30_000, [30_000, 30_000, 30_000, 10_000]),
+    (90_000, 30_000, [30_000, 30_000, 30_000]),
+    (1, 30_000, [1]),
+    (0, 30_000, []),
+])
+def test_chunks_are_chunk_size_except_the_last(store_root, size, chunk, expected):
+    store = LocalObjectStore(store_root, chunk_size=chunk)
+    data = os.urandom(size)
+    store.write("obj", [data])
+    chunks = list(store.read_chunks("obj"))
+    assert [len(c) for c in chunks] == expected
+    assert b"".join(chunks) == data
+
+
+def test_per_call_chunk_size_overrides_the_default(store):
+    store.write("obj", [b"x" * 10])
+    assert [len(c) for c in store.read_chunks("obj", chunk_size=4)] == [4, 4, 2]
+
+
+def test_read_of_a_missing_key_raises_before_iteration(store):
+    with pytest.raises(SourceMissing, match="'nope/missing'"):
+        store.read_chunks("nope/missing")  # no next(): the error comes from the call itself
+
+
+@pytest.mark.parametrize("call", [lambda s: s.read_chunks("dir"), lambda s: s.open_read("dir"),
+                                  lambda s: s.read_chunks("file/child"), lambda s: s.size("missing")],
+                         ids=["directory", "directory-open", "through-a-file", "size"])
+def test_directories_and_impossible_paths_read_as_missing(store, call):
+    store.write("dir/x", [b"1"])
+    store.write("file", [b"2"])
+    with pytest.raises(SourceMissing):
+        call(store)
+
+
+def test_file_is_closed_when_iterator_is_exhausted_or_closed_midway(store, monkeypatch):
+    opened = []
+    real_open = open
+
+    def spy_open(*args, **kwargs):
+        f = real_open(*args, **kwargs)
+        opened.append(f)
+        return f
+
+    monkeypatch.setattr(objectstore, "open", spy_open, raising=False)
+    store.write("obj", [b"x" * 10])
+    opened.clear()
+    assert list(store.read_chunks("obj", chunk_size=3))
+    it = store.read_chunks("obj", chunk_size=3)
+    next(it)
+    it.close()
+    assert len(opened) == 2 and all(f.closed for f in opened)
+
+
+def test_file_is_closed_when_an_unstarted_iterator_is_closed(store, monkeypatch):
+    opened = []
+    real_open = open
+
+    def spy_open(*args, **kwargs):
+        f = real_open(*args, **kwargs)
+        opened.append(f)
+        return f
+
+    store.write("obj", [b"x"])
+    monkeypatch.setattr(objectstore, "open", spy_open, raising=False)
+    it = store.read_chunks("obj")
+    it.close()
+    assert opened[0].closed
+
+
+def test_exists_size_delete(store):
+    assert not store.exists("a/b")
+    assert store.write("a/b", [b"abc", b"", b"de"]) == 5
+    assert store.exists("a/b") and store.size("a/b") == 5
+    assert not store.exists("a")  # a directory is not an object
+    assert store.delete("a/b") is True
+    assert store.delete("a/b") is False
+    assert not store.exists("a/b")
+
+
+# -- atomic writes ------------------------------------------------------------------------------
+
+class Boom(Exception):
+    pass
+
+
+def failing_after(chunks, exc):
+    yield from chunks
+    raise exc
+
+
+def test_write_publishes_exact_bytes_and_returns_size(store):
+    chunks = [b"a" * 1000, bytearray(b"b" * 10), memoryview(b"c" * 5), b""]
+    assert store.write("x/y/z.bin", chunks) == 1015
+    assert (store.path_for("x/y/z.bin"), b"".join(store.read_chunks("x/y/z.bin"))) == (
+        os.path.join(store.root, "x", "y", "z.bin"), b"a" * 1000 + b"b" * 10 + b"c" * 5)
+
+
+def test_empty_write_creates_an_empty_object(store):
+    assert store.write("empty", []) == 0
+    assert store.exists("empty") and store.size("empty") == 0
+
+
+def test_iterable_raising_midway_leaves_no_object_and_no_temp(store):
+    with pytest.raises(Boom):
+        store.write("new/obj", failing_after([b"part1", b"part2"], Boom("midway")))
+    assert not store.exists("new/obj")
+    assert store.temp_files() == []
+
+
+def test_iterable_raising_midway_keeps_the_old_content(store):
+    store.write("obj", [b"old content"])
+    with pytest.raises(Boom):
+        store.write("obj", failing_after([b"new ", b"half"], Boom()))
+    assert b"".join(store.read_chunks("obj")) == b"old content"
+    assert listing(store.root) == ["obj"]
+
+
+def test_base_exception_in_the_body_also_cleans_up(store):
+    class Abort(BaseException):
+        pass
+
+    store.write("obj", [b"old"])
+    with pytest.raises(Abort):
+        with store.open_write("obj") as f:
+            f.write(b"new")
+            raise Abort()
+    assert b"".join(store.read_chunks("obj")) == b"old"
+    assert listing(store.root) == ["obj"]
+
+
+def test_oserror_from_the_chunks_is_wrapped_with_the_errno_as_cause(store):
+    store.write("obj", [b"old"])
+    disk_full = OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(OutputWriteError) as info:
+        store.write("obj", failing_after([b"x"], disk_full))
+    assert info.value.__cause__ is disk_full
+    assert info.value.__cause__.errno == errno.ENOSPC
+    assert "'obj'" in str(info.value)
+    assert b"".join(store.read_chunks("obj")) == b"old"
+    assert listing(store.root) == ["obj"]
+
+
+def test_fsync_failure_is_wrapped_and_publishes_nothing(store, monkeypatch):
+    def broken_fsync(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(objectstore.os, "fsync", broken_fsync)
+    with pytest.raises(OutputWriteError) as info:
+        store.write("obj", [b"data"])
+    monkeypatch.undo()
+    assert isinstance(info.value.__cause__, OSError) and info.value.__cause__.errno == errno.EIO
+    assert not store.exists("obj")
+    assert listing(store.root) == []
+
+
+def test_fsync_false_skips_fsync(store_root, monkeypatch):
+    calls = []
+    monkeypatch.setattr(objectstore.os, "fsync", lambda fd: calls.append(fd))
+    LocalObjectStore(store_root, fsync=False).write("obj", [b"data"])
+    assert calls == []
+    LocalObjectStore(store_root, fsync=True).write("obj2", [b"data"])
+    assert len(calls) == (2 if os.name == "posix" else 1)  # the file, then (POSIX) its directory
+
+
+def test_writing_where_a_directory_stands_is_an_output_write_error(store):
+    store.write("d/x", [b"1"])
+    with pytest.raises(OutputWriteError) as info:
+        store.write("d", [b"2"])
+    assert isinstance(info.value.__cause__, OSError)
+    assert listing(store.root) == ["d/x"]
+
+
+def test_writing_below_an_object_is_an_output_write_error(store):
+    store.write("f", [b"1"])
+    with pytest.raises(OutputWriteError) as info:
+        store.write("f/child", [b"2"])
+    assert isinstance(info.value.__cause__, OSError)
+    assert listing(store.root) == ["f"]
+
+
+def test_temp_file_never_appears_under_the_final_name(store):
+    store.write("obj", [b"old"])
+    final = store.path_for("obj")
+    seen = []
+
+    def chunks():
+        for i in range(3):
+            # Observed mid-write: the final name still holds the old, complete object.
+            with open(final, "rb") as f:
+                seen.append((f.read(), sorted(os.listdir(os.path.dirname(final)))))
+            seen.append(("readers", b"".join(store.read_chunks("obj"))))
+            yield b"new%d" % i
+
+    store.write("obj", chunks())
+    assert b"".join(store.read_chunks("obj")) == b"new0new1new2"
+    for entry in seen:
+        if entry[0] == "readers":
+            assert entry[1] == b"old"
+        else:
+            content, names = entry
+            assert content == b"old"
+            temps = [n for n in names if n != "obj"]
+            assert len(temps) == 1 and TEMP_MARKER in temps[0] and temps[0].startswith(".")
+    assert listing(store.root) == ["obj"]
+
+
+def test_new_object_is_invisible_until_the_write_completes(store):
+    with store.open_write("a/new") as f:
+        f.write(b"data")
+        assert not store.exists("a/new")
+        with pytest.raises(SourceMissing):
+            store.read_chunks("a/new")
+        assert len(store.temp_files()) == 1
+    assert b"".join(store.read_chunks("a/new")) == b"data"
+
+
+def test_a_key_with_a_maximal_segment_can_be_written(store):
+    key = "d/" + "s" * MAX_SEGMENT_LENGTH
+    validate_key(key)
+    store.write(key, [b"x"])
+    assert b"".join(store.read_chunks(key)) == b"x"
+
+
+def test_concurrent_writers_to_one_key_never_interleave(store):
+    writers, rounds = 8, 10
+    payloads = [bytes([65 + i]) * 50_000 for i in range(writers)]
+    start = threading.Barrier(writers)
+    errors = []
+
+    def writer(i):
+        try:
+            start.wait(timeout=10)
+            for _ in range(rounds):
+                store.write("shared", [payloads[i][:25_000], payloads[i][25_000:]])
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert errors == []
+    assert b"".join(store.read_chunks("shared")) in payloads
+    assert listing(store.root) == ["shared"]
+
+
+# -- temp files ----------------------------------------------------------------------------------
+
+def make_temp(store, directory, name, pid, n=0):
+    path = os.path.join(store.root, directory, f".{name}{TEMP_MARKER}{pid}-{n}")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(b"partial")
+    return path
+
+
+DEAD_PID = 99_999_999  # above any pid_max (Linux caps it at 2**22), so never a live process
+
+
+@posix_only
+def test_sweep_removes_dead_writers_temps_and_keeps_live_ones(store):
+    store.write("a/obj", [b"keep me"])
+    dead1 = make_temp(store, "a", "obj", DEAD_PID)
+    dead2 = make_temp(store, "b/c", "x", DEAD_PID, 7)
+    garbage = make_temp(store, "", "y", "notapid")
+    mine = make_temp(store, "a", "obj", os.getpid(), 3)
+    parent = make_temp(store, "", "p", os.getppid())
+    assert sorted(store.temp_files()) == sorted([dead1, dead2, garbage, mine, parent])
+
+    assert store.sweep_temp_files() == 3
+    assert sorted(store.temp_files()) == sorted([mine, parent])
+    assert b"".join(store.read_chunks("a/obj")) == b"keep me"
+    assert store.sweep_temp_files() == 0
+    os.remove(mine)
+    os.remove(parent)
+
+
+def test_sweep_does_not_touch_an_in_progress_write(store):
+    with store.open_write("obj") as f:
+        f.write(b"data")
+        assert store.sweep_temp_files() == 0
+        assert len(store.temp_files()) == 1
+    assert b"".join(store.read_chunks("obj")) == b"data"
