@@ -221,7 +221,9 @@ def _install(handler):
 def _record_invalid(tq, item) -> None:
     raw = item.raw or {}
     task_id = str(raw.get("id") or f"item-{item.index}")
-    key = f"{raw.get('image_key', '')}:{raw.get('variant', '')}" if raw else f"invalid-item:{item.index}"
+    # '#' cannot occur in a variant, so this key never collides with a real task's key.
+    key = f"{raw.get('image_key', '')}:{raw.get('variant', '')}#invalid-item-{item.index}" if raw \
+        else f"invalid-item:#{item.index}"
     error = InvalidTask(str(item.error))
     tq.store.record_invalid(task_id, key, json.dumps(raw, sort_keys=True, default=str), error).result()
     tq.metrics.incr("dead_lettered")

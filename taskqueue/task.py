@@ -87,7 +87,8 @@ class Task:
             raise InvalidTask(f"a task must be a JSON object, got {type(obj).__name__}")
         unknown = sorted(set(obj) - _FIELDS)
         if unknown:
-            raise InvalidTask(f"unknown field {unknown[0]!r} (allowed: {', '.join(sorted(_FIELDS))})")
+            name = unknown[0] if len(unknown[0]) <= 60 else unknown[0][:57] + "..."
+            raise InvalidTask(f"unknown field {name!r} (allowed: {', '.join(sorted(_FIELDS))})")
         for name in ("id", "image_key", "variant"):
             if name not in obj:
                 raise InvalidTask(f"field {name!r} is missing")
@@ -155,6 +156,8 @@ def _check_params(params: Any) -> None:
 
 def _show(value: Any, limit: int = 60) -> str:
     """A short, safe rendering of a bad value for an error message."""
+    if isinstance(value, (str, bytes)) and len(value) > limit:
+        value = value[:limit]  # never repr a huge value whole
     text = repr(value)
     if len(text) > limit:
         text = text[: limit - 3] + "..."
