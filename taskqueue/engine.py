@@ -257,26 +257,37 @@ class TaskQueue:
         an attempt for at most one waiting task per worker.
         """
         ahead = None  # (item, Future of its committed start)
+        record = None  # posts the outcome of the task just processed
         stopping = False
-        while not (stopping and ahead is None):
+        while True:
             if ahead is None:
+                if record is not None:
+                    record()
+                    record = None
+                if stopping:
+                    return
                 item = self._queue.get()
                 if item is _STOP:
                     return
                 ahead = self._begin(item)
                 continue
             (item, started), ahead = ahead, None
-            if not stopping:
-                try:
-                    following = self._queue.get_nowait()
-                except queue.Empty:
-                    following = None
-                if following is _STOP:
-                    stopping = True
-                elif following is not None:
-                    ahead = self._begin(following)
+            # One hand-off to the writer: the last task's outcome and the next task's claim.
+            with self.store.together():
+                if record is not None:
+                    record()
+                    record = None
+                if not stopping:
+                    try:
+                        following = self._queue.get_nowait()
+                    except queue.Empty:
+                        following = None
+                    if following is _STOP:
+                        stopping = True
+                    elif following is not None:
+                        ahead = self._begin(following)
             try:
-                self._run_one(index, item, started)
+                record = self._run_one(index, item, started)
             except BaseException as exc:  # a bug here must not kill the worker or lose the Future
                 self._log.exception("worker error", extra=task_extra("worker_error", item.task, error=exc))
                 self._settle(item, "failed", error=exc)
@@ -297,13 +308,14 @@ class TaskQueue:
             self._settle(item, "failed", error=exc)
             return None
 
-    def _run_one(self, index: int, item: _Item, started: Future) -> None:
+    def _run_one(self, index: int, item: _Item, started: Future) -> Callable[[], None] | None:
+        """Process one claimed item; return the call that records its outcome (None if nothing to record)."""
         try:
             row = started.result()
         except StaleVersion as exc:
             self._settle(item, "deduplicated", error=ClaimedElsewhere(
                 f"task {item.task.id!r} was claimed by another process ({_describe(exc.args[0])})"))
-            return
+            return None
         item.version = row.version
         attempt = row.attempts
         began = time.perf_counter()
@@ -311,11 +323,10 @@ class TaskQueue:
             output = self.processor.process(item.task, attempt)
         except Exception as exc:
             self.metrics.on_processed(index, time.perf_counter() - began)
-            self._failed(item, exc, attempt)
-        else:
-            busy = time.perf_counter() - began
-            self.metrics.on_processed(index, busy)
-            self._succeeded(item, output, attempt, busy)
+            return lambda: self._failed(item, exc, attempt)
+        busy = time.perf_counter() - began
+        self.metrics.on_processed(index, busy)
+        return lambda: self._succeeded(item, output, attempt, busy)
 
     def _succeeded(self, item: _Item, output: Output, attempt: int, busy: float) -> None:
         result = TaskResult(task_id=item.task.id, idempotency_key=item.task.idempotency_key,

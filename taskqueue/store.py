@@ -200,7 +200,8 @@ class TaskStore:
         self._conn = connect(self.path, busy_timeout_ms=busy_timeout_ms, synchronous=synchronous,
                              check_same_thread=False)  # used by the writer thread alone after this
         self._conn.executescript(SCHEMA)
-        self._ops: queue.SimpleQueue = queue.SimpleQueue()
+        self._ops: queue.SimpleQueue = queue.SimpleQueue()  # lists of (fn, args, Future)
+        self._held = threading.local()  # per thread: operations held by together()
         self.batches = 0
         self.operations = 0
         self._closed = False
@@ -213,15 +214,36 @@ class TaskStore:
         if self._closed:
             raise RuntimeError("TaskStore is closed")
         future: Future = Future()
-        self._ops.put((fn, args, future))
+        held = getattr(self._held, "ops", None)
+        if held is not None:
+            held.append((fn, args, future))
+        else:
+            self._ops.put([(fn, args, future)])
         return future
+
+    @contextlib.contextmanager
+    def together(self):
+        """Hand every operation submitted by this thread inside the block to the writer at once.
+
+        One wake-up of the writer instead of one per operation: a worker
+        records a task's outcome and claims its next attempt in one hand-off.
+        Operations are only held for the duration of the block.
+        """
+        held: list = []
+        self._held.ops = held
+        try:
+            yield
+        finally:
+            self._held.ops = None
+            if held:
+                self._ops.put(held)
 
     def _run(self) -> None:
         while True:
-            batch = [self._ops.get()]
+            batch = list(self._ops.get())
             while len(batch) < self._max_batch:
                 try:
-                    batch.append(self._ops.get_nowait())
+                    batch.extend(self._ops.get_nowait())
                 except queue.Empty:
                     break
             stop = any(op is _STOP for op in batch)
@@ -265,7 +287,7 @@ class TaskStore:
         if self._closed:
             return
         self._closed = True
-        self._ops.put(_STOP)
+        self._ops.put([_STOP])
         self._writer.join()
         self._conn.close()
 
