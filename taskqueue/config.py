@@ -112,7 +112,8 @@ class Config:
     fsync_outputs: bool = _setting(True, _boolean, "fsync each output and its directory")
     shutdown_grace_s: float = _setting(30.0, _number(0.0), "time in-flight tasks get on SIGINT/SIGTERM")
     max_task_file_bytes: int = _setting(64 * 1024 * 1024, _positive_int, "largest task file accepted")
-    retry_seed: int | None = _setting(None, lambda v: None if v in (None, "", "none") else _integer(v),
+    retry_seed: int | None = _setting(None, lambda v: None if v is None or (isinstance(v, str) and v.strip().lower()
+                                                                               in ("", "none")) else _integer(v),
                                       "seed of the backoff jitter (none: random)")
     fault_latency_s: float = _setting(0.0, _number(0.0, 3600.0), "injected latency per attempt")
     fault_jitter_s: float = _setting(0.0, _number(0.0, 3600.0), "injected extra latency, uniform")

@@ -72,8 +72,16 @@ class WorkerCrashed(PermanentError):
     """The task's lease expired on its last attempt: its worker process died."""
 
 
-class OutputWriteError(TaskQueueError):
-    """Writing an output object failed; ``retry.classify`` decides its kind from the cause."""
+class StorageError(TaskQueueError):
+    """An I/O error in the object store; ``retry.classify`` decides its kind from the cause's errno."""
+
+
+class OutputWriteError(StorageError):
+    """Writing (publishing) an output object failed."""
+
+
+class SourceReadError(StorageError):
+    """Reading a source object failed part-way."""
 
 
 # --- queue control: not task outcomes ---------------------------------------

@@ -19,7 +19,7 @@ import itertools
 import os
 from typing import BinaryIO, Iterable, Iterator
 
-from .errors import InvalidKey, OutputWriteError, SourceMissing
+from .errors import InvalidKey, OutputWriteError, SourceMissing, SourceReadError
 
 DEFAULT_CHUNK_SIZE = 64 * 1024
 MAX_KEY_LENGTH = 512
@@ -124,7 +124,7 @@ class LocalObjectStore:
         size = self.chunk_size if chunk_size is None else chunk_size
         if not isinstance(size, int) or size <= 0:
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-        return _ChunkReader(self.open_read(key), size)
+        return _ChunkReader(self.open_read(key), size, key)
 
     # -- writes --------------------------------------------------------------
 
@@ -204,15 +204,20 @@ class LocalObjectStore:
 class _ChunkReader:
     """An iterator over a file's chunks that owns the file from the start (closing it closes the file)."""
 
-    def __init__(self, f: BinaryIO, size: int) -> None:
+    def __init__(self, f: BinaryIO, size: int, key: str) -> None:
         self._f = f
         self._size = size
+        self._key = key
 
     def __iter__(self) -> "_ChunkReader":
         return self
 
     def __next__(self) -> bytes:
-        chunk = self._f.read(self._size) if not self._f.closed else b""
+        try:
+            chunk = self._f.read(self._size) if not self._f.closed else b""
+        except OSError as exc:  # say it was the source, not the output being written meanwhile
+            self.close()
+            raise SourceReadError(f"reading object {self._key!r}: {exc.strerror or exc}") from exc
         if not chunk:
             self.close()
             raise StopIteration

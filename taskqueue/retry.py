@@ -13,7 +13,7 @@ import random
 import sqlite3
 from dataclasses import dataclass
 
-from .errors import OutputWriteError, PermanentError, TaskQueueError, TransientError
+from .errors import PermanentError, StorageError, TaskQueueError, TransientError
 
 TRANSIENT = "transient"
 PERMANENT = "permanent"
@@ -29,14 +29,14 @@ def classify(exc: BaseException) -> str:
     """Return ``TRANSIENT`` or ``PERMANENT`` for a failure raised while processing a task.
 
     * the package's own errors carry their kind in their class;
-    * an :class:`OutputWriteError` or bare ``OSError`` is transient when its
+    * a :class:`StorageError` (output write, source read) or bare ``OSError`` is transient when its
       errno is in ``TRANSIENT_ERRNOS`` (``EAGAIN``, ``EBUSY``, ``ENOSPC``, ...)
       and permanent otherwise (``EACCES``, ``EROFS``, ``ENOENT``, ...);
     * ``TimeoutError`` and SQLite "database is locked/busy" are transient;
     * anything else -- a bug, a bad value -- is permanent: retrying a bug
       only hides it.
     """
-    if isinstance(exc, OutputWriteError):
+    if isinstance(exc, StorageError):
         cause = exc.__cause__
         return classify(cause) if isinstance(cause, OSError) else TRANSIENT
     if isinstance(exc, TransientError):

@@ -15,7 +15,7 @@ PERMANENT = {"InvalidTask", "UnknownVariant", "InvalidParameter", "InvalidKey", 
              "UnsupportedSource", "DependencyMissing", "InjectedPermanentError", "WorkerCrashed"}
 # Neither kind: queue control, concurrency control, configuration, and OutputWriteError,
 # whose kind retry.classify() derives from its __cause__.
-NEITHER = {"OutputWriteError", "QueueFull", "QueueShutDown", "ClaimedElsewhere", "StaleVersion",
+NEITHER = {"StorageError", "OutputWriteError", "SourceReadError", "QueueFull", "QueueShutDown", "ClaimedElsewhere", "StaleVersion",
            "ConfigError"}
 BASES = {"TaskQueueError", "TransientError", "PermanentError"}
 
