@@ -20,7 +20,7 @@ from concurrent.futures import FIRST_COMPLETED, wait
 
 from . import logs
 from .config import Config
-from .errors import ConfigError, InvalidTask, QueueFull, TaskQueueError
+from .errors import ClaimedElsewhere, ConfigError, InvalidTask, QueueFull, QueueShutDown
 from .objectstore import LocalObjectStore
 from .processor import Processor
 from .store import TaskStore, connect, status_counts
@@ -142,38 +142,65 @@ def _check_paths(config: Config, args: argparse.Namespace) -> None:
                 raise FileNotFoundError(f"{flag} {path!r}: directory {parent!r} does not exist")
 
 
+class _Waiter:
+    """Waits for Futures or for a stop request (a signal), whichever comes first."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self._wake = threading.Event()  # announces: what we wait for happened, or stop was requested
+
+    def request_stop(self) -> None:
+        self.stop.set()
+        self._wake.set()
+
+    def wait_all(self, futures) -> bool:
+        """Block until every Future is done (True) or stop is requested (False)."""
+        pending = [f for f in futures if not f.done()]
+        if not pending:
+            return True
+        self._wake.clear()
+        lock, left = threading.Lock(), [len(pending)]
+
+        def one_done(_future) -> None:
+            with lock:
+                left[0] -= 1
+                if left[0] == 0:
+                    self._wake.set()
+
+        for future in pending:
+            future.add_done_callback(one_done)
+        if not self.stop.is_set():
+            self._wake.wait()
+        return not self.stop.is_set()
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep, but wake at once on a stop request."""
+        self._wake.clear()
+        if not self.stop.is_set():
+            self._wake.wait(seconds)
+
+
 def _drive(tq, loaded, config: Config, started: float, swept: int) -> int:
     """Submit every task, wait for all outcomes (or a signal), shut down, summarise."""
-    stop = threading.Event()   # a signal asked us to stop
-    wake = threading.Event()   # every future settled, or a signal arrived
-    signals = {"count": 0}
+    waiter = _Waiter()
+    signals = [0]
 
     def on_signal(signum, _frame):
-        signals["count"] += 1
-        if signals["count"] > 1:
+        signals[0] += 1
+        if signals[0] > 1:
             os._exit(128 + signum)  # second signal: at once; SQLite and published outputs stay consistent
         print(f"\n{signal.Signals(signum).name}: stopping intake, finishing in-flight tasks "
               f"(up to {config.shutdown_grace_s:g}s; again to exit at once)", file=sys.stderr)
-        stop.set()
-        wake.set()
+        waiter.request_stop()
 
     previous = _install(on_signal)
-    futures, rejected_offers = [], 0
-    pending = {"n": 0}
-    lock = threading.Lock()
-
-    def settled(_future) -> None:
-        with lock:
-            pending["n"] -= 1
-            if pending["n"] == 0 and submitted_all.is_set():
-                wake.set()
-
-    submitted_all = threading.Event()
+    submitted: list = []  # (task, Future)
+    rejected_offers = 0
     try:
         for item in loaded.invalid:
             _record_invalid(tq, item)
         for task in loaded.tasks:
-            if stop.is_set():
+            if waiter.stop.is_set():
                 break
             while True:
                 try:
@@ -181,28 +208,51 @@ def _drive(tq, loaded, config: Config, started: float, swept: int) -> int:
                     break
                 except QueueFull:  # reject mode: wait for room, then offer again
                     rejected_offers += 1
-                    wait([f for f in futures if not f.done()] or futures[-1:], return_when=FIRST_COMPLETED)
-            with lock:
-                pending["n"] += 1
-            futures.append(future)
-            future.add_done_callback(settled)
-        submitted_all.set()
-        with lock:
-            if pending["n"] == 0:
-                wake.set()
-        wake.wait()
-        finished = tq.shutdown(wait=True, cancel_futures=stop.is_set(),
-                               timeout=config.shutdown_grace_s if stop.is_set() else None)
+                    open_futures = [f for _, f in submitted if not f.done()]
+                    wait(open_futures or [f for _, f in submitted[-1:]], return_when=FIRST_COMPLETED)
+            submitted.append((task, future))
+        if waiter.wait_all([f for _, f in submitted]):
+            submitted = _await_elsewhere(tq, submitted, waiter)
+        stopping = waiter.stop.is_set()
+        finished = tq.shutdown(wait=True, cancel_futures=stopping,
+                               timeout=config.shutdown_grace_s if stopping else None)
     finally:
         _install(previous)
-    summary = _summary(futures, loaded, rejected_offers, time.perf_counter() - started, tq, swept)
+    summary = _summary(submitted, loaded, rejected_offers, time.perf_counter() - started, tq, swept)
     print(_render(summary))
-    if stop.is_set():
+    if stopping:
         if not finished:
             sys.stdout.flush()
             os._exit(EXIT_OK)  # grace expired: in-flight rows are recovered by the next run
         return EXIT_OK
     return EXIT_OK if summary["unfinished"] == 0 else EXIT_UNFINISHED
+
+
+def _await_elsewhere(tq, submitted: list, waiter: _Waiter) -> list:
+    """Wait for tasks another live process claimed; take them over if that process dies.
+
+    SQLite cannot notify across processes, so this re-offers the keys with a
+    backoff (20 ms doubling to 500 ms): a key finished elsewhere comes back as
+    a deduplicated result, an orphaned one is adopted and run here.
+    """
+    result = list(submitted)
+    elsewhere = {i: task for i, (task, f) in enumerate(submitted) if _elsewhere(f)}
+    delay = 0.02
+    while elsewhere and not waiter.stop.is_set():
+        waiter.sleep(delay)
+        delay = min(delay * 2, 0.5)
+        tq.recover_orphans()
+        for i, task in list(elsewhere.items()):
+            future = tq.submit(task)
+            if not (future.done() and _elsewhere(future)):
+                result[i] = (task, future)
+                del elsewhere[i]
+        waiter.wait_all([f for _, f in result])
+    return result
+
+
+def _elsewhere(future) -> bool:
+    return future.done() and not future.cancelled() and isinstance(future.exception(), ClaimedElsewhere)
 
 
 def _install(handler):
@@ -229,10 +279,10 @@ def _record_invalid(tq, item) -> None:
     tq.metrics.incr("dead_lettered")
 
 
-def _summary(futures, loaded, rejected_offers: int, elapsed: float, tq, swept: int) -> dict:
+def _summary(submitted: list, loaded, rejected_offers: int, elapsed: float, tq, swept: int) -> dict:
     outcome = {"succeeded": 0, "deduplicated": 0, "dead_lettered": 0, "unfinished": 0}
     seen: set[int] = set()
-    for future in futures:
+    for _task, future in submitted:
         if id(future) in seen:  # a duplicate key in flight shares its original's Future
             outcome["deduplicated"] += 1
             continue
@@ -243,7 +293,7 @@ def _summary(futures, loaded, rejected_offers: int, elapsed: float, tq, swept: i
         error = future.exception()
         if error is None:
             outcome["deduplicated" if future.result().deduplicated else "succeeded"] += 1
-        elif isinstance(error, TaskQueueError) and type(error).__name__ in ("QueueShutDown", "ClaimedElsewhere"):
+        elif isinstance(error, (QueueShutDown, ClaimedElsewhere)):
             outcome["unfinished"] += 1
         else:
             outcome["dead_lettered"] += 1
@@ -253,7 +303,7 @@ def _summary(futures, loaded, rejected_offers: int, elapsed: float, tq, swept: i
             "retries": snap["counters"]["retried"], "rejected_offers": rejected_offers,
             "recovered": len(tq.recovered.runnable), "recovered_dead": len(tq.recovered.dead),
             "temp_files_swept": swept, "elapsed_s": round(elapsed, 3),
-            "throughput_per_s": round(len(futures) / elapsed, 1) if elapsed > 0 else None,
+            "throughput_per_s": round(len(submitted) / elapsed, 1) if elapsed > 0 else None,
             "latency_p95_s": snap["latency_s"]["p95"], "queue_depth_max": snap["queue_depth"]["max"],
             "db": tq.store.path, "store": tq.objects.root}
 

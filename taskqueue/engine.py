@@ -18,6 +18,7 @@ Lock order: ``TaskQueue._lock`` guards ``_inflight``, ``_unfinished`` and
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import json
@@ -39,7 +40,7 @@ from .metrics import DepthSampler, Metrics
 from .objectstore import LocalObjectStore
 from .processor import Output, Processor
 from .retry import RetryPolicy, classify
-from .store import Row, TaskStore, owner_alive
+from .store import Recovered, Row, TaskStore, owner_alive
 from .task import Task, TaskResult, TaskStatus
 
 _STOP = object()
@@ -166,7 +167,7 @@ class TaskQueue:
         self._executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="tq-worker")
         self._workers = [self._executor.submit(self._work, index) for index in range(config.workers)]
         _live_queues.add(self)
-        self.recovered = self._recover()
+        self.recovered = self.recover_orphans()
 
     # -- intake ----------------------------------------------------------------
 
@@ -323,10 +324,10 @@ class TaskQueue:
             output = self.processor.process(item.task, attempt)
         except Exception as exc:
             self.metrics.on_processed(index, time.perf_counter() - began)
-            return lambda: self._failed(item, exc, attempt)
+            return functools.partial(self._failed, item, exc, attempt)
         busy = time.perf_counter() - began
         self.metrics.on_processed(index, busy)
-        return lambda: self._succeeded(item, output, attempt, busy)
+        return functools.partial(self._succeeded, item, output, attempt, busy)
 
     def _succeeded(self, item: _Item, output: Output, attempt: int, busy: float) -> None:
         result = TaskResult(task_id=item.task.id, idempotency_key=item.task.idempotency_key,
@@ -379,7 +380,12 @@ class TaskQueue:
 
     # -- recovery and shutdown -------------------------------------------------------
 
-    def _recover(self):
+    def recover_orphans(self) -> Recovered:
+        """Adopt the open rows of processes that died, and run them here (see :meth:`TaskStore.recover`).
+
+        Done once at construction; call again to take over from a process
+        that died while this one runs. Blocks for one store round trip.
+        """
         recovered = self.store.recover(self.config.max_attempts).result()
         now = self._wall()
         for row in recovered.runnable:
@@ -387,7 +393,8 @@ class TaskQueue:
             with self._lock:
                 self._inflight[row.idempotency_key] = item.future
                 self._unfinished += 1
-            self._scheduler.schedule(max(0.0, (row.next_attempt_at or now) - now), item)
+            if not self._scheduler.schedule(max(0.0, (row.next_attempt_at or now) - now), item):
+                self._abandon(item)
         for row in recovered.dead:
             self.metrics.incr("dead_lettered")
             self._log.warning("task dead-lettered at recovery", extra={

@@ -429,6 +429,8 @@ class TaskStore:
         rows = [Row.from_db(v) for v in conn.execute(
             f"SELECT {_COLUMNS} FROM tasks WHERE status IN ('queued', 'running', 'failed') ORDER BY id")]
         for row in rows:
+            if row.owner == self.owner:  # ours: in flight in this process, whatever its lease says
+                continue
             alive = owner_alive(row.owner, self.owner)
             if alive and not (row.status is TaskStatus.RUNNING and (row.lease_until or 0) < now):
                 continue
@@ -482,6 +484,16 @@ class TaskStore:
     def get(self, idempotency_key: str) -> Row | None:
         with self.reader() as conn:
             return _select_key(conn, idempotency_key, required=False)
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Row]:
+        """Current rows of ``keys`` (absent keys are left out)."""
+        found = {}
+        with self.reader() as conn:
+            for key in keys:
+                row = _select_key(conn, key, required=False)
+                if row is not None:
+                    found[key] = row
+        return found
 
     def rows(self) -> list[Row]:
         with self.reader() as conn:

@@ -1,7 +1,9 @@
 """Load clients: C threads driving one implementation, closed loop or open loop.
 
-Tasks are dealt from one shared iterator (behind the harness's own lock, not
-part of any queue under test). Latency is ``time.perf_counter()`` from just
+Tasks are dealt as plain dicts from one shared iterator (behind the harness's
+own lock, not part of any queue under test); each client builds the
+:class:`~taskqueue.task.Task` just before submitting it, as a real producer
+would, so a queue that holds tasks pays for their memory. Latency is ``time.perf_counter()`` from just
 before ``submit`` -- so time blocked by backpressure counts -- to the moment the
 client holds the outcome, success or error. Wall time runs from the release
 of a start :class:`threading.Barrier` (every client ready) to the last client
@@ -16,6 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from ..task import Task
 from .impls import Outcome, Rejected
 
 REJECTED = Outcome(False, None, "rejected")
@@ -44,7 +47,7 @@ class LoadResult:
 class _Clients:
     """Shared state of one load run: the task iterator, the barrier, the merged results."""
 
-    def __init__(self, tasks: Sequence, clients: int) -> None:
+    def __init__(self, tasks: Sequence[dict], clients: int) -> None:
         if isinstance(clients, bool) or not isinstance(clients, int) or clients <= 0:
             raise ValueError(f"clients must be an integer greater than 0, got {clients!r}")
         self.clients = clients
@@ -57,9 +60,10 @@ class _Clients:
         self.finished: list[float] = []
         self.crashed: list[BaseException] = []
 
-    def next_task(self):
+    def next_task(self) -> Task | None:
         with self._tasks_lock:
-            return next(self._tasks, None)
+            item = next(self._tasks, None)
+        return None if item is None else Task.from_dict(item)
 
     def merge(self, local: LoadResult) -> None:
         end = time.perf_counter()
@@ -117,7 +121,7 @@ def _record(local: LoadResult, task, outcome: Outcome, began: float) -> None:
         local.errors[outcome.error] += 1
 
 
-def closed_loop(impl, tasks: Sequence, clients: int) -> LoadResult:
+def closed_loop(impl, tasks: Sequence[dict], clients: int) -> LoadResult:
     """Each client: take a task, submit it, wait for its outcome, repeat until none are left."""
     shared = _Clients(tasks, clients)
 
@@ -131,7 +135,7 @@ def closed_loop(impl, tasks: Sequence, clients: int) -> LoadResult:
     return shared.run(body)
 
 
-def open_loop(impl, tasks: Sequence, clients: int) -> LoadResult:
+def open_loop(impl, tasks: Sequence[dict], clients: int) -> LoadResult:
     """Each client: submit tasks without waiting until none are left, then wait for each in turn."""
     shared = _Clients(tasks, clients)
 

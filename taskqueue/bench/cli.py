@@ -1,0 +1,180 @@
+"""Command line of the benchmark: plan the rows, run each in a fresh process, report.
+
+Rows run one at a time (never two at once: they would share the cores), in
+repeat-major order -- every row of repeat 1, then of repeat 2 -- so a noisy
+moment on the machine spreads over the implementations instead of landing on
+one of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+
+from . import report, svg, verdict
+from .impls import REPO_ROOT
+from .scenarios import QUEUE_SIZE, SCENARIOS, VARIANT, WARMUP_TASKS, WORKERS, row_spec
+
+DEFAULT_REPEAT = 3
+DEFAULT_SEED = 42
+ROW_TIMEOUT_S = 600.0  # guards against a hung row only
+
+
+def _positive_ints(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected integers greater than 0, got {text!r}")
+    return values
+
+
+def _positive_int(text: str) -> int:
+    values = _positive_ints(text)
+    if len(values) != 1 or "," in text:
+        raise argparse.ArgumentTypeError(f"expected one integer greater than 0, got {text!r}")
+    return values[0]
+
+
+def _scenario_names(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [n for n in names if n not in SCENARIOS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"unknown scenario {unknown[0] if unknown else text!r} "
+                                         f"(known: {', '.join(SCENARIOS)})")
+    return names
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="benchmark.py",
+        description="Closed- and open-loop load on the baseline, the engine and a plain "
+                    "ThreadPoolExecutor; prints a table and the requirements' verdict and writes "
+                    "benchmark.json, benchmark.csv and benchmark.svg.")
+    p.add_argument("--scenarios", type=_scenario_names, default=list(SCENARIOS),
+                   help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all)")
+    p.add_argument("--clients", type=_positive_ints, default=None,
+                   help="comma-separated client counts for every scenario "
+                        "(default: 50,100 for io and overhead, 100 for burst)")
+    p.add_argument("--tasks", type=_positive_int, default=None,
+                   help="tasks per row for every scenario (default: io 300, overhead 600, burst 1000)")
+    p.add_argument("--repeat", type=_positive_int, default=None,
+                   help=f"runs of each row; the report gives medians and min-max (default {DEFAULT_REPEAT})")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                   help=f"seed of tasks, sources, faults and backoff jitter (default {DEFAULT_SEED})")
+    p.add_argument("--out", default="reports", help="directory for the report files (default reports/)")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny sizes and one repeat: a smoke run of a few seconds, not a measurement")
+    p.add_argument("--record-outputs", action="store_true",
+                   help="keep every task's outcome and output SHA-256 in the JSON (to check same work)")
+    return p
+
+
+def plan(args: argparse.Namespace) -> list[dict]:
+    """Every row spec to run, repeat-major."""
+    repeat = args.repeat or (1 if args.quick else DEFAULT_REPEAT)
+    specs = []
+    for index in range(repeat):
+        for name in args.scenarios:
+            scenario = SCENARIOS[name]
+            tasks = args.tasks or (scenario.quick_tasks if args.quick else scenario.tasks)
+            for clients in args.clients or scenario.clients:
+                for impl, on_full in scenario.rows:
+                    specs.append(row_spec(scenario, impl, on_full, clients=clients, tasks=tasks,
+                                          seed=args.seed, repeat=index,
+                                          record_outputs=args.record_outputs))
+    return specs
+
+
+def run_spec(spec: dict) -> dict:
+    """Run one row in a fresh interpreter; return its measurements. Raises RuntimeError on failure."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, "-m", "taskqueue.bench.runner", json.dumps(spec)],
+                          capture_output=True, text=True, timeout=ROW_TIMEOUT_S, env=env, cwd=str(REPO_ROOT))
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        raise RuntimeError(f"row {spec['scenario']}/{spec['clients']}/{spec['label']} exited with "
+                           f"{proc.returncode}:\n{tail}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _machine() -> dict:
+    affinity = getattr(os, "sched_getaffinity", None)
+    return {"platform": platform.platform(), "python": platform.python_version(),
+            "implementation": platform.python_implementation(), "cpus": os.cpu_count(),
+            "cpus_available": len(affinity(0)) if affinity else os.cpu_count(),
+            "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+
+
+def _settings(args: argparse.Namespace, specs: list[dict]) -> dict:
+    return {"seed": args.seed, "repeat": max(s["repeat"] for s in specs) + 1, "quick": args.quick,
+            "workers": WORKERS, "queue_size": QUEUE_SIZE, "warmup_tasks": WARMUP_TASKS,
+            "variant": VARIANT, "fsync_outputs": True,
+            "scenarios": {name: {**SCENARIOS[name].describe(),
+                                 "clients_run": sorted({s["clients"] for s in specs if s["scenario"] == name}),
+                                 "tasks_run": next(s["tasks"] for s in specs if s["scenario"] == name)}
+                          for name in args.scenarios}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; 0 when every row ran (whatever the verdict), 1 if a row failed."""
+    arg_list = sys.argv[1:] if argv is None else list(argv)
+    args = parser().parse_args(arg_list)
+    specs = plan(args)
+    progress = sys.stderr.isatty()
+    machine = _machine()
+    began = time.perf_counter()
+    runs, failures = [], []
+    for number, spec in enumerate(specs, 1):
+        if progress:
+            print(f"[{number:>3}/{len(specs)}] {spec['scenario']:<8} {spec['clients']:>4} clients "
+                  f"{spec['label']:<13} repeat {spec['repeat'] + 1}", end="", file=sys.stderr, flush=True)
+        row_began = time.perf_counter()
+        try:
+            runs.append(run_spec(spec))
+        except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
+            failures.append(str(exc))
+            print(f"\nbenchmark: {exc}", file=sys.stderr)
+        if progress:
+            print(f"  {time.perf_counter() - row_began:5.2f} s", file=sys.stderr)
+    wall = time.perf_counter() - began
+    machine["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+    rows = report.aggregate(runs)
+    result = verdict.verdict(rows)
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    command = shlex.join(["python3", "benchmark.py", *arg_list])
+    settings = _settings(args, specs)
+    doc = report.document(rows, verdict=result, settings=settings, machine=machine, wall_s=wall,
+                          created=created, command=command)
+    os.makedirs(args.out, exist_ok=True)
+    paths = {ext: os.path.join(args.out, f"benchmark.{ext}") for ext in ("json", "csv", "svg")}
+    report.write_json(paths["json"], doc)
+    report.write_text(paths["csv"], report.csv_text(rows))
+    report.write_text(paths["svg"], svg.chart(
+        rows, title="Task queue benchmark: baseline vs engine vs stdlib ThreadPoolExecutor",
+        subtitle=f"{created}, {machine['cpus']} cores, Python {machine['python']}, "
+                 f"medians of {settings['repeat']} repeat(s), seed {args.seed}"))
+
+    print(f"Benchmark: {len(runs)} runs of {len(rows)} rows in {wall:.1f} s on {machine['cpus']} cores "
+          f"(Python {machine['python']}, seed {args.seed}, {settings['repeat']} repeat(s))")
+    print(f"command: {command}\n")
+    print(report.table(rows))
+    burst = report.burst_table(rows)
+    if burst:
+        print("\n" + burst)
+    print("\n" + verdict.render(result))
+    print("\nwrote " + ", ".join(paths.values()))
+    if failures:
+        print(f"benchmark: {len(failures)} row(s) failed; see above", file=sys.stderr)
+        return 1
+    return 0

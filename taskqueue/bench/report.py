@@ -1,0 +1,172 @@
+"""Turn runs into rows (medians over repeats, with the spread) and render them: table, JSON, CSV.
+
+A *run* is one runner result (one repeat of one row). A *row* groups the
+runs of one (scenario, clients, implementation): every metric in
+:data:`METRICS` is the median over the repeats, and ``spread[metric]`` is
+``[min, max]`` over them. The runs themselves are kept under ``runs``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+
+from . import stats
+
+SCHEMA = "taskqueue-benchmark/1"
+IDENTITY = ("scenario", "clients", "label", "impl", "on_full", "tasks")
+METRICS = (
+    "throughput_per_s", "latency_mean_ms", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms",
+    "latency_max_ms", "error_rate", "completed", "succeeded", "failed", "rejected", "retries",
+    "dedup_hits", "process_calls", "queue_depth_max", "queue_depth_mean", "queue_depth_p95",
+    "utilisation", "cpu_cores", "submit_blocked_s", "submit_max_ms", "rss_peak_kib",
+    "rss_start_kib", "rss_growth_kib", "wall_s",
+)
+CSV_SPREAD = ("throughput_per_s", "latency_p95_ms")
+CSV_COLUMNS = IDENTITY + ("repeats",) + METRICS + tuple(
+    f"{m}_{end}" for m in CSV_SPREAD for end in ("min", "max")) + ("queue_depth_source",)
+
+
+def aggregate(runs: list[dict]) -> list[dict]:
+    """Group runs by (scenario, clients, label), in first-seen order; medians and spreads per row."""
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs:
+        groups.setdefault((run["scenario"], run["clients"], run["label"]), []).append(run)
+    rows = []
+    for members in groups.values():
+        first = members[0]
+        row = {k: first[k] for k in IDENTITY}
+        row["repeats"] = len(members)
+        for metric in METRICS:
+            row[metric] = stats.median(run.get(metric) for run in members)
+        row["queue_depth_source"] = first.get("queue_depth_source")
+        row["errors_by_type"] = _summed(run.get("errors_by_type", {}) for run in members)
+        row["spread"] = {m: stats.spread(run.get(m) for run in members) for m in METRICS}
+        row["runs"] = members
+        rows.append(row)
+    return rows
+
+
+def _summed(dicts) -> dict:
+    total: dict[str, int] = {}
+    for d in dicts:
+        for k, v in d.items():
+            total[k] = total.get(k, 0) + v
+    return dict(sorted(total.items()))
+
+
+def find(rows: list[dict], scenario: str, clients: int | None, label: str) -> dict | None:
+    """The row of ``label`` in ``scenario`` at ``clients`` (any count if None), or None."""
+    for row in rows:
+        if row["scenario"] == scenario and row["label"] == label \
+                and (clients is None or row["clients"] == clients):
+            return row
+    return None
+
+
+# -- table ---------------------------------------------------------------------------
+
+def _num(value, fmt: str = ".1f", missing: str = "n/a") -> str:
+    return missing if value is None else format(value, fmt)
+
+
+def _depth(row: dict) -> str:
+    if row["queue_depth_max"] is None:
+        return "n/a"
+    return f"{row['queue_depth_max']:.0f}/{row['queue_depth_mean']:.1f}/{row['queue_depth_p95']:.0f}"
+
+
+def _mib(kib) -> str:
+    return _num(None if kib is None else kib / 1024)
+
+
+def table(rows: list[dict]) -> str:
+    """The main results table, one line per row (medians; throughput with its min-max)."""
+    head = (f"{'scenario':<9}{'clients':>7}  {'impl':<14}{'tasks/s (min-max)':>22}"
+            f"{'mean':>8}{'p50':>8}{'p95':>8}{'p99':>8}{'err %':>7}{'retry':>6}{'dedup':>6}"
+            f"{'depth max/mean/p95':>20}{'util %':>7}{'RSS MiB':>8}")
+    lines = [head, "-" * len(head)]
+    for row in rows:
+        low, high = row["spread"]["throughput_per_s"] or (None, None)
+        tput = f"{_num(row['throughput_per_s'], '.0f')} ({_num(low, '.0f')}-{_num(high, '.0f')})"
+        lines.append(
+            f"{row['scenario']:<9}{row['clients']:>7}  {row['label']:<14}{tput:>22}"
+            f"{_num(row['latency_mean_ms']):>8}{_num(row['latency_p50_ms']):>8}"
+            f"{_num(row['latency_p95_ms']):>8}{_num(row['latency_p99_ms']):>8}"
+            f"{_num(100 * row['error_rate'], '.2f'):>7}{row['retries']:>6.0f}{row['dedup_hits']:>6.0f}"
+            f"{_depth(row):>20}{_num(100 * row['utilisation'], '.0f'):>7}{_mib(row['rss_peak_kib']):>8}")
+    lines.append("latency in ms (time.perf_counter() from just before submit to the client holding the "
+                 "outcome; exact nearest-rank percentiles); medians over repeats.")
+    lines.append("depth: engine from its own metrics at every put/get; baseline and stdlib sampled every "
+                 "5 ms by the harness. util: busy time in process() / (wall x 8 workers).")
+    return "\n".join(lines)
+
+
+def burst_table(rows: list[dict]) -> str:
+    """Backpressure and memory in the open-loop burst rows; '' when there are none."""
+    burst = [r for r in rows if r["scenario"] == "burst"]
+    if not burst:
+        return ""
+    head = (f"{'burst':<9}{'clients':>7}  {'impl':<14}{'done':>6}{'rejected':>9}{'depth max':>10}"
+            f"{'in submit s':>12}{'submit max ms':>14}{'RSS start MiB':>14}{'RSS growth MiB':>15}")
+    lines = [head, "-" * len(head)]
+    for row in burst:
+        depth_high = (row["spread"]["queue_depth_max"] or [None, None])[1]
+        lines.append(
+            f"{'':<9}{row['clients']:>7}  {row['label']:<14}{row['completed']:>6.0f}{row['rejected']:>9.0f}"
+            f"{_num(depth_high, '.0f'):>10}{_num(row['submit_blocked_s'], '.2f'):>12}"
+            f"{_num(row['submit_max_ms'], '.1f'):>14}{_mib(row['rss_start_kib']):>14}"
+            f"{_mib(row['rss_growth_kib']):>15}")
+    lines.append("in submit s: seconds all clients together spent inside submit() (blocked by "
+                 "backpressure or a lock); depth max: highest over repeats.")
+    return "\n".join(lines)
+
+
+# -- files -------------------------------------------------------------------------------
+
+def document(rows: list[dict], *, verdict: dict, settings: dict, machine: dict, wall_s: float,
+             created: str, command: str) -> dict:
+    """The JSON report (see the README's "Results" section for the field definitions)."""
+    return {"schema": SCHEMA, "created": created, "command": command, "machine": machine,
+            "settings": settings, "wall_s": wall_s, "rows": rows, "verdict": verdict}
+
+
+def csv_text(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for row in rows:
+        values = []
+        for column in CSV_COLUMNS:
+            for metric in CSV_SPREAD:
+                if column in (f"{metric}_min", f"{metric}_max"):
+                    pair = row["spread"][metric]
+                    value = None if pair is None else pair[column.endswith("_max")]
+                    break
+            else:
+                value = row.get(column)
+            values.append("" if value is None else (f"{value:.6g}" if isinstance(value, float) else value))
+        writer.writerow(values)
+    return buf.getvalue()
+
+
+def write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (a temporary file in the same directory, renamed)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=".bench-", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(temp, path)
+    except BaseException:
+        if os.path.exists(temp):
+            os.remove(temp)
+        raise
+
+
+def write_json(path: str, data: dict) -> None:
+    write_text(path, json.dumps(data, indent=1, sort_keys=False) + "\n")

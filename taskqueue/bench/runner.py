@@ -1,0 +1,231 @@
+"""Run one benchmark row and print its measurements as one line of JSON.
+
+    python -m taskqueue.bench.runner '<row spec JSON>'     (spec from scenarios.row_spec)
+
+The parent runs every row in a fresh process like this, so peak RSS is per
+row and no row inherits another's threads, caches or garbage. A row works in
+its own temporary directory: it generates the task list and the source
+objects from the seed (byte-identical for every row of a scenario), warms the
+implementation up on separate keys, then times the load.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+
+from .. import workload
+from ..objectstore import LocalObjectStore
+from ..processor import FaultConfig, Processor
+from ..task import Task
+from . import clients, stats
+from .impls import TimedProcessor, make_impl
+
+try:
+    import resource
+except ImportError:  # pragma: no cover - Windows
+    resource = None
+
+WARMUP_SEED_OFFSET = 1_000_003  # warm-up keys embed their seed, so they never meet the timed ones
+SAMPLE_INTERVAL_S = 0.005
+
+
+def rss_kib() -> int | None:
+    """Current resident set size in KiB from /proc/self/statm; None where there is no /proc."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            resident_pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return resident_pages * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def peak_rss_kib() -> int | None:
+    """The process's peak RSS in KiB (``ru_maxrss``: KiB on Linux, bytes on macOS); None without it."""
+    if resource is None:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak // 1024 if sys.platform == "darwin" else peak
+
+
+class Sampler:
+    """A thread recording RSS and the implementation's backlog every few milliseconds until stopped."""
+
+    def __init__(self, depth, interval_s: float = SAMPLE_INTERVAL_S) -> None:
+        self._depth = depth
+        self._interval = interval_s
+        self._stopped = threading.Event()
+        self.rss: list[int] = []
+        self.depths: list[int] = []
+        self._thread = threading.Thread(target=self._run, name="bench-sampler", daemon=True)
+
+    def __enter__(self) -> "Sampler":
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stopped.set()
+        self._thread.join()
+        self._sample()
+
+    def _sample(self) -> None:
+        rss = rss_kib()
+        if rss is not None:
+            self.rss.append(rss)
+        depth = self._depth()
+        if depth is not None:
+            self.depths.append(depth)
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._interval):
+            self._sample()
+
+
+def run_row(spec: dict) -> dict:
+    """Run the row ``spec`` describes in a fresh temporary directory; return its measurements."""
+    with tempfile.TemporaryDirectory(prefix=f"tq-bench-{spec['scenario']}-") as workdir:
+        seed = spec["seed"]
+        raw = workload.generate_tasks(spec["tasks"], seed=seed, variants=spec["variant"],
+                                      duplicate_fraction=spec["duplicate_fraction"])
+        warm_raw = workload.generate_tasks(spec["warmup_tasks"], seed=seed + WARMUP_SEED_OFFSET,
+                                           variants=spec["variant"], duplicate_fraction=0.0)
+        root = os.path.join(workdir, "objects")
+        # Sources are set-up, not the measured work: write them without fsync.
+        workload.create_sources(LocalObjectStore(root, fsync=False), raw + warm_raw, seed=seed)
+        store = LocalObjectStore(root, fsync=True)  # outputs: fsync, the engine's default
+        faults = FaultConfig(latency_s=spec["latency_s"], jitter_s=spec["jitter_s"],
+                             transient_rate=spec["transient_rate"],
+                             permanent_rate=spec["permanent_rate"], seed=seed)
+        processor = TimedProcessor(Processor(store, faults))
+        for item in raw + warm_raw:
+            Task.from_dict(item)  # fail before any timing if the generator produced a bad task
+
+        impl = _warmed_up(spec, processor, store, workdir, warm_raw)
+        drive = clients.open_loop if spec["open_loop"] else clients.closed_loop
+        processor.reset()
+        gc.collect()
+        try:
+            with Sampler(impl.depth) as sampler:
+                cpu0 = time.process_time()
+                load = drive(impl, raw, spec["clients"])
+                cpu_s = time.process_time() - cpu0
+            metrics = impl.metrics()
+        finally:
+            impl.close()
+        result = _measurements(spec, load, metrics, processor, sampler, cpu_s)
+        if spec.get("record_outputs"):
+            result["outputs"] = _outputs(store, load)
+        return result
+
+
+def _warmed_up(spec: dict, processor, store, workdir: str, warm: list):
+    """A ready implementation after a few tasks on separate keys went through the same code.
+
+    The engine warms up on a throwaway instance (its own database), so the
+    timed instance's metrics count the timed tasks only.
+    """
+    warm_clients = min(spec["clients"], spec["workers"])
+    if spec["impl"] == "engine":
+        scratch = make_impl(spec, processor, store=store, workdir=workdir, tag="warmup")
+        try:
+            clients.closed_loop(scratch, warm, warm_clients)
+        finally:
+            scratch.close()
+        return make_impl(spec, processor, store=store, workdir=workdir, tag="bench")
+    impl = make_impl(spec, processor, store=store, workdir=workdir, tag="bench")
+    clients.closed_loop(impl, warm, warm_clients)
+    return impl
+
+
+def _measurements(spec: dict, load: clients.LoadResult, metrics: dict, processor: TimedProcessor,
+                  sampler: Sampler, cpu_s: float) -> dict:
+    wall = load.wall_s
+    lat = stats.summarize(load.latencies)
+    ms = {k: (v * 1000 if v is not None else None) for k, v in lat.items() if k != "count"}
+    busy = sum(processor.busy)
+    counters = metrics.get("counters", {})
+    if spec["impl"] == "engine":
+        depth, depth_source = metrics["queue_depth"], "engine metrics (every put and get)"
+        depth = {"max": depth["max"], "mean": depth["mean"], "p95": depth["p95"]}
+    else:
+        summary = stats.summarize(sampler.depths)
+        depth = {"max": summary["max"], "mean": summary["mean"], "p95": summary["p95"]}
+        depth_source = f"sampled every {SAMPLE_INTERVAL_S * 1000:g} ms by the harness"
+    rss_start = sampler.rss[0] if sampler.rss else None
+    rss_max = max(sampler.rss) if sampler.rss else None
+    return {
+        **{k: spec[k] for k in ("scenario", "label", "impl", "on_full", "clients", "tasks", "seed",
+                                "repeat")},
+        "completed": load.completed,
+        "succeeded": load.completed - load.failed,
+        "failed": load.failed,
+        "rejected": load.rejected,
+        "errors_by_type": dict(sorted(load.errors.items())),
+        "wall_s": wall,
+        "throughput_per_s": load.completed / wall if wall > 0 else 0.0,
+        "latency_mean_ms": ms["mean"], "latency_p50_ms": ms["p50"], "latency_p95_ms": ms["p95"],
+        "latency_p99_ms": ms["p99"], "latency_max_ms": ms["max"],
+        "error_rate": load.failed / load.completed if load.completed else 0.0,
+        "retries": counters.get("retried", 0),
+        "dedup_hits": counters.get("deduplicated", 0),
+        "process_calls": len(processor.busy),
+        "queue_depth_max": depth["max"], "queue_depth_mean": depth["mean"],
+        "queue_depth_p95": depth["p95"], "queue_depth_source": depth_source,
+        "utilisation": busy / (wall * spec["workers"]) if wall > 0 else 0.0,
+        "busy_s": busy,
+        "cpu_s": cpu_s,
+        "cpu_cores": cpu_s / wall if wall > 0 else 0.0,
+        "submit_blocked_s": sum(load.submit_s),
+        "submit_max_ms": max(load.submit_s) * 1000 if load.submit_s else 0.0,
+        "rss_peak_kib": peak_rss_kib(),
+        "rss_start_kib": rss_start,
+        "rss_max_sampled_kib": rss_max,
+        "rss_growth_kib": rss_max - rss_start if rss_start is not None else None,
+        "engine": _engine_extract(metrics) if spec["impl"] == "engine" else None,
+    }
+
+
+def _engine_extract(snap: dict) -> dict:
+    """The engine's own view of the row, for cross-checking the harness's numbers."""
+    return {"counters": snap["counters"], "utilisation": snap["workers"]["utilisation"],
+            "latency_p95_ms": (snap["latency_s"]["p95"] or 0.0) * 1000,
+            "queue_depth": snap["queue_depth"], "queue_depth_sampled": snap["queue_depth_sampled"],
+            "store": snap.get("store")}
+
+
+def _outputs(store: LocalObjectStore, load: clients.LoadResult) -> dict:
+    """task id -> {"key", "sha256"} of its output, or {"error": class name}."""
+    digests: dict[str, str] = {}
+    out = {}
+    for task_id, outcome in sorted(load.outcomes.items()):
+        if not outcome.ok:
+            out[task_id] = {"error": outcome.error}
+            continue
+        if outcome.output_key not in digests:
+            h = hashlib.sha256()
+            for chunk in store.read_chunks(outcome.output_key):
+                h.update(chunk)
+            digests[outcome.output_key] = h.hexdigest()
+        out[task_id] = {"key": outcome.output_key, "sha256": digests[outcome.output_key]}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m taskqueue.bench.runner '<row spec JSON>'", file=sys.stderr)
+        return 2
+    spec = json.loads(args[0])
+    print(json.dumps(run_row(spec)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

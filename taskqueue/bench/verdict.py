@@ -1,0 +1,127 @@
+"""The requirements' verdict and the product targets, computed from the measured rows.
+
+Nothing here is hard-coded but the thresholds themselves: every figure comes
+from the rows (medians over repeats). A check whose rows were not run is
+reported as ``n/a``, never as passed.
+"""
+
+from __future__ import annotations
+
+from . import stats
+from .report import find
+from .scenarios import QUEUE_SIZE
+
+REQUIRED_CLIENTS = (50, 100)
+MIN_SPEEDUP, MAX_P95_SHARE = 2.0, 0.60                 # the requirements, section V
+TARGET_CLIENTS = 100
+TARGET_SPEEDUP, TARGET_P95_SHARE = 5.0, 0.20           # issue 5, "figures the product must reach"
+TARGET_IO_VS_STDLIB, TARGET_OVERHEAD_VS_STDLIB = 0.97, 0.60
+
+
+def _x(value: float | None, fmt: str = ".2f") -> str:
+    return "n/a" if value is None else f"{value:{fmt}}x"
+
+
+def requirement(rows: list[dict], clients: int) -> dict:
+    """io at ``clients``: engine throughput >= 2x baseline and P95 <= 60 % of baseline's."""
+    engine, base = find(rows, "io", clients, "engine"), find(rows, "io", clients, "baseline")
+    check = {"scenario": "io", "clients": clients, "throughput_ratio": None, "p95_ratio": None,
+             "need": f"throughput >= {MIN_SPEEDUP:g}x baseline, P95 <= {MAX_P95_SHARE:.2f}x baseline"}
+    if engine is None or base is None:
+        return {**check, "status": "n/a", "detail": f"io at {clients} clients was not run"}
+    speedup = stats.ratio(engine["throughput_per_s"], base["throughput_per_s"])
+    share = stats.ratio(engine["latency_p95_ms"], base["latency_p95_ms"])
+    ok = speedup is not None and share is not None and speedup >= MIN_SPEEDUP and share <= MAX_P95_SHARE
+    return {**check, "status": "PASS" if ok else "FAIL", "throughput_ratio": speedup, "p95_ratio": share,
+            "detail": f"throughput {_x(speedup)} baseline ({engine['throughput_per_s']:.0f} vs "
+                      f"{base['throughput_per_s']:.0f} tasks/s; need >= {MIN_SPEEDUP:g}x), "
+                      f"P95 {_x(share)} baseline ({engine['latency_p95_ms']:.1f} vs "
+                      f"{base['latency_p95_ms']:.1f} ms; need <= {MAX_P95_SHARE:.2f}x)"}
+
+
+def _target(name: str, met: bool | None, value: float | None, detail: str) -> dict:
+    status = "n/a" if met is None else ("MET" if met else "MISSED")
+    return {"target": name, "status": status, "value": value, "detail": detail}
+
+
+def _ratio_target(rows, name, scenario, top, bottom, metric, threshold, *, at_most=False) -> dict:
+    a, b = find(rows, scenario, TARGET_CLIENTS, top), find(rows, scenario, TARGET_CLIENTS, bottom)
+    if a is None or b is None:
+        return _target(name, None, None, f"{scenario} at {TARGET_CLIENTS} clients was not run")
+    value = stats.ratio(a[metric], b[metric])
+    met = None if value is None else (value <= threshold if at_most else value >= threshold)
+    unit = "ms" if metric.endswith("_ms") else "tasks/s"
+    return _target(name, met, value, f"{_x(value)} ({top} {a[metric]:.1f} vs {bottom} {b[metric]:.1f} "
+                                     f"{unit}; need {'<=' if at_most else '>='} {threshold:g}x)")
+
+
+def targets(rows: list[dict]) -> list[dict]:
+    """The product targets of issue 5, each MET, MISSED or n/a with its numbers."""
+    c = TARGET_CLIENTS
+    out = [
+        _ratio_target(rows, f"io@{c}: engine throughput >= {TARGET_SPEEDUP:g}x baseline", "io",
+                      "engine", "baseline", "throughput_per_s", TARGET_SPEEDUP),
+        _ratio_target(rows, f"io@{c}: engine P95 <= {TARGET_P95_SHARE:.0%} of baseline", "io",
+                      "engine", "baseline", "latency_p95_ms", TARGET_P95_SHARE, at_most=True),
+    ]
+    engine, base = find(rows, "io", c, "engine"), find(rows, "io", c, "baseline")
+    if engine is None or base is None:
+        out.append(_target(f"io@{c}: engine error rate below the baseline's", None, None,
+                           f"io at {c} clients was not run"))
+    else:
+        out.append(_target(f"io@{c}: engine error rate below the baseline's",
+                           engine["error_rate"] < base["error_rate"], engine["error_rate"],
+                           f"{engine['error_rate']:.2%} vs {base['error_rate']:.2%} "
+                           f"(engine retried {engine['retries']:.0f} attempts)"))
+    out.append(_ratio_target(rows, f"io@{c}: engine throughput >= {TARGET_IO_VS_STDLIB:g}x stdlib",
+                             "io", "engine", "stdlib", "throughput_per_s", TARGET_IO_VS_STDLIB))
+    out.append(_ratio_target(rows, f"overhead@{c}: engine throughput >= "
+                                   f"{TARGET_OVERHEAD_VS_STDLIB:g}x stdlib", "overhead", "engine",
+                             "stdlib", "throughput_per_s", TARGET_OVERHEAD_VS_STDLIB))
+    out += _burst_targets(rows)
+    return out
+
+
+def _burst_targets(rows: list[dict]) -> list[dict]:
+    bounded = [r for r in rows if r["scenario"] == "burst" and r["impl"] == "engine"]
+    name = f"burst: engine queue depth never above queue_size ({QUEUE_SIZE})"
+    if not bounded:
+        return [_target(name, None, None, "burst was not run"),
+                _target("burst: engine peak RSS flat while the baseline's grows", None, None,
+                        "burst was not run")]
+    highest = max((r["spread"]["queue_depth_max"] or [0, 0])[1] for r in bounded)
+    unbounded = [r for r in rows if r["scenario"] == "burst" and r["impl"] != "engine"]
+    others = ", ".join(f"{r['label']} {r['queue_depth_max']:.0f}" for r in unbounded
+                       if r["queue_depth_max"] is not None)
+    out = [_target(name, highest <= QUEUE_SIZE, highest,
+                   f"highest depth over all engine burst runs {highest:.0f} "
+                   f"(unbounded, sampled: {others or 'n/a'})")]
+    engine, base = find(rows, "burst", None, "engine"), find(rows, "burst", None, "baseline")
+    name = "burst: engine peak RSS flat while the baseline's grows"
+    if engine is None or base is None or engine["rss_growth_kib"] is None or base["rss_growth_kib"] is None:
+        out.append(_target(name, None, None, "needs /proc/self/statm and both burst rows"))
+    else:
+        grow_e, grow_b = engine["rss_growth_kib"] / 1024, base["rss_growth_kib"] / 1024
+        peak = ""
+        if engine["rss_peak_kib"] and base["rss_peak_kib"]:
+            peak = f"; peak {engine['rss_peak_kib'] / 1024:.1f} vs {base['rss_peak_kib'] / 1024:.1f} MiB"
+        out.append(_target(name, grow_e <= grow_b, grow_e,
+                           f"RSS growth from the start of the timed burst: engine {grow_e:+.1f} MiB "
+                           f"vs baseline {grow_b:+.1f} MiB over {engine['tasks']} tasks{peak}"))
+    return out
+
+
+def verdict(rows: list[dict]) -> dict:
+    """``{"requirements": [...], "targets": [...]}``; requirements cover 50, 100 and any io count run."""
+    counts = sorted(set(REQUIRED_CLIENTS) | {r["clients"] for r in rows if r["scenario"] == "io"})
+    return {"requirements": [requirement(rows, c) for c in counts], "targets": targets(rows)}
+
+
+def render(result: dict) -> str:
+    lines = ["Requirements verdict (io scenario, engine vs baseline, medians over repeats):"]
+    for check in result["requirements"]:
+        lines.append(f"  {check['clients']:>3} clients: {check['status']:<4}  {check['detail']}")
+    lines.append("Product targets (issue 5):")
+    for target in result["targets"]:
+        lines.append(f"  {target['status']:<6} {target['target']}: {target['detail']}")
+    return "\n".join(lines)
