@@ -319,6 +319,9 @@ class TaskQueue:
             return None
         item.version = row.version
         attempt = row.attempts
+        if self._log.isEnabledFor(logging.DEBUG):
+            self._log.debug("attempt started", extra=task_extra("attempt_started", item.task, attempt=attempt,
+                                                                 pid=os.getpid(), worker=index))
         began = time.perf_counter()
         try:
             output = self.processor.process(item.task, attempt)
@@ -327,13 +330,15 @@ class TaskQueue:
             return functools.partial(self._failed, item, exc, attempt)
         busy = time.perf_counter() - began
         self.metrics.on_processed(index, busy)
-        return functools.partial(self._succeeded, item, output, attempt, busy)
+        return functools.partial(self._succeeded, item, output, attempt, began - item.submitted, busy)
 
-    def _succeeded(self, item: _Item, output: Output, attempt: int, busy: float) -> None:
+    def _succeeded(self, item: _Item, output: Output, attempt: int, waited: float, busy: float) -> None:
         result = TaskResult(task_id=item.task.id, idempotency_key=item.task.idempotency_key,
                             status=TaskStatus.SUCCESS, output_key=output.key, attempts=attempt,
-                            queue_wait_s=busy and (time.perf_counter() - item.submitted - busy),
-                            processing_s=busy, output_bytes=output.size)
+                            queue_wait_s=waited, processing_s=busy, output_bytes=output.size)
+        if self._log.isEnabledFor(logging.DEBUG):
+            self._log.debug("task succeeded", extra=task_extra("succeeded", item.task, attempt=attempt,
+                                                                output_key=output.key))
         committed = self.store.succeed(item.row_id, item.version, output.key, output.size)
         committed.add_done_callback(lambda f: self._settle(item, "succeeded", result=result, commit=f))
 

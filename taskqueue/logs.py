@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 import sys
 from datetime import datetime, timezone
 from typing import Any
@@ -49,7 +51,21 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             out["traceback"] = self.formatException(record.exc_info)
             out.setdefault("error_class", record.exc_info[0].__name__ if record.exc_info[0] else None)
-        return json.dumps(out, default=str, ensure_ascii=False)
+        try:
+            return json.dumps(out, default=str, ensure_ascii=False, allow_nan=False)
+        except ValueError:  # NaN or Infinity somewhere: strict JSON has no spelling for them
+            return json.dumps(_finite(out), default=str, ensure_ascii=False, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by its name ("nan", "inf", "-inf")."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def configure(level: str | int = "info", path: str | None = None, stream: Any = None) -> logging.Handler:
@@ -58,9 +74,15 @@ def configure(level: str | int = "info", path: str | None = None, stream: Any = 
     Returns the handler so the caller can remove it. Idempotent per target.
     """
     logger = logging.getLogger(LOGGER_NAME)
+    logger.setLevel(level.upper() if isinstance(level, str) else level)
+    target = os.path.abspath(path) if path else (stream or sys.stderr)
+    for existing in logger.handlers:
+        if isinstance(existing.formatter, JsonFormatter) and target == (
+                existing.baseFilename if isinstance(existing, logging.FileHandler)
+                else getattr(existing, "stream", None)):
+            return existing
     handler: logging.Handler = (logging.FileHandler(path, encoding="utf-8") if path
                                 else logging.StreamHandler(stream or sys.stderr))
     handler.setFormatter(JsonFormatter())
     logger.addHandler(handler)
-    logger.setLevel(level.upper() if isinstance(level, str) else level)
     return handler

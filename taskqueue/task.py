@@ -114,8 +114,10 @@ class TaskResult:
 
     ``attempts`` counts claims (1 when it succeeded first time). ``deduplicated``
     is true when this result was found in the store rather than produced now.
-    Durations are seconds measured with ``time.perf_counter()``; they are
-    ``None`` for a deduplicated result.
+    Durations are seconds measured with ``time.perf_counter()``:
+    ``queue_wait_s`` from ``submit()`` to the start of the successful attempt
+    (queueing, backoffs and earlier attempts included), ``processing_s`` that
+    attempt's processing. Both are ``None`` for a deduplicated result.
     """
 
     task_id: str
