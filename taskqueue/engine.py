@@ -196,16 +196,19 @@ class TaskQueue:
                 return future
             future = Future()
             self._inflight[key] = future
+        # From here on, other submitters of this key may hold ``future``: it must be resolved.
         try:
             claim = self.store.claim(task).result()
-        except BaseException:
+        except BaseException as exc:
             self._forget(key, future)
+            future.set_exception(exc)
             raise
         if claim.new or self._adoptable(claim.row):
             return self._enqueue(_Item(task, future, claim.row, inserted=claim.new))
-        self._forget(key, future)
         self.metrics.incr("deduplicated")
-        return _settled(task, claim.row)
+        _settle_from_row(future, task, claim.row)
+        self._forget(key, future)
+        return future
 
     def _adoptable(self, row: Row) -> bool:
         """An existing open row whose owner is gone (e.g. after ``dlq redrive``): run it here."""
@@ -226,8 +229,10 @@ class TaskQueue:
                 self.store.release(item.row_id, item.version).result()
             self.metrics.incr("rejected")
             self._log.info("queue full: task rejected", extra=task_extra("rejected", item.task))
-            raise QueueFull(f"queue is full ({self.config.queue_size} tasks); "
-                            f"task {item.task.id!r} was not accepted") from None
+            error = QueueFull(f"queue is full ({self.config.queue_size} tasks); "
+                              f"task {item.task.id!r} was not accepted")
+            item.future.set_exception(error)  # for a concurrent submitter of the same key
+            raise error from None
         self.metrics.on_put(self._queue.qsize())
         return item.future
 
@@ -505,9 +510,8 @@ class TaskQueue:
         self.shutdown(wait=True)
 
 
-def _settled(task: Task, row: Row) -> Future:
-    """A completed Future for a key the store already holds."""
-    future: Future = Future()
+def _settle_from_row(future: Future, task: Task, row: Row) -> None:
+    """Complete ``future`` from a row the store already holds for ``task``'s key."""
     if row.status is TaskStatus.SUCCESS:
         future.set_result(TaskResult(task_id=task.id, idempotency_key=row.idempotency_key,
                                      status=TaskStatus.SUCCESS, output_key=row.output_key,
@@ -518,7 +522,6 @@ def _settled(task: Task, row: Row) -> Future:
     else:
         future.set_exception(ClaimedElsewhere(f"task {task.id!r} is being processed elsewhere "
                                               f"({_describe(row)})"))
-    return future
 
 
 def _stored_error(row: Row) -> BaseException:
