@@ -175,7 +175,7 @@ class _Gzip:
     params = {"level": (0, 9, 6)}
 
     def output_key(self, task: Task) -> str:
-        return f"variants/{task.variant}/{task.image_key}{self.suffix}"
+        return f"{OUTPUT_PREFIX}{task.variant}/{task.image_key}{self.suffix}"
 
     def run(self, processor: Processor, task: Task, key: str, deadline: float | None) -> int:
         level = _param(task, "level", self.params)
@@ -201,7 +201,7 @@ class _Image:
         self.size = size  # None: keep full size, make it grayscale
 
     def output_key(self, task: Task) -> str:
-        return f"variants/{task.variant}/{task.image_key}{self.suffix}"
+        return f"{OUTPUT_PREFIX}{task.variant}/{task.image_key}{self.suffix}"
 
     def run(self, processor: Processor, task: Task, key: str, deadline: float | None) -> int:
         if Image is None:
@@ -237,7 +237,13 @@ class _Image:
         return size
 
 
+OUTPUT_PREFIX = "variants/"
+
+
 def _plan(task: Task):
+    if task.image_key.startswith(OUTPUT_PREFIX):
+        raise InvalidParameter(f"field 'image_key': {task.image_key[:80]!r} is under {OUTPUT_PREFIX!r}, "
+                               f"which is reserved for outputs (a task could overwrite another's output)")
     variant = task.variant
     if variant == "gzip":
         plan = _Gzip()
