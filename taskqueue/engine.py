@@ -12,8 +12,9 @@ is unbounded. Instead ``max_workers`` worker loops are submitted once and
 Nothing in the engine polls: threads block on the queue, on Futures, or on a
 Condition.
 
-Lock order: ``TaskQueue._lock`` guards ``_inflight``, ``_unfinished`` and
-``_closed``; no other lock is taken while it is held.
+Lock order: ``TaskQueue._lock`` guards ``_inflight``, ``_unfinished``,
+``_closed`` and the start of an item's Future; only a Future's own lock is
+taken while it is held.
 """
 
 from __future__ import annotations
@@ -52,15 +53,20 @@ class _Item:
 
     __slots__ = ("task", "future", "row_id", "version", "submitted", "enqueued", "started", "inserted")
 
-    def __init__(self, task: Task, future: Future, row: Row, inserted: bool = False) -> None:
+    def __init__(self, task: Task, row: Row | None = None) -> None:
         self.task = task
-        self.inserted = inserted  # this process created the row: it may delete it if never run
-        self.future = future
-        self.row_id = row.id
-        self.version = row.version
+        self.future: Future = Future()
         self.submitted = time.perf_counter()
         self.enqueued = self.submitted
         self.started = False  # set_running_or_notify_cancel() has been called
+        self.inserted = False  # this process created the row: it may delete it if never run
+        if row is not None:
+            self.bind(row)
+
+    def bind(self, row: Row, inserted: bool = False) -> None:
+        self.row_id = row.id
+        self.version = row.version
+        self.inserted = inserted
 
 
 class RetryScheduler:
@@ -157,7 +163,7 @@ class TaskQueue:
         self._queue: queue.Queue = queue.Queue(maxsize=config.queue_size)
         self._lock = threading.Lock()
         self._all_done = threading.Condition(self._lock)  # announces: _unfinished reached 0
-        self._inflight: dict[str, Future] = {}
+        self._inflight: dict[str, _Item] = {}  # idempotency key -> its item, from submit to settled
         self._unfinished = 0
         self._closed = False
         self._finished = threading.Event()  # set when shutdown has completed
@@ -190,25 +196,29 @@ class TaskQueue:
         with self._lock:
             if self._closed:
                 raise QueueShutDown("submit() after shutdown()")
-            future = self._inflight.get(key)
-            if future is not None:
-                self.metrics.incr("deduplicated")
-                return future
-            future = Future()
-            self._inflight[key] = future
-        # From here on, other submitters of this key may hold ``future``: it must be resolved.
+            item = self._inflight.get(key)
+            if item is not None:
+                if item.future.cancelled() and not item.started:
+                    item.future = Future()  # a new offer revives a cancelled task still in the queue
+                else:
+                    self.metrics.incr("deduplicated")
+                return item.future
+            item = self._inflight[key] = _Item(task)
+            self._unfinished += 1  # from here, shutdown() waits for this submit to settle
+        # Other submitters of this key may hold item.future from now on: it must be resolved.
         try:
             claim = self.store.claim(task).result()
         except BaseException as exc:
-            self._forget(key, future)
-            future.set_exception(exc)
+            item.future.set_exception(exc)
+            self._forget(item)
             raise
         if claim.new or self._adoptable(claim.row):
-            return self._enqueue(_Item(task, future, claim.row, inserted=claim.new))
+            item.bind(claim.row, inserted=claim.new)
+            return self._enqueue(item)
         self.metrics.incr("deduplicated")
-        _settle_from_row(future, task, claim.row)
-        self._forget(key, future)
-        return future
+        _settle_from_row(item.future, task, claim.row)
+        self._forget(item)
+        return item.future
 
     def _adoptable(self, row: Row) -> bool:
         """An existing open row whose owner is gone (e.g. after ``dlq redrive``): run it here."""
@@ -216,15 +226,12 @@ class TaskQueue:
             and not owner_alive(row.owner, self.store.owner)
 
     def _enqueue(self, item: _Item) -> Future:
-        with self._lock:
-            self._unfinished += 1
         try:
             if self.config.on_full == "reject":
                 self._queue.put_nowait(item)
             else:
                 self._queue.put(item, timeout=self.config.put_timeout_s)
         except queue.Full:
-            self._forget(item.task.idempotency_key, item.future, finished=True)
             if item.inserted:  # an adopted row is not ours to delete: it stays queued
                 self.store.release(item.row_id, item.version).result()
             self.metrics.incr("rejected")
@@ -232,6 +239,7 @@ class TaskQueue:
             error = QueueFull(f"queue is full ({self.config.queue_size} tasks); "
                               f"task {item.task.id!r} was not accepted")
             item.future.set_exception(error)  # for a concurrent submitter of the same key
+            self._forget(item)
             raise error from None
         self.metrics.on_put(self._queue.qsize())
         return item.future
@@ -242,14 +250,15 @@ class TaskQueue:
         self._queue.put(item)
         self.metrics.on_put(self._queue.qsize())
 
-    def _forget(self, key: str, future: Future, finished: bool = False) -> None:
+    def _forget(self, item: _Item) -> None:
+        """The item has settled (or was never accepted): stop tracking it."""
+        key = item.task.idempotency_key
         with self._lock:
-            if self._inflight.get(key) is future:
+            if self._inflight.get(key) is item:
                 del self._inflight[key]
-            if finished:
-                self._unfinished -= 1
-                if self._unfinished == 0:
-                    self._all_done.notify_all()
+            self._unfinished -= 1
+            if self._unfinished == 0:
+                self._all_done.notify_all()
 
     # -- workers -----------------------------------------------------------------
 
@@ -302,12 +311,13 @@ class TaskQueue:
         """Dequeue bookkeeping, then claim the item's attempt; None if its client cancelled it."""
         self.metrics.on_get(self._queue.qsize(), time.perf_counter() - item.enqueued)
         if not item.started:
-            if not item.future.set_running_or_notify_cancel():
-                self._forget(item.task.idempotency_key, item.future, finished=True)
+            with self._lock:  # submit() may be reviving a cancelled Future of this item
+                item.started = item.future.set_running_or_notify_cancel()
+            if not item.started:  # its client cancelled it
+                self._forget(item)
                 if item.inserted:
                     self.store.release(item.row_id, item.version)
                 return None
-            item.started = True
         try:
             return item, self.store.start(item.row_id, item.version, self.config.lease_s)
         except Exception as exc:  # the store is gone: fail this item, keep the worker alive
@@ -386,7 +396,7 @@ class TaskQueue:
                 item.future.set_exception(error)
         except InvalidStateError:
             pass  # cancelled meanwhile; the outcome is in the store all the same
-        self._forget(item.task.idempotency_key, item.future, finished=True)
+        self._forget(item)
 
     # -- recovery and shutdown -------------------------------------------------------
 
@@ -399,9 +409,9 @@ class TaskQueue:
         recovered = self.store.recover(self.config.max_attempts).result()
         now = self._wall()
         for row in recovered.runnable:
-            item = _Item(row.task(), Future(), row)
+            item = _Item(row.task(), row)
             with self._lock:
-                self._inflight[row.idempotency_key] = item.future
+                self._inflight[row.idempotency_key] = item
                 self._unfinished += 1
             if not self._scheduler.schedule(max(0.0, (row.next_attempt_at or now) - now), item):
                 self._abandon(item)
@@ -490,7 +500,7 @@ class TaskQueue:
                     f"task {item.task.id!r} was not finished before shutdown; it stays in the store"))
             except InvalidStateError:
                 pass
-        self._forget(item.task.idempotency_key, item.future, finished=True)
+        self._forget(item)
 
     def snapshot(self) -> dict:
         """Metrics plus the store's group-commit statistics, as a plain dict."""

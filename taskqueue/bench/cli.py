@@ -15,16 +15,17 @@ import platform
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 
-from . import report, svg, verdict
+from . import report, runner, svg, verdict
 from .impls import REPO_ROOT
 from .scenarios import QUEUE_SIZE, SCENARIOS, VARIANT, WARMUP_TASKS, WORKERS, row_spec
 
 DEFAULT_REPEAT = 3
 DEFAULT_SEED = 42
-ROW_TIMEOUT_S = 600.0  # guards against a hung row only
+ROW_TIMEOUT_GRACE_S = 30.0  # beyond the runner's own watchdog: guards against a hung interpreter
 
 
 def _positive_ints(text: str) -> list[int]:
@@ -94,14 +95,29 @@ def plan(args: argparse.Namespace) -> list[dict]:
     return specs
 
 
+def prepare_sources(specs: list[dict], cache_dir: str) -> None:
+    """Make each distinct set of source objects once under ``cache_dir``; point the specs at it.
+
+    Every row then copies its set into its own fresh directory: the rows of a
+    scenario read byte-identical sources without each paying to generate them.
+    """
+    made: dict[str, str] = {}
+    for spec in specs:
+        key = runner.sources_key(spec)
+        if key not in made:
+            made[key] = os.path.join(cache_dir, f"sources-{len(made)}")
+            runner.prepare_sources(made[key], spec)
+        spec["sources_dir"] = made[key]
+
+
 def run_spec(spec: dict) -> dict:
     """Run one row in a fresh interpreter; return its measurements. Raises RuntimeError on failure."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     proc = subprocess.run([sys.executable, "-m", "taskqueue.bench.runner", json.dumps(spec)],
-                          capture_output=True, text=True, timeout=ROW_TIMEOUT_S, env=env, cwd=str(REPO_ROOT))
+                          capture_output=True, text=True, timeout=spec["watchdog_s"] + ROW_TIMEOUT_GRACE_S, env=env, cwd=str(REPO_ROOT))
     if proc.returncode != 0:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        tail = "\n".join(proc.stderr.strip().splitlines()[-120:])
         raise RuntimeError(f"row {spec['scenario']}/{spec['clients']}/{spec['label']} exited with "
                            f"{proc.returncode}:\n{tail}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -125,14 +141,7 @@ def _settings(args: argparse.Namespace, specs: list[dict]) -> dict:
                           for name in args.scenarios}}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; 0 when every row ran (whatever the verdict), 1 if a row failed."""
-    arg_list = sys.argv[1:] if argv is None else list(argv)
-    args = parser().parse_args(arg_list)
-    specs = plan(args)
-    progress = sys.stderr.isatty()
-    machine = _machine()
-    began = time.perf_counter()
+def _run_all(specs: list[dict], progress: bool) -> tuple[list[dict], list[str]]:
     runs, failures = [], []
     for number, spec in enumerate(specs, 1):
         if progress:
@@ -146,6 +155,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nbenchmark: {exc}", file=sys.stderr)
         if progress:
             print(f"  {time.perf_counter() - row_began:5.2f} s", file=sys.stderr)
+    return runs, failures
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; 0 when every row ran (whatever the verdict), 1 if a row failed."""
+    arg_list = sys.argv[1:] if argv is None else list(argv)
+    args = parser().parse_args(arg_list)
+    specs = plan(args)
+    progress = sys.stderr.isatty()
+    machine = _machine()
+    began = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="tq-bench-sources-") as cache_dir:
+        prepare_sources(specs, cache_dir)
+        runs, failures = _run_all(specs, progress)
     wall = time.perf_counter() - began
     machine["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 

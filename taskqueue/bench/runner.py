@@ -5,19 +5,21 @@
 The parent runs every row in a fresh process like this, so peak RSS is per
 row and no row inherits another's threads, caches or garbage. A row works in
 its own temporary directory: it generates the task list and the source
-objects from the seed (byte-identical for every row of a scenario), warms the
-implementation up on separate keys, then times the load.
+objects from the seed (byte-identical for every row of a scenario; the parent
+makes them once and the row hard-links them in), warms the implementation up
+on separate keys, then times the load.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import gc
 import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
-import threading
 import time
 
 from .. import workload
@@ -26,79 +28,50 @@ from ..processor import FaultConfig, Processor
 from ..task import Task
 from . import clients, stats
 from .impls import TimedProcessor, make_impl
-
-try:
-    import resource
-except ImportError:  # pragma: no cover - Windows
-    resource = None
+from .sampling import SAMPLE_INTERVAL_S, Sampler, peak_rss_kib
 
 WARMUP_SEED_OFFSET = 1_000_003  # warm-up keys embed their seed, so they never meet the timed ones
-SAMPLE_INTERVAL_S = 0.005
 
 
-def rss_kib() -> int | None:
-    """Current resident set size in KiB from /proc/self/statm; None where there is no /proc."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            resident_pages = int(f.read().split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return resident_pages * os.sysconf("SC_PAGE_SIZE") // 1024
+def task_lists(spec: dict) -> tuple[list[dict], list[dict]]:
+    """The row's timed task dicts and its warm-up task dicts: pure functions of the spec."""
+    seed = spec["seed"]
+    raw = workload.generate_tasks(spec["tasks"], seed=seed, variants=spec["variant"],
+                                  duplicate_fraction=spec["duplicate_fraction"])
+    warm = workload.generate_tasks(spec["warmup_tasks"], seed=seed + WARMUP_SEED_OFFSET,
+                                   variants=spec["variant"], duplicate_fraction=0.0)
+    return raw, warm
 
 
-def peak_rss_kib() -> int | None:
-    """The process's peak RSS in KiB (``ru_maxrss``: KiB on Linux, bytes on macOS); None without it."""
-    if resource is None:
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak // 1024 if sys.platform == "darwin" else peak
+def sources_key(spec: dict) -> str:
+    """Rows with equal keys need byte-identical source objects (so the parent can make them once)."""
+    return json.dumps([spec[k] for k in ("seed", "tasks", "variant", "duplicate_fraction", "warmup_tasks")])
 
 
-class Sampler:
-    """A thread recording RSS and the implementation's backlog every few milliseconds until stopped."""
+def prepare_sources(root: str, spec: dict) -> int:
+    """Create every source object the row's tasks name under ``root``; return how many.
 
-    def __init__(self, depth, interval_s: float = SAMPLE_INTERVAL_S) -> None:
-        self._depth = depth
-        self._interval = interval_s
-        self._stopped = threading.Event()
-        self.rss: list[int] = []
-        self.depths: list[int] = []
-        self._thread = threading.Thread(target=self._run, name="bench-sampler", daemon=True)
-
-    def __enter__(self) -> "Sampler":
-        self._sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._stopped.set()
-        self._thread.join()
-        self._sample()
-
-    def _sample(self) -> None:
-        rss = rss_kib()
-        if rss is not None:
-            self.rss.append(rss)
-        depth = self._depth()
-        if depth is not None:
-            self.depths.append(depth)
-
-    def _run(self) -> None:
-        while not self._stopped.wait(self._interval):
-            self._sample()
+    Sources are set-up, not the measured work: written without fsync.
+    """
+    raw, warm = task_lists(spec)
+    return workload.create_sources(LocalObjectStore(root, fsync=False), raw + warm, seed=spec["seed"])
 
 
 def run_row(spec: dict) -> dict:
-    """Run the row ``spec`` describes in a fresh temporary directory; return its measurements."""
+    """Run the row ``spec`` describes in a fresh temporary directory; return its measurements.
+
+    The sources come from ``spec["sources_dir"]`` when given (made by
+    :func:`prepare_sources` for an equal :func:`sources_key`; hard-linked, as
+    no implementation writes a source), else are generated here.
+    """
     with tempfile.TemporaryDirectory(prefix=f"tq-bench-{spec['scenario']}-") as workdir:
         seed = spec["seed"]
-        raw = workload.generate_tasks(spec["tasks"], seed=seed, variants=spec["variant"],
-                                      duplicate_fraction=spec["duplicate_fraction"])
-        warm_raw = workload.generate_tasks(spec["warmup_tasks"], seed=seed + WARMUP_SEED_OFFSET,
-                                           variants=spec["variant"], duplicate_fraction=0.0)
+        raw, warm_raw = task_lists(spec)
         root = os.path.join(workdir, "objects")
-        # Sources are set-up, not the measured work: write them without fsync.
-        workload.create_sources(LocalObjectStore(root, fsync=False), raw + warm_raw, seed=seed)
+        if spec.get("sources_dir"):
+            shutil.copytree(spec["sources_dir"], root, copy_function=_link_or_copy)
+        else:
+            prepare_sources(root, spec)
         store = LocalObjectStore(root, fsync=True)  # outputs: fsync, the engine's default
         faults = FaultConfig(latency_s=spec["latency_s"], jitter_s=spec["jitter_s"],
                              transient_rate=spec["transient_rate"],
@@ -123,6 +96,14 @@ def run_row(spec: dict) -> dict:
         if spec.get("record_outputs"):
             result["outputs"] = _outputs(store, load)
         return result
+
+
+def _link_or_copy(source: str, destination: str) -> None:
+    """Hard-link a source object into the row's directory (rows only read sources); copy if we cannot."""
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
 
 
 def _warmed_up(spec: dict, processor, store, workdir: str, warm: list):
@@ -223,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m taskqueue.bench.runner '<row spec JSON>'", file=sys.stderr)
         return 2
     spec = json.loads(args[0])
+    # A hung row dumps every thread's stack to stderr and exits, instead of stalling the benchmark.
+    faulthandler.dump_traceback_later(spec.get("watchdog_s", 600.0), exit=True)
     print(json.dumps(run_row(spec)), flush=True)
     return 0
 

@@ -85,4 +85,6 @@ def row_spec(scenario: Scenario, impl: str, on_full: str, *, clients: int, tasks
         "queue_size": QUEUE_SIZE, "retry_base_s": scenario.retry_base_s,
         "retry_cap_s": scenario.retry_cap_s, "max_attempts": scenario.max_attempts,
         "warmup_tasks": WARMUP_TASKS, "record_outputs": record_outputs,
+        # The runner dumps its threads' stacks and exits if the row takes longer than this.
+        "watchdog_s": 60.0 + 0.05 * tasks,
     }

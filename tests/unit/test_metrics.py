@@ -1,0 +1,326 @@
+"""Metrics: counters, the latency histogram's error bound, exact depth statistics, renderings, the sampler."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+import threading
+
+import pytest
+
+from taskqueue.metrics import COUNTERS, SNAPSHOT_KEYS, DepthSampler, DepthStats, LatencyHistogram, Metrics
+
+WAIT_S = 30  # hang guard only
+QUANTILES = (0.5, 0.9, 0.95, 0.99, 1.0)
+
+
+def nearest_rank(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(q * len(ordered))) - 1]
+
+
+def _uniform(rng: random.Random, n: int) -> list[float]:
+    return [rng.uniform(0.001, 0.5) for _ in range(n)]
+
+
+def _lognormal(rng: random.Random, n: int) -> list[float]:
+    return [rng.lognormvariate(math.log(0.02), 1.0) for _ in range(n)]
+
+
+def _constant(rng: random.Random, n: int) -> list[float]:
+    return [0.0123] * n
+
+
+def _heavy_tail(rng: random.Random, n: int) -> list[float]:
+    # Pareto with alpha 1.1: most samples near 1 ms, a few thousands of times larger.
+    return [0.001 * rng.paretovariate(1.1) for _ in range(n)]
+
+
+def _bimodal(rng: random.Random, n: int) -> list[float]:
+    return [rng.choice((rng.uniform(1e-5, 2e-5), rng.uniform(5.0, 6.0))) for _ in range(n)]
+
+
+def _wide(rng: random.Random, n: int) -> list[float]:
+    # Log-uniform across the whole supported range, 1 us .. 1 day.
+    return [math.exp(rng.uniform(math.log(2e-6), math.log(80000.0))) for _ in range(n)]
+
+
+DISTRIBUTIONS = {"uniform": _uniform, "lognormal": _lognormal, "constant": _constant,
+                 "heavy_tail": _heavy_tail, "bimodal": _bimodal, "wide": _wide}
+
+
+class SteppedClock:
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# -- LatencyHistogram ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("alpha", [0.01, 0.05])
+@pytest.mark.parametrize("n", [1, 7, 1000, 20000])
+@pytest.mark.parametrize("name", sorted(DISTRIBUTIONS))
+def test_quantiles_are_within_the_relative_error_bound(name, n, alpha):
+    values = DISTRIBUTIONS[name](random.Random(f"{name}:{n}"), n)
+    histogram = LatencyHistogram(alpha=alpha)
+    for v in values:
+        histogram.record(v)
+    for q in QUANTILES:
+        exact = nearest_rank(values, q)
+        estimate = histogram.quantile(q)
+        # A hair of slack for the floating-point logarithm at a bucket boundary.
+        assert abs(estimate - exact) <= alpha * exact * (1 + 1e-9), (name, n, q, exact, estimate)
+
+
+def test_summary_reports_count_mean_max_and_quantiles():
+    values = _lognormal(random.Random(3), 5000)
+    histogram = LatencyHistogram()
+    for v in values:
+        histogram.record(v)
+    summary = histogram.summary()
+    assert set(summary) == {"count", "mean", "p50", "p95", "p99", "max", "relative_error"}
+    assert summary["count"] == 5000
+    assert summary["mean"] == pytest.approx(sum(values) / len(values), rel=1e-9)
+    assert summary["max"] == max(values)
+    assert summary["relative_error"] == 0.01
+    for key, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
+        exact = nearest_rank(values, q)
+        assert abs(summary[key] - exact) <= 0.01 * exact * (1 + 1e-9)
+
+
+def test_memory_stays_bounded_however_many_samples():
+    histogram = LatencyHistogram(alpha=0.01)
+    bound = math.ceil(math.log(histogram.max_value / histogram.min_value) / math.log(histogram.gamma)) + 2
+    rng = random.Random(11)
+    for _ in range(100_000):
+        histogram.record(math.exp(rng.uniform(math.log(1e-9), math.log(1e7))))  # past both ends too
+    assert histogram.count == 100_000
+    assert histogram.buckets <= bound
+    assert bound < 1400  # "about 1,200 for 1 us .. 1 day at 1 %"
+
+
+def test_empty_histogram_has_no_quantiles():
+    histogram = LatencyHistogram()
+    assert histogram.quantile(0.5) is None
+    summary = histogram.summary()
+    assert summary["count"] == 0 and summary["mean"] is None and summary["p99"] is None and summary["max"] is None
+
+
+def test_one_sample_is_every_quantile():
+    histogram = LatencyHistogram()
+    histogram.record(0.25)
+    assert {histogram.quantile(q) for q in (0.0, 0.5, 1.0)} == {0.25}
+
+
+def test_values_at_the_edges_are_documented_not_lost():
+    histogram = LatencyHistogram(min_value=1e-6, max_value=10.0)
+    histogram.record(0.0)
+    histogram.record(-1.0)   # a clock that went backwards counts as zero
+    histogram.record(1e9)    # clamped to max_value
+    assert histogram.count == 3
+    assert histogram.quantile(0.0) == histogram.min_value
+    assert histogram.quantile(1.0) == pytest.approx(10.0, rel=0.01)
+    assert histogram.max == 10.0
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0, -0.1, 2.0])
+def test_alpha_must_be_a_fraction(alpha):
+    with pytest.raises(ValueError, match="alpha"):
+        LatencyHistogram(alpha=alpha)
+
+
+@pytest.mark.parametrize("q", [-0.01, 1.01])
+def test_quantile_outside_0_1_is_refused(q):
+    histogram = LatencyHistogram()
+    histogram.record(1.0)
+    with pytest.raises(ValueError):
+        histogram.quantile(q)
+
+
+# -- DepthStats -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", range(5))
+def test_depth_stats_are_exact(seed):
+    rng = random.Random(seed)
+    capacity = 64
+    depths = [rng.randint(0, capacity) for _ in range(rng.randint(1, 3000))]
+    stats = DepthStats(capacity)
+    for d in depths:
+        stats.record(d)
+    summary = stats.summary()
+    assert summary == {"current": depths[-1], "max": max(depths), "mean": pytest.approx(sum(depths) / len(depths)),
+                       "p95": nearest_rank(depths, 0.95), "observations": len(depths), "capacity": capacity}
+
+
+def test_depth_stats_empty():
+    summary = DepthStats(8).summary()
+    assert summary["p95"] is None and summary["observations"] == 0 and summary["max"] == 0
+    assert summary["mean"] == 0.0
+
+
+def test_depth_stats_p95_known_values():
+    stats = DepthStats(10)
+    for d in [0] * 95 + [7] * 4 + [10]:
+        stats.record(d)
+    assert stats.summary()["p95"] == 0
+    stats.record(10)
+    assert stats.summary()["p95"] == 7  # rank ceil(0.95 * 101) = 96
+
+
+# -- Metrics ----------------------------------------------------------------------------------------
+
+def test_snapshot_schema():
+    clock = SteppedClock()
+    metrics = Metrics(workers=3, queue_capacity=16, clock=clock)
+    metrics.on_put(1)
+    metrics.on_get(0, 0.002)
+    metrics.on_processed(1, 0.5)
+    metrics.on_outcome("succeeded", 0.6)
+    metrics.sample_depth(4)
+    clock.now += 2.0
+    snap = metrics.snapshot()
+
+    assert set(snap) == set(SNAPSHOT_KEYS)
+    assert set(snap["counters"]) == set(COUNTERS)
+    assert all(type(v) is int for v in snap["counters"].values())
+    assert set(snap["rates"]) == {"enqueue_per_s", "dequeue_per_s", "complete_per_s"}
+    assert all(isinstance(v, float) for v in snap["rates"].values())
+    for name in ("latency_s", "queue_wait_s", "processing_s"):
+        assert set(snap[name]) == {"count", "mean", "p50", "p95", "p99", "max", "relative_error"}
+        assert type(snap[name]["count"]) is int
+        assert all(isinstance(snap[name][k], float) for k in ("mean", "p50", "p95", "p99", "max"))
+    for name in ("queue_depth", "queue_depth_sampled"):
+        assert set(snap[name]) == {"current", "max", "mean", "p95", "observations", "capacity"}
+        assert snap[name]["capacity"] == 16
+    assert set(snap["workers"]) == {"count", "busy_s", "tasks", "utilisation"}
+    assert snap["workers"]["count"] == 3
+    assert snap["workers"]["busy_s"] == [0.0, 0.5, 0.0] and snap["workers"]["tasks"] == [0, 1, 0]
+    assert snap["elapsed_s"] == 2.0
+    assert snap["queue_depth_sampled"]["max"] == 4 and snap["queue_depth"]["observations"] == 2
+    assert json.loads(metrics.to_json()) == json.loads(json.dumps(snap))
+
+
+def test_rates_and_utilisation_follow_the_clock():
+    clock = SteppedClock()
+    metrics = Metrics(workers=2, queue_capacity=8, clock=clock)
+    for _ in range(5):
+        metrics.on_put(1)
+    for _ in range(3):
+        metrics.on_get(0, 0.0)
+    metrics.on_outcome("succeeded", 1.0)
+    metrics.on_outcome("dead_lettered", 1.0)
+    metrics.on_processed(0, 2.0)
+    metrics.on_processed(1, 3.0)
+    clock.now += 10.0
+    snap = metrics.snapshot()
+    assert snap["rates"] == {"enqueue_per_s": 0.5, "dequeue_per_s": 0.3, "complete_per_s": 0.2}
+    assert snap["workers"]["utilisation"] == pytest.approx(0.25)
+    assert snap["counters"]["enqueued"] == 5 and snap["counters"]["dequeued"] == 3
+
+
+def test_empty_snapshot_is_well_formed_and_serialisable():
+    metrics = Metrics(workers=1, queue_capacity=1, clock=SteppedClock())
+    snap = metrics.snapshot()
+    assert all(v == 0 for v in snap["counters"].values())
+    assert snap["latency_s"]["p50"] is None
+    assert snap["elapsed_s"] > 0  # never a division by zero
+    assert json.loads(metrics.to_json())["counters"] == snap["counters"]
+
+
+def test_counters_are_exact_under_contention():
+    metrics = Metrics(workers=4, queue_capacity=32)
+    threads_n, per_thread = 8, 5000
+    start = threading.Barrier(threads_n)
+
+    def hammer(i: int) -> None:
+        start.wait(WAIT_S)
+        for _ in range(per_thread):
+            metrics.incr("deduplicated")
+            metrics.on_put(i)
+            metrics.on_get(i, 0.001)
+            metrics.on_processed(i % 4, 0.001)
+            metrics.on_outcome("succeeded", 0.002)
+
+    threads = [threading.Thread(target=hammer, args=(i,)) for i in range(threads_n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT_S)
+    snap = metrics.snapshot()
+    total = threads_n * per_thread
+    c = snap["counters"]
+    assert c["deduplicated"] == c["enqueued"] == c["dequeued"] == c["succeeded"] == total
+    assert snap["latency_s"]["count"] == snap["queue_wait_s"]["count"] == snap["processing_s"]["count"] == total
+    assert sum(snap["workers"]["tasks"]) == total
+    assert snap["queue_depth"]["observations"] == 2 * total
+
+
+def test_unknown_counter_is_an_error():
+    with pytest.raises(KeyError):
+        Metrics(workers=1, queue_capacity=1).incr("no_such_counter")
+
+
+def test_prometheus_text_has_every_counter_and_parses():
+    clock = SteppedClock()
+    metrics = Metrics(workers=2, queue_capacity=4, clock=clock)
+    for name, n in zip(COUNTERS, range(1, len(COUNTERS) + 1)):
+        metrics.incr(name, n)
+    metrics.on_outcome("succeeded", 0.125)
+    metrics.on_put(3)
+    clock.now += 1.0
+    text = metrics.to_prometheus()
+    assert text.endswith("\n")
+    samples = {}
+    sample = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[a-z]+="[^"]*"\})?) (\S+)$')
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            assert line.split()[3] in ("counter", "gauge", "summary")
+            continue
+        match = sample.match(line)
+        assert match, f"not a Prometheus sample line: {line!r}"
+        samples[match.group(1)] = float(match.group(2))
+    snap = metrics.snapshot()
+    for name in COUNTERS:
+        assert samples[f"taskqueue_{name}_total"] == snap["counters"][name]
+    assert samples["taskqueue_latency_s_count"] == 1
+    assert samples['taskqueue_latency_s{quantile="0.99"}'] == pytest.approx(0.125, rel=0.01)
+    assert samples["taskqueue_queue_depth"] == 3 and samples["taskqueue_queue_depth_max"] == 3
+    assert "taskqueue_worker_utilisation" in samples
+
+
+# -- DepthSampler -----------------------------------------------------------------------------------
+
+def test_depth_sampler_records_samples_until_stopped():
+    metrics = Metrics(workers=1, queue_capacity=10)
+    calls = {"n": 0}
+    enough = threading.Event()
+
+    def depth() -> int:
+        calls["n"] += 1
+        if calls["n"] >= 3:
+            enough.set()
+        return 5
+
+    sampler = DepthSampler(metrics, depth, interval_s=0.001)
+    assert enough.wait(WAIT_S)
+    sampler.stop()
+    after_stop = calls["n"]
+    sampled = metrics.snapshot()["queue_depth_sampled"]
+    assert sampled["observations"] == after_stop >= 3
+    assert sampled["max"] == sampled["current"] == 5
+    sampler.stop()  # a second stop is harmless
+    assert calls["n"] == after_stop  # the thread is gone: no sample after stop
+
+
+def test_depth_sampler_stop_does_not_wait_for_the_interval():
+    metrics = Metrics(workers=1, queue_capacity=1)
+    sampler = DepthSampler(metrics, lambda: 0, interval_s=3600.0)
+    stopper = threading.Thread(target=sampler.stop)
+    stopper.start()
+    stopper.join(WAIT_S)  # an hour-long interval would hang here if stop() waited for it
+    assert not stopper.is_alive()
+    assert metrics.snapshot()["queue_depth_sampled"]["observations"] == 0
