@@ -23,7 +23,7 @@ from .config import Config
 from .errors import ClaimedElsewhere, ConfigError, InvalidTask, QueueFull, QueueShutDown
 from .objectstore import LocalObjectStore
 from .processor import Processor
-from .store import TaskStore, connect, status_counts
+from .store import TaskStore, check_database, connect, status_counts
 from .taskfile import ON_INVALID, load_tasks
 
 EXIT_OK, EXIT_UNFINISHED, EXIT_USAGE = 0, 1, 2
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (ConfigError, InvalidTask, NotADirectoryError, IsADirectoryError, FileNotFoundError,
-            PermissionError, sqlite3.Error) as exc:
+            FileExistsError, PermissionError, sqlite3.Error) as exc:
         print(f"error: {exc}", file=sys.stderr)
         if getattr(exc, "error_count", 0):
             print("hint: --invalid dead-letter records the bad items as dead letters and runs the rest",
@@ -97,7 +97,8 @@ def _store_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace, *names: str) -> Config:
-    return Config.from_env({name: getattr(args, name, None) for name in ("db", "store", *names)})
+    return Config.from_env({name: getattr(args, name, None) for name in ("db", "store", *names)},
+                           flags={"shutdown_grace_s": "--grace"})
 
 
 # -- run -------------------------------------------------------------------------------
@@ -108,12 +109,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args, "workers", "queue_size", "on_full", "max_attempts", "shutdown_grace_s",
                      "log_level")
     _check_paths(config, args)
+    # Everything that can refuse the run does so before anything is created.
+    loaded = load_tasks(args.tasks, max_bytes=config.max_task_file_bytes, check=Processor.check,
+                        on_invalid=args.invalid)
+    check_database(config.db)
     handler = logs.configure(args.log_level or ("info" if args.log_file else "warning"), path=args.log_file)
     try:
         objects = LocalObjectStore(config.store, chunk_size=config.chunk_size, fsync=config.fsync_outputs)
         processor = Processor(objects, config.faults)
-        loaded = load_tasks(args.tasks, max_bytes=config.max_task_file_bytes, check=processor.check,
-                            on_invalid=args.invalid)
         if args.make_sources:
             from .workload import create_sources
             created = create_sources(objects, [t.to_dict() for t in loaded.tasks], seed=config.fault_seed)
@@ -131,7 +134,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _check_paths(config: Config, args: argparse.Namespace) -> None:
     """Refuse paths that cannot work before anything is created or processed."""
-    if os.path.exists(config.store) and not os.path.isdir(config.store):
+    if os.path.lexists(config.store) and not os.path.isdir(config.store):  # lexists: a dangling link too
         raise NotADirectoryError(f"store {config.store!r} is not a directory")
     if os.path.isdir(config.db):
         raise IsADirectoryError(f"db {config.db!r} is a directory, not a database file")

@@ -151,12 +151,14 @@ class Config:
     @classmethod
     def from_env(cls, overrides: Mapping[str, Any] | None = None, *,
                  environ: Mapping[str, str] | None = None,
-                 dotenv_path: str | os.PathLike | None = ".env") -> "Config":
+                 dotenv_path: str | os.PathLike | None = ".env",
+                 flags: Mapping[str, str] | None = None) -> "Config":
         """Build a Config from ``overrides`` > ``environ`` > ``dotenv_path`` > defaults.
 
         ``overrides`` maps field names to values; ``None`` values are ignored
-        (an unset CLI flag). Raises :class:`ConfigError` naming the variable or
-        flag and the value.
+        (an unset CLI flag); ``flags`` names the flag of a field whose flag is
+        not ``--<field-with-dashes>``. Raises :class:`ConfigError` naming the
+        variable or flag and the value.
         """
         environ = os.environ if environ is None else environ
         dotenv = read_dotenv(dotenv_path) if dotenv_path else {}
@@ -169,7 +171,8 @@ class Config:
         for f in dataclasses.fields(cls):
             env_name = ENV_PREFIX + f.name.upper()
             if f.name in overrides:
-                raw, source = overrides[f.name], f"--{f.name.replace('_', '-')}"
+                raw = overrides[f.name]
+                source = (flags or {}).get(f.name) or f"--{f.name.replace('_', '-')}"
             elif env_name in environ:
                 raw, source = environ[env_name], f"{env_name} (environment)"
             elif env_name in dotenv:

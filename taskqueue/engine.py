@@ -460,21 +460,28 @@ class TaskQueue:
         return self._finished.wait(timeout)
 
     def _close(self, cancel_futures: bool) -> None:
-        if cancel_futures:
-            self._cancel_pending()
-        self.join()
-        for _ in self._workers:
-            self._queue.put(_STOP)
-        self._executor.shutdown(wait=True)
-        for item in self._scheduler.stop():  # only when cancelled concurrently: keep them for the next run
-            self._abandon(item)
-        self._sampler.stop()
-        self.store.close()
-        self.final_metrics = self.snapshot()
-        if self._metrics_out:
-            _write_json(self._metrics_out, self.final_metrics)
-        _live_queues.discard(self)
-        self._finished.set()
+        try:
+            if cancel_futures:
+                self._cancel_pending()
+            self.join()
+            for _ in self._workers:
+                self._queue.put(_STOP)
+            self._executor.shutdown(wait=True)
+            for item in self._scheduler.stop():  # only when cancelled concurrently: kept for the next run
+                self._abandon(item)
+            self._sampler.stop()
+            self.store.close()
+            self.final_metrics = self.snapshot()
+            if self._metrics_out:
+                try:
+                    _write_json(self._metrics_out, self.final_metrics)
+                except OSError as exc:  # the metrics are lost, not the tasks: say so and finish
+                    self._log.error("could not write final metrics", extra={
+                        "event": "metrics_write_failed", "task_id": None, "idempotency_key": None,
+                        "error_class": type(exc).__name__, "error": str(exc), "path": self._metrics_out})
+        finally:
+            _live_queues.discard(self)
+            self._finished.set()
 
     def _cancel_pending(self) -> None:
         # Drain first: the scheduler thread may be blocked putting into a full queue.
@@ -548,10 +555,18 @@ def _describe(row: Row | None) -> str:
 
 
 def _write_json(path: str, data: dict) -> None:
+    """Write ``data`` to ``path`` atomically (temp file + rename); no temp file survives an error."""
     temp = f"{path}.tmp-{os.getpid()}"
-    with open(temp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-    os.replace(temp, path)
+    try:
+        with open(temp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+        os.replace(temp, path)
+    except BaseException:
+        try:
+            os.remove(temp)
+        except OSError:
+            pass
+        raise
 
 
 def _abandon_at_exit() -> None:

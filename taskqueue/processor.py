@@ -119,7 +119,8 @@ class Processor:
 
     # -- validation ------------------------------------------------------------
 
-    def check(self, task: Task) -> None:
+    @staticmethod
+    def check(task: Task) -> None:
         """Raise :class:`UnknownVariant` or :class:`InvalidParameter` if ``task`` cannot be made.
 
         Pure: no I/O. The loader calls it to reject bad items before any work.

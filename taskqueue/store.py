@@ -78,6 +78,7 @@ _COLUMNS = ("id, task_id, idempotency_key, payload, status, attempts, created_at
             "redrives, version")
 _OPEN = ("queued", "running", "failed")
 _STOP = object()
+APPLICATION_ID = 0x54517565  # "TQue": marks a SQLite file as this queue's database
 _LIVE_OWNERS: set[str] = set()  # owner tokens of the open TaskStores of this process
 _DIRECT = os.environ.get("TQ_DIRECT_COMMIT", "1") == "1"  # TEMPORARY A/B switch
 
@@ -130,6 +131,30 @@ class Recovered:
 
     runnable: list[Row]
     dead: list[Row]
+
+
+def check_database(path: str) -> None:
+    """Refuse, without changing it, a file that is not this queue's database.
+
+    A missing or empty file is fine (the schema is created); so is a file
+    marked with our ``application_id``. Anything else -- another
+    application's SQLite file, random bytes -- raises ``sqlite3.DatabaseError``
+    naming the path, before any pragma or schema could modify it.
+    """
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        tables = sorted(name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+    except sqlite3.DatabaseError as exc:
+        raise sqlite3.DatabaseError(f"database {path!r}: {exc}") from None
+    finally:
+        conn.close()
+    if app_id != APPLICATION_ID and (app_id != 0 or tables):
+        raise sqlite3.DatabaseError(
+            f"database {path!r} is not a task queue database (application_id {app_id}, "
+            f"tables {', '.join(tables[:5]) or 'none'}); refusing to modify it")
 
 
 def owner_token() -> str:
@@ -198,11 +223,15 @@ class TaskStore:
         self._clock = clock
         self._busy_timeout_ms = busy_timeout_ms
         self._max_batch = max_batch
+        check_database(self.path)
+        try:
+            self._conn = connect(self.path, busy_timeout_ms=busy_timeout_ms, synchronous=synchronous,
+                                 check_same_thread=False)  # the writer's (or a direct committer's)
+            self._conn.executescript(SCHEMA + f"PRAGMA application_id = {APPLICATION_ID};")
+        except sqlite3.DatabaseError as exc:
+            raise type(exc)(f"database {self.path!r}: {exc}") from exc
         self.owner = owner_token()
         _LIVE_OWNERS.add(self.owner)
-        self._conn = connect(self.path, busy_timeout_ms=busy_timeout_ms, synchronous=synchronous,
-                             check_same_thread=False)  # used by the writer thread alone after this
-        self._conn.executescript(SCHEMA)
         self._ops: queue.SimpleQueue = queue.SimpleQueue()  # lists of (fn, args, Future)
         self._held = threading.local()  # per thread: operations held by together()
         self._conn_lock = threading.Lock()  # guards _conn: the writer or one caller committing directly
