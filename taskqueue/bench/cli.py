@@ -66,7 +66,7 @@ def parser() -> argparse.ArgumentParser:
                    help="comma-separated client counts for every scenario "
                         "(default: 50,100 for io and overhead, 100 for burst)")
     p.add_argument("--tasks", type=_positive_int, default=None,
-                   help="tasks per row for every scenario (default: io 300, overhead 600, burst 1000)")
+                   help="tasks per row for every scenario (default: io 400, overhead 600, burst 1000)")
     p.add_argument("--repeat", type=_positive_int, default=None,
                    help=f"runs of each row; the report gives medians and min-max (default {DEFAULT_REPEAT})")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED,
@@ -98,8 +98,9 @@ def plan(args: argparse.Namespace) -> list[dict]:
 def prepare_sources(specs: list[dict], cache_dir: str) -> None:
     """Make each distinct set of source objects once under ``cache_dir``; point the specs at it.
 
-    Every row then copies its set into its own fresh directory: the rows of a
-    scenario read byte-identical sources without each paying to generate them.
+    Every row then hard-links (or copies) its set into its own fresh directory:
+    the rows of a scenario read byte-identical sources without each paying to
+    generate them.
     """
     made: dict[str, str] = {}
     for spec in specs:
@@ -115,7 +116,8 @@ def run_spec(spec: dict) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     proc = subprocess.run([sys.executable, "-m", "taskqueue.bench.runner", json.dumps(spec)],
-                          capture_output=True, text=True, timeout=spec["watchdog_s"] + ROW_TIMEOUT_GRACE_S, env=env, cwd=str(REPO_ROOT))
+                          capture_output=True, text=True, env=env, cwd=str(REPO_ROOT),
+                          timeout=spec["watchdog_s"] + ROW_TIMEOUT_GRACE_S)
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-120:])
         raise RuntimeError(f"row {spec['scenario']}/{spec['clients']}/{spec['label']} exited with "

@@ -4,6 +4,26 @@ A *run* is one runner result (one repeat of one row). A *row* groups the
 runs of one (scenario, clients, implementation): every metric in
 :data:`METRICS` is the median over the repeats, and ``spread[metric]`` is
 ``[min, max]`` over them. The runs themselves are kept under ``runs``.
+
+``benchmark.json`` (schema ``taskqueue-benchmark/1``)::
+
+    schema, created (UTC ISO 8601), command, wall_s (whole benchmark)
+    machine   {platform, python, implementation, cpus, cpus_available,
+               load_average_start, load_average_end}
+    settings  {seed, repeat, quick, workers, queue_size, warmup_tasks, variant,
+               fsync_outputs, scenarios: {name: {scenario parameters, clients_run, tasks_run}}}
+    rows      [{scenario, clients, label, impl, on_full, tasks, repeats,
+                <every METRICS name: median>, queue_depth_source,
+                errors_by_type (summed over repeats), spread {metric: [min, max]},
+                runs [runner result per repeat (see runner._measurements); with
+                      --record-outputs each has outputs {task id: {key, sha256} | {error}}]}]
+    verdict   {requirements: [{scenario, clients, status PASS|FAIL|n/a, throughput_ratio,
+                               p95_ratio, need, detail}],
+               targets: [{target, status MET|MISSED|n/a, value, detail}]}
+
+Units: latencies in ms, throughput in tasks with an outcome per second,
+error_rate a fraction of those tasks, RSS in KiB, utilisation a fraction of
+``wall x workers``. ``benchmark.csv`` has one line per row: :data:`CSV_COLUMNS`.
 """
 
 from __future__ import annotations
@@ -122,6 +142,9 @@ def burst_table(rows: list[dict]) -> str:
             f"{_mib(row['rss_growth_kib']):>15}")
     lines.append("in submit s: seconds all clients together spent inside submit() (blocked by "
                  "backpressure or a lock); depth max: highest over repeats.")
+    lines.append("RSS growth: sampled peak minus RSS at the start of the timed burst. Open-loop clients "
+                 "hold one handle per task until they collect it: a Future (~1.6 KiB) for engine and "
+                 "stdlib, the task id for baseline.")
     return "\n".join(lines)
 
 
@@ -129,7 +152,7 @@ def burst_table(rows: list[dict]) -> str:
 
 def document(rows: list[dict], *, verdict: dict, settings: dict, machine: dict, wall_s: float,
              created: str, command: str) -> dict:
-    """The JSON report (see the README's "Results" section for the field definitions)."""
+    """The JSON report (schema in this module's docstring)."""
     return {"schema": SCHEMA, "created": created, "command": command, "machine": machine,
             "settings": settings, "wall_s": wall_s, "rows": rows, "verdict": verdict}
 
@@ -161,6 +184,7 @@ def write_text(path: str, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(text)
+        os.chmod(temp, 0o644)  # mkstemp makes it private; a report is for reading
         os.replace(temp, path)
     except BaseException:
         if os.path.exists(temp):

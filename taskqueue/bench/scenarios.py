@@ -54,7 +54,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("io", "processor latency 5 ms + up to 1 ms jitter, 2 % transient and 0.5 % permanent "
                    "faults, 10 % duplicate keys; closed loop",
              open_loop=False, latency_s=0.005, jitter_s=0.001, transient_rate=0.02,
-             permanent_rate=0.005, duplicate_fraction=0.10, tasks=300, quick_tasks=60,
+             permanent_rate=0.005, duplicate_fraction=0.10, tasks=400, quick_tasks=60,
              clients=(50, 100)),
     Scenario("overhead", "no injected latency, no faults, no duplicates: what the queue itself "
                          "costs around real gzip + fsync work; closed loop",

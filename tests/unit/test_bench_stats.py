@@ -1,0 +1,165 @@
+"""The benchmark's arithmetic on synthetic numbers: exact percentiles, medians over repeats, verdicts.
+
+No threads, no timing: every expected value is worked out by hand.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import random
+
+import pytest
+
+from taskqueue.bench import report, stats, verdict
+from taskqueue.bench.scenarios import QUEUE_SIZE
+
+
+# -- percentiles ---------------------------------------------------------------------
+
+def test_nearest_rank_percentiles_of_1_to_100_are_the_ranks_themselves():
+    ordered = [float(i) for i in range(1, 101)]
+    assert stats.percentile(ordered, 50) == 50.0
+    assert stats.percentile(ordered, 95) == 95.0
+    assert stats.percentile(ordered, 99) == 99.0
+    assert stats.percentile(ordered, 100) == 100.0
+    assert stats.percentile(ordered, 0.5) == 1.0
+
+
+def test_percentile_picks_a_real_sample_never_an_interpolation():
+    ordered = [0.1, 0.2, 0.3, 0.4, 0.5]
+    assert stats.percentile(ordered, 50) == 0.3    # rank ceil(2.5) = 3
+    assert stats.percentile(ordered, 95) == 0.5    # rank ceil(4.75) = 5
+    assert stats.percentile(ordered, 40) == 0.2    # rank ceil(2.0) = 2, not 2.4's neighbour
+    twenty = [float(i) for i in range(10, 210, 10)]
+    assert stats.percentile(twenty, 95) == 190.0   # rank 19 of 20
+    assert stats.percentile(twenty, 99) == 200.0   # rank ceil(19.8) = 20
+
+
+def test_percentile_edge_cases():
+    assert stats.percentile([], 95) is None
+    assert stats.percentile([7.0], 50) == stats.percentile([7.0], 99) == 7.0
+    for bad in (0, -1, 100.5):
+        with pytest.raises(ValueError):
+            stats.percentile([1.0], bad)
+
+
+def test_summarize_sorts_for_itself_and_means_exactly():
+    samples = [float(i) for i in range(1, 1001)]
+    random.Random(3).shuffle(samples)
+    summary = stats.summarize(samples)
+    assert summary == {"count": 1000, "mean": 500.5, "p50": 500.0, "p95": 950.0, "p99": 990.0,
+                       "max": 1000.0}
+
+
+def test_summarize_mean_has_no_rounding_drift():
+    summary = stats.summarize([0.1] * 10)
+    assert summary["mean"] == 0.1  # math.fsum: a naive sum gives 0.09999999999999999
+    assert stats.summarize([]) == {"count": 0, "mean": None, "p50": None, "p95": None, "p99": None,
+                                   "max": None}
+
+
+def test_median_spread_ratio():
+    assert stats.median([3.0, 1.0, 2.0]) == 2.0
+    assert stats.median([4.0, 1.0, 3.0, 2.0]) == 2.5
+    assert stats.median([None, 5.0]) == 5.0
+    assert stats.median([]) is None
+    assert stats.spread([3.0, None, 1.0, 2.0]) == [1.0, 3.0]
+    assert stats.spread([None]) is None
+    assert stats.ratio(6.0, 3.0) == 2.0
+    assert stats.ratio(1.0, 0.0) is None
+    assert stats.ratio(None, 1.0) is None
+
+
+# -- aggregation over repeats ----------------------------------------------------------
+
+def _run(label, *, scenario="io", clients=100, repeat=0, throughput=100.0, p95=100.0, error_rate=0.0,
+         depth_max=None, rss_growth_kib=1024, **extra):
+    impl = label.split("-")[0]
+    run = {"scenario": scenario, "clients": clients, "label": label, "impl": impl,
+           "on_full": "reject" if label.endswith("reject") else ("block" if impl == "engine" else "-"),
+           "tasks": 300, "seed": 42, "repeat": repeat}
+    for metric in report.METRICS:
+        run[metric] = 1.0
+    run.update(throughput_per_s=throughput, latency_p95_ms=p95, error_rate=error_rate,
+               queue_depth_max=depth_max, rss_growth_kib=rss_growth_kib, rss_peak_kib=30 * 1024,
+               queue_depth_source="test", errors_by_type={"InjectedTransientError": 1} if error_rate else {})
+    run.update(extra)
+    return run
+
+
+def test_aggregate_takes_medians_and_spreads_per_row_in_first_seen_order():
+    runs = [_run("baseline", repeat=r, throughput=t, p95=p)
+            for r, (t, p) in enumerate([(100.0, 900.0), (120.0, 700.0), (90.0, 800.0)])]
+    runs += [_run("engine", repeat=r, throughput=t) for r, t in enumerate([600.0, 500.0])]
+    rows = report.aggregate(runs)
+    assert [row["label"] for row in rows] == ["baseline", "engine"]
+    base, engine = rows
+    assert base["repeats"] == 3 and engine["repeats"] == 2
+    assert base["throughput_per_s"] == 100.0 and base["spread"]["throughput_per_s"] == [90.0, 120.0]
+    assert base["latency_p95_ms"] == 800.0 and base["spread"]["latency_p95_ms"] == [700.0, 900.0]
+    assert engine["throughput_per_s"] == 550.0          # even count: mean of the middle two
+    assert base["runs"] == runs[:3]
+
+
+def test_csv_has_one_line_per_row_with_medians_and_spread():
+    runs = [_run("baseline", repeat=r, throughput=t) for r, t in enumerate([100.0, 120.0, 90.0])]
+    text = report.csv_text(report.aggregate(runs))
+    lines = list(csv.DictReader(io.StringIO(text)))
+    assert list(lines[0].keys()) == list(report.CSV_COLUMNS)
+    assert len(lines) == 1
+    assert float(lines[0]["throughput_per_s"]) == 100.0
+    assert (float(lines[0]["throughput_per_s_min"]), float(lines[0]["throughput_per_s_max"])) == (90.0, 120.0)
+    assert lines[0]["queue_depth_max"] == ""            # missing values are empty cells
+
+
+# -- verdicts -----------------------------------------------------------------------------
+
+def _io_rows(engine_tput, engine_p95, *, clients=(50, 100)):
+    runs = []
+    for c in clients:
+        runs += [_run("baseline", clients=c, throughput=100.0, p95=1000.0, error_rate=0.02),
+                 _run("engine", clients=c, throughput=engine_tput, p95=engine_p95, error_rate=0.0),
+                 _run("stdlib", clients=c, throughput=engine_tput, p95=engine_p95, error_rate=0.02)]
+    return report.aggregate(runs)
+
+
+def test_requirement_passes_at_exactly_the_thresholds_and_fails_just_past_them():
+    at_limit = verdict.verdict(_io_rows(200.0, 600.0))["requirements"]
+    assert [(c["clients"], c["status"]) for c in at_limit] == [(50, "PASS"), (100, "PASS")]
+    assert at_limit[0]["throughput_ratio"] == 2.0 and at_limit[0]["p95_ratio"] == 0.6
+    slow = verdict.verdict(_io_rows(199.0, 100.0))["requirements"]
+    assert {c["status"] for c in slow} == {"FAIL"}
+    laggy = verdict.verdict(_io_rows(500.0, 601.0))["requirements"]
+    assert {c["status"] for c in laggy} == {"FAIL"}
+
+
+def test_requirement_not_run_is_not_a_pass():
+    result = verdict.verdict(_io_rows(500.0, 100.0, clients=(100,)))
+    assert [(c["clients"], c["status"]) for c in result["requirements"]] == [(50, "n/a"), (100, "PASS")]
+    targets = {t["target"]: t["status"] for t in result["targets"]}
+    assert all(status == "n/a" for name, status in targets.items() if name.startswith(("overhead", "burst")))
+
+
+def test_targets_are_computed_from_the_rows():
+    targets = verdict.targets(_io_rows(600.0, 150.0))
+    assert [t["status"] for t in targets[:4]] == ["MET", "MET", "MET", "MET"]  # 6x, 0.15x, 0 < 2 %, 1x
+    assert math.isclose(targets[0]["value"], 6.0) and math.isclose(targets[1]["value"], 0.15)
+    assert "6.00x" in targets[0]["detail"] and "600.0" in targets[0]["detail"]
+    missed = verdict.targets(_io_rows(400.0, 250.0))
+    assert [t["status"] for t in missed[:2]] == ["MISSED", "MISSED"]  # 4x < 5x, 0.25x > 0.2x
+
+
+def test_burst_targets_use_the_highest_depth_over_repeats_and_rss_growth():
+    runs = [_run("baseline", scenario="burst", depth_max=900, rss_growth_kib=2048),
+            _run("engine", scenario="burst", repeat=0, depth_max=QUEUE_SIZE, rss_growth_kib=1024),
+            _run("engine", scenario="burst", repeat=1, depth_max=QUEUE_SIZE - 5, rss_growth_kib=1024),
+            _run("engine-reject", scenario="burst", depth_max=QUEUE_SIZE, rss_growth_kib=512)]
+    depth, rss = verdict.targets(report.aggregate(runs))[-2:]
+    assert depth["status"] == "MET" and depth["value"] == QUEUE_SIZE
+    assert rss["status"] == "MET" and rss["value"] == 1.0
+    runs[2]["queue_depth_max"] = QUEUE_SIZE + 1           # one repeat over the bound is enough to miss
+    runs[1]["rss_growth_kib"] = runs[2]["rss_growth_kib"] = 4096
+    depth, rss = verdict.targets(report.aggregate(runs))[-2:]
+    assert depth["status"] == "MISSED" and rss["status"] == "MISSED"
