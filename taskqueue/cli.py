@@ -16,7 +16,6 @@ import sqlite3
 import sys
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, wait
 
 from . import logs
 from .config import Config
@@ -126,7 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         tq = TaskQueue(config.db, objects, config=config, processor=processor,
                        metrics_out=args.metrics_out)
-        return _drive(tq, loaded, config, started, swept)
+        return _drive(tq, loaded, config, started, swept, args.metrics_out)
     finally:
         logs.logging.getLogger(logs.LOGGER_NAME).removeHandler(handler)
         handler.close()
@@ -151,10 +150,28 @@ class _Waiter:
     def __init__(self) -> None:
         self.stop = threading.Event()
         self._wake = threading.Event()  # announces: what we wait for happened, or stop was requested
+        self._progress = threading.Condition()  # announces: a watched Future settled, or stop
+        self.settled = 0  # watched Futures settled so far (guarded by _progress)
 
     def request_stop(self) -> None:
         self.stop.set()
         self._wake.set()
+        with self._progress:
+            self._progress.notify_all()
+
+    def watch(self, future) -> None:
+        """Count ``future`` in :attr:`settled` when it settles."""
+        future.add_done_callback(self._one_settled)
+
+    def _one_settled(self, _future) -> None:
+        with self._progress:
+            self.settled += 1
+            self._progress.notify_all()
+
+    def wait_progress(self, seen: int) -> None:
+        """Block until more than ``seen`` watched Futures have settled, or stop is requested."""
+        with self._progress:
+            self._progress.wait_for(lambda: self.settled > seen or self.stop.is_set())
 
     def wait_all(self, futures) -> bool:
         """Block until every Future is done (True) or stop is requested (False)."""
@@ -183,7 +200,7 @@ class _Waiter:
             self._wake.wait(seconds)
 
 
-def _drive(tq, loaded, config: Config, started: float, swept: int) -> int:
+def _drive(tq, loaded, config: Config, started: float, swept: int, metrics_out: str | None) -> int:
     """Submit every task, wait for all outcomes (or a signal), shut down, summarise."""
     waiter = _Waiter()
     signals = [0]
@@ -205,14 +222,17 @@ def _drive(tq, loaded, config: Config, started: float, swept: int) -> int:
         for task in loaded.tasks:
             if waiter.stop.is_set():
                 break
-            while True:
+            future = None
+            while future is None and not waiter.stop.is_set():
+                seen = waiter.settled
                 try:
                     future = tq.submit(task)
-                    break
-                except QueueFull:  # reject mode: wait for room, then offer again
+                except QueueFull:  # reject mode: wait until a task settles, then offer again
                     rejected_offers += 1
-                    open_futures = [f for _, f in submitted if not f.done()]
-                    wait(open_futures or [f for _, f in submitted[-1:]], return_when=FIRST_COMPLETED)
+                    waiter.wait_progress(seen)
+            if future is None:
+                break
+            waiter.watch(future)
             submitted.append((task, future))
         if waiter.wait_all([f for _, f in submitted]):
             submitted = _await_elsewhere(tq, submitted, waiter)
@@ -224,9 +244,11 @@ def _drive(tq, loaded, config: Config, started: float, swept: int) -> int:
     summary = _summary(submitted, loaded, rejected_offers, time.perf_counter() - started, tq, swept)
     print(_render(summary))
     if stopping:
-        if not finished:
+        if not finished:  # grace expired: in-flight rows are recovered by the next run
+            if metrics_out:
+                tq.write_metrics(metrics_out)
             sys.stdout.flush()
-            os._exit(EXIT_OK)  # grace expired: in-flight rows are recovered by the next run
+            os._exit(EXIT_OK)
         return EXIT_OK
     return EXIT_OK if summary["unfinished"] == 0 else EXIT_UNFINISHED
 
@@ -286,20 +308,11 @@ def _summary(submitted: list, loaded, rejected_offers: int, elapsed: float, tq, 
     outcome = {"succeeded": 0, "deduplicated": 0, "dead_lettered": 0, "unfinished": 0}
     seen: set[int] = set()
     for _task, future in submitted:
-        if id(future) in seen:  # a duplicate key in flight shares its original's Future
-            outcome["deduplicated"] += 1
-            continue
+        kind = _outcome(future)
+        if id(future) in seen and kind == "succeeded":  # a duplicate in flight shared its original's Future
+            kind = "deduplicated"
         seen.add(id(future))
-        if future.cancelled() or not future.done():
-            outcome["unfinished"] += 1
-            continue
-        error = future.exception()
-        if error is None:
-            outcome["deduplicated" if future.result().deduplicated else "succeeded"] += 1
-        elif isinstance(error, (QueueShutDown, ClaimedElsewhere)):
-            outcome["unfinished"] += 1
-        else:
-            outcome["dead_lettered"] += 1
+        outcome[kind] += 1
     snap = tq.final_metrics or tq.snapshot()
     return {"tasks": len(loaded.tasks), "invalid_dead_lettered": len(loaded.invalid),
             "duplicates_in_file_dropped": loaded.duplicates_dropped, **outcome,
@@ -309,6 +322,17 @@ def _summary(submitted: list, loaded, rejected_offers: int, elapsed: float, tq, 
             "throughput_per_s": round(len(submitted) / elapsed, 1) if elapsed > 0 else None,
             "latency_p95_s": snap["latency_s"]["p95"], "queue_depth_max": snap["queue_depth"]["max"],
             "db": tq.store.path, "store": tq.objects.root}
+
+
+def _outcome(future) -> str:
+    if future.cancelled() or not future.done():
+        return "unfinished"
+    error = future.exception()
+    if error is None:
+        return "deduplicated" if future.result().deduplicated else "succeeded"
+    if isinstance(error, (QueueShutDown, ClaimedElsewhere)):
+        return "unfinished"
+    return "dead_lettered"
 
 
 def _render(summary: dict) -> str:

@@ -265,50 +265,43 @@ class TaskQueue:
     def _work(self, index: int) -> None:
         """One worker loop: take a task, claim an attempt, process, record. Runs until a sentinel.
 
-        The attempt of the *next* task is claimed before this one is
-        processed (when the queue has one ready), so that claim's commit
-        overlaps the processing instead of adding a round trip to every
-        task. Like a message broker's prefetch, a crash therefore also counts
-        an attempt for at most one waiting task per worker.
+        The outcome of the task just processed and the claim of the next one
+        go to the store in one hand-off (one transaction, usually committed
+        right here in the worker when the writer is idle). The attempt is
+        committed before processing starts, and only for the task about to be
+        processed, so a crash counts an attempt against that task alone.
         """
-        ahead = None  # (item, Future of its committed start)
-        record = None  # posts the outcome of the task just processed
-        stopping = False
+        record = None  # records the outcome of the task just processed
         while True:
-            if ahead is None:
-                if record is not None:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                if record is not None:  # never hold an outcome back while waiting for work
                     record()
                     record = None
-                if stopping:
-                    return
                 item = self._queue.get()
-                if item is _STOP:
-                    return
-                ahead = self._begin(item)
-                continue
-            (item, started), ahead = ahead, None
-            # One hand-off to the writer: the last task's outcome and the next task's claim.
+            if item is _STOP:
+                if record is not None:
+                    record()
+                return
             with self.store.together():
                 if record is not None:
                     record()
                     record = None
-                if not stopping:
-                    try:
-                        following = self._queue.get_nowait()
-                    except queue.Empty:
-                        following = None
-                    if following is _STOP:
-                        stopping = True
-                    elif following is not None:
-                        ahead = self._begin(following)
+                started = self._begin(item)
+            if started is None:
+                continue
             try:
                 record = self._run_one(index, item, started)
             except BaseException as exc:  # a bug here must not kill the worker or lose the Future
                 self._log.exception("worker error", extra=task_extra("worker_error", item.task, error=exc))
                 self._settle(item, "failed", error=exc)
 
-    def _begin(self, item: _Item):
-        """Dequeue bookkeeping, then claim the item's attempt; None if its client cancelled it."""
+    def _begin(self, item: _Item) -> Future | None:
+        """Dequeue bookkeeping, then claim the item's attempt (a Future of the started row).
+
+        None if its client cancelled it or the store failed (the item is settled then).
+        """
         self.metrics.on_get(self._queue.qsize(), time.perf_counter() - item.enqueued)
         if not item.started:
             with self._lock:  # submit() may be reviving a cancelled Future of this item
@@ -319,7 +312,7 @@ class TaskQueue:
                     self.store.release(item.row_id, item.version)
                 return None
         try:
-            return item, self.store.start(item.row_id, item.version, self.config.lease_s)
+            return self.store.start(item.row_id, item.version, self.config.lease_s)
         except Exception as exc:  # the store is gone: fail this item, keep the worker alive
             self._settle(item, "failed", error=exc)
             return None
@@ -509,8 +502,12 @@ class TaskQueue:
                 pass
         self._forget(item)
 
+    def write_metrics(self, path: str) -> None:
+        """Write :meth:`snapshot` to ``path`` as JSON, atomically. Raises ``OSError``."""
+        _write_json(path, self.snapshot())
+
     def snapshot(self) -> dict:
-        """Metrics plus the store's group-commit statistics, as a plain dict."""
+        """Metrics plus the store's commit statistics, as a plain dict."""
         snap = self.metrics.snapshot()
         snap["store"] = {"commits": self.store.batches, "operations": self.store.operations,
                          "ops_per_commit": self.store.operations / self.store.batches

@@ -9,13 +9,17 @@ One row per idempotency key. Every transition is an
                       -> failed -> running ...   (retry scheduled at next_attempt_at)
                       -> dead                    (copied to the dead_letters table)
 
-**Group commit.** All writes go through one writer thread that owns the write
-connection. Callers hand it operations; it drains everything pending, runs it
-in one ``BEGIN IMMEDIATE`` transaction and commits once, then resolves each
-operation's Future. A Future returned by this class therefore resolves only
-after its change is committed. Measured on 2 cores, 2000 zero-length tasks at
-100 clients: ~4.6k tasks/s with a commit per transition from each worker,
-~12.9k with the group-commit writer.
+**Committing.** One write connection, guarded by a lock. A caller whose
+operations find the connection idle (and nothing queued) commits them itself,
+at once: no thread hand-off, which under the GIL costs more than the SQL.
+When the connection is busy, operations queue for one writer thread, which
+drains everything pending into one ``BEGIN IMMEDIATE`` transaction and
+commits once (group commit). Either way a Future returned here resolves only
+after its change is committed. Small batches of single-statement operations
+run each statement as its own transaction (one ``sqlite3_step`` instead of
+three). Why not the writer thread alone: measured on this 2-core machine
+(``python3 benchmark.py --scenarios io``), handing every operation to the
+writer cost 18 % of the engine's throughput, mostly thread wake-ups.
 
 Reads use short-lived connections of their own (WAL lets them run beside the
 writer). Timestamps are wall-clock seconds (``clock``, injectable) because
@@ -80,7 +84,7 @@ _OPEN = ("queued", "running", "failed")
 _STOP = object()
 APPLICATION_ID = 0x54517565  # "TQue": marks a SQLite file as this queue's database
 _LIVE_OWNERS: set[str] = set()  # owner tokens of the open TaskStores of this process
-_DIRECT = os.environ.get("TQ_DIRECT_COMMIT", "1") == "1"  # TEMPORARY A/B switch
+AUTOCOMMIT_MAX = 2  # batches up to this size of single-statement operations skip BEGIN/COMMIT
 
 MAX_ERROR_TEXT = 2000
 
@@ -262,7 +266,7 @@ class TaskStore:
         under load the connection is busy and operations queue up for the
         writer, which commits them in groups.
         """
-        if _DIRECT and self._ops.empty() and self._conn_lock.acquire(blocking=False):
+        if self._ops.empty() and self._conn_lock.acquire(blocking=False):
             try:
                 outcomes = self._execute(ops)
             finally:
@@ -315,6 +319,19 @@ class TaskStore:
         """
         conn = self._conn
         outcomes: list = []
+        if len(batch) <= AUTOCOMMIT_MAX and all(
+                getattr(fn, "__func__", None) in _ONE_STATEMENT for fn, _args, _future in batch):
+            # A small batch of single-statement operations: each statement is its own transaction.
+            # That is one sqlite3_step (one GIL release, the costly part under thread contention)
+            # per operation instead of BEGIN + statement + COMMIT; busy_timeout applies the same.
+            for fn, args, future in batch:
+                try:
+                    outcomes.append((future, fn(conn, *args), None))
+                except Exception as exc:
+                    outcomes.append((future, None, exc))
+            self.batches += len(batch)
+            self.operations += len(batch)
+            return outcomes
         try:
             _begin_immediate(conn)
             for fn, args, future in batch:
@@ -567,6 +584,10 @@ def status_counts(path: str, *, busy_timeout_ms: int = 10000) -> dict[str, int]:
         return counts
     finally:
         conn.close()
+
+
+# Operations whose write is a single statement (a SELECT after it only reads committed state).
+_ONE_STATEMENT = frozenset({TaskStore._claim, TaskStore._release, TaskStore._start, TaskStore._finish})
 
 
 def _resolve(outcomes: list) -> None:
