@@ -9,17 +9,20 @@ One row per idempotency key. Every transition is an
                       -> failed -> running ...   (retry scheduled at next_attempt_at)
                       -> dead                    (copied to the dead_letters table)
 
-**Committing.** One write connection, guarded by a lock. A caller whose
-operations find the connection idle (and nothing queued) commits them itself,
-at once: no thread hand-off, which under the GIL costs more than the SQL.
-When the connection is busy, operations queue for one writer thread, which
-drains everything pending into one ``BEGIN IMMEDIATE`` transaction and
-commits once (group commit). Either way a Future returned here resolves only
-after its change is committed. Small batches of single-statement operations
-run each statement as its own transaction (one ``sqlite3_step`` instead of
-three). Why not the writer thread alone: measured on this 2-core machine
-(``python3 benchmark.py --scenarios io``), handing every operation to the
-writer cost 18 % of the engine's throughput, mostly thread wake-ups.
+**Committing: leader/follower group commit.** One write connection. A thread
+that hands over operations when nobody is committing becomes the *leader*: it
+commits them at once, in its own thread -- no thread hand-off, which under the
+GIL costs more than the SQL -- plus whatever other threads append meanwhile,
+one transaction per round. Threads that arrive while a leader commits are
+*followers*: they append their operations and wait on their Futures. After
+``LEADER_ROUNDS`` rounds a client or worker hands leadership to the writer
+thread, which keeps group-committing while the load lasts. Either way a
+Future returned here resolves only after its change is committed. Small
+batches of single-statement operations run each statement as its own
+transaction (one ``sqlite3_step`` instead of three). Measured on this 2-core
+machine (``python3 benchmark.py --scenarios io``): handing every operation to
+a dedicated writer thread cost ~18 % of the engine's throughput, mostly
+thread wake-ups.
 
 Reads use short-lived connections of their own (WAL lets them run beside the
 writer). Timestamps are wall-clock seconds (``clock``, injectable) because
@@ -31,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
 import socket
 import sqlite3
 import threading
@@ -81,10 +83,10 @@ _COLUMNS = ("id, task_id, idempotency_key, payload, status, attempts, created_at
             "next_attempt_at, lease_until, owner, output_key, output_bytes, last_error, error_class, "
             "redrives, version")
 _OPEN = ("queued", "running", "failed")
-_STOP = object()
 APPLICATION_ID = 0x54517565  # "TQue": marks a SQLite file as this queue's database
 _LIVE_OWNERS: set[str] = set()  # owner tokens of the open TaskStores of this process
 AUTOCOMMIT_MAX = 2  # batches up to this size of single-statement operations skip BEGIN/COMMIT
+LEADER_ROUNDS = 2  # transactions a client or worker commits as leader before the writer takes over
 
 MAX_ERROR_TEXT = 2000
 
@@ -236,9 +238,13 @@ class TaskStore:
             raise type(exc)(f"database {self.path!r}: {exc}") from exc
         self.owner = owner_token()
         _LIVE_OWNERS.add(self.owner)
-        self._ops: queue.SimpleQueue = queue.SimpleQueue()  # lists of (fn, args, Future)
         self._held = threading.local()  # per thread: operations held by together()
-        self._conn_lock = threading.Lock()  # guards _conn: the writer or one caller committing directly
+        # _commits guards _pending, _leading, _handoff and _closed, and announces that leadership
+        # was handed to the writer thread or ended. Only the leader touches _conn.
+        self._commits = threading.Condition()
+        self._pending: list = []  # (fn, args, Future) waiting for the next leader round
+        self._leading = False  # a thread is committing as leader
+        self._handoff = False  # the leader passed leadership to the writer thread
         self.batches = 0
         self.operations = 0
         self._closed = False
@@ -248,8 +254,6 @@ class TaskStore:
     # -- the writer ------------------------------------------------------------
 
     def _submit(self, fn: Callable[..., Any], *args: Any) -> Future:
-        if self._closed:
-            raise RuntimeError("TaskStore is closed")
         future: Future = Future()
         held = getattr(self._held, "ops", None)
         if held is not None:
@@ -259,21 +263,47 @@ class TaskStore:
         return future
 
     def _post(self, ops: list) -> None:
-        """Hand ``ops`` to the writer, or commit them in this thread when the writer is idle.
+        """Commit ``ops``: as the leader if nobody is committing, else with the leader's next round.
 
-        Committing in the caller's thread when nobody else is using the
-        connection saves two thread wake-ups (writer, then caller) per hand-off;
-        under load the connection is busy and operations queue up for the
-        writer, which commits them in groups.
+        Leader/follower group commit: the thread that finds no leader becomes
+        it and commits everything pending -- its own operations and any that
+        arrive meanwhile -- in up to ``LEADER_ROUNDS`` transactions, then hands
+        what is still pending to the writer thread. A follower only appends
+        its operations (and waits on their Futures if it needs the results).
+        No thread hand-off at all when the store is idle; one group commit per
+        round when it is busy.
         """
-        if self._ops.empty() and self._conn_lock.acquire(blocking=False):
-            try:
-                outcomes = self._execute(ops)
-            finally:
-                self._conn_lock.release()
-            _resolve(outcomes)
-        else:
-            self._ops.put(ops)
+        with self._commits:
+            if self._closed:
+                raise RuntimeError("TaskStore is closed")
+            self._pending.extend(ops)
+            if self._leading:
+                return
+            self._leading = True
+        self._lead(LEADER_ROUNDS)
+
+    def _lead(self, rounds: int | None) -> None:
+        """Commit pending operations, one transaction per round, until none are left.
+
+        After ``rounds`` rounds (None: no limit) leadership passes to the
+        writer thread, so a client or worker does not keep committing for
+        others under sustained load. Futures resolve outside the lock.
+        """
+        while True:
+            with self._commits:
+                if not self._pending:
+                    self._leading = False
+                    self._commits.notify_all()
+                    return
+                if rounds is not None and rounds <= 0:
+                    self._handoff = True
+                    self._commits.notify_all()
+                    return
+                batch = self._pending[:self._max_batch]
+                del self._pending[:self._max_batch]
+            if rounds is not None:
+                rounds -= 1
+            _resolve(self._execute(batch))
 
     @contextlib.contextmanager
     def together(self):
@@ -296,26 +326,19 @@ class TaskStore:
                 self._post(held)
 
     def _run(self) -> None:
+        """The writer thread: takes over leadership when a leader hands it over, until closed."""
         while True:
-            batch = list(self._ops.get())
-            while len(batch) < self._max_batch:
-                try:
-                    batch.extend(self._ops.get_nowait())
-                except queue.Empty:
-                    break
-            stop = any(op is _STOP for op in batch)
-            work = [op for op in batch if op is not _STOP]
-            if work:
-                with self._conn_lock:
-                    outcomes = self._execute(work)
-                _resolve(outcomes)
-            if stop:
-                return
+            with self._commits:
+                self._commits.wait_for(lambda: self._handoff or (self._closed and not self._leading))
+                if not self._handoff:
+                    return
+                self._handoff = False
+            self._lead(None)
 
     def _execute(self, batch: list) -> list:
         """Run ``batch`` in one transaction; return (future, result, error) per op, unresolved.
 
-        The caller holds ``_conn_lock``; it resolves the Futures after releasing it.
+        Only the leader calls this; it resolves the Futures afterwards.
         """
         conn = self._conn
         outcomes: list = []
@@ -354,13 +377,15 @@ class TaskStore:
 
     def close(self) -> None:
         """Commit what is pending, stop the writer and close the connection. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        self._ops.put([_STOP])
+        with self._commits:
+            if self._closed:
+                return
+            self._closed = True  # refuse new operations; the current leader finishes the pending ones
+            self._commits.notify_all()
         self._writer.join()
-        with self._conn_lock:
-            self._conn.close()
+        with self._commits:
+            self._commits.wait_for(lambda: not self._leading and not self._handoff)
+        self._conn.close()
         _LIVE_OWNERS.discard(self.owner)
 
     # -- transitions (run on the writer thread) ---------------------------------
