@@ -145,63 +145,48 @@ def _check_paths(config: Config, args: argparse.Namespace) -> None:
 
 
 class _Waiter:
-    """Waits for Futures or for a stop request (a signal), whichever comes first."""
+    """Waits for watched Futures, or for a stop request (a signal), whichever comes first."""
 
     def __init__(self) -> None:
-        self.stop = threading.Event()
-        self._wake = threading.Event()  # announces: what we wait for happened, or stop was requested
-        self._progress = threading.Condition()  # announces: a watched Future settled, or stop
-        self.settled = 0  # watched Futures settled so far (guarded by _progress)
+        self._changed = threading.Condition()  # announces: a watched Future settled, or stop requested
+        self.stopping = False
+        self._watched = 0
+        self._settled = 0
 
     def request_stop(self) -> None:
-        self.stop.set()
-        self._wake.set()
-        with self._progress:
-            self._progress.notify_all()
+        with self._changed:
+            self.stopping = True
+            self._changed.notify_all()
 
     def watch(self, future) -> None:
-        """Count ``future`` in :attr:`settled` when it settles."""
+        with self._changed:
+            self._watched += 1
         future.add_done_callback(self._one_settled)
 
     def _one_settled(self, _future) -> None:
-        with self._progress:
-            self.settled += 1
-            self._progress.notify_all()
+        with self._changed:
+            self._settled += 1
+            self._changed.notify_all()
 
-    def wait_progress(self, seen: int) -> None:
-        """Block until more than ``seen`` watched Futures have settled, or stop is requested."""
-        with self._progress:
-            self._progress.wait_for(lambda: self.settled > seen or self.stop.is_set())
-
-    def wait_all(self, futures) -> bool:
-        """Block until every Future is done (True) or stop is requested (False)."""
-        pending = [f for f in futures if not f.done()]
-        if not pending:
-            return True
-        self._wake.clear()
-        lock, left = threading.Lock(), [len(pending)]
-
-        def one_done(_future) -> None:
-            with lock:
-                left[0] -= 1
-                if left[0] == 0:
-                    self._wake.set()
-
-        for future in pending:
-            future.add_done_callback(one_done)
-        if not self.stop.is_set():
-            self._wake.wait()
-        return not self.stop.is_set()
+    def wait_all(self) -> bool:
+        """Block until every watched Future is done (True) or stop is requested (False)."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._settled >= self._watched or self.stopping)
+            return not self.stopping
 
     def sleep(self, seconds: float) -> None:
         """Sleep, but wake at once on a stop request."""
-        self._wake.clear()
-        if not self.stop.is_set():
-            self._wake.wait(seconds)
+        with self._changed:
+            self._changed.wait_for(lambda: self.stopping, seconds)
 
 
 def _drive(tq, loaded, config: Config, started: float, swept: int, metrics_out: str | None) -> int:
-    """Submit every task, wait for all outcomes (or a signal), shut down, summarise."""
+    """Submit every task, wait for all outcomes (or a signal), shut down, summarise.
+
+    The work runs in a thread of its own; the main thread only waits for it,
+    so the signal handler (which runs in the main thread) never interrupts
+    code that holds a lock it needs.
+    """
     waiter = _Waiter()
     signals = [0]
 
@@ -213,37 +198,27 @@ def _drive(tq, loaded, config: Config, started: float, swept: int, metrics_out: 
               f"(up to {config.shutdown_grace_s:g}s; again to exit at once)", file=sys.stderr)
         waiter.request_stop()
 
+    outcome: dict = {}
+
+    def work() -> None:
+        try:
+            outcome["value"] = _submit_and_wait(tq, loaded, config, waiter)
+        except BaseException as exc:  # re-raised in the main thread
+            outcome["error"] = exc
+
     previous = _install(on_signal)
-    submitted: list = []  # (task, Future)
-    rejected_offers = 0
     try:
-        for item in loaded.invalid:
-            _record_invalid(tq, item)
-        for task in loaded.tasks:
-            if waiter.stop.is_set():
-                break
-            future = None
-            while future is None and not waiter.stop.is_set():
-                seen = waiter.settled
-                try:
-                    future = tq.submit(task)
-                except QueueFull:  # reject mode: wait until a task settles, then offer again
-                    rejected_offers += 1
-                    waiter.wait_progress(seen)
-            if future is None:
-                break
-            waiter.watch(future)
-            submitted.append((task, future))
-        if waiter.wait_all([f for _, f in submitted]):
-            submitted = _await_elsewhere(tq, submitted, waiter)
-        stopping = waiter.stop.is_set()
-        finished = tq.shutdown(wait=True, cancel_futures=stopping,
-                               timeout=config.shutdown_grace_s if stopping else None)
+        runner = threading.Thread(target=work, name="tq-run")
+        runner.start()
+        runner.join()
     finally:
         _install(previous)
+    if "error" in outcome:
+        raise outcome["error"]
+    submitted, rejected_offers, finished = outcome["value"]
     summary = _summary(submitted, loaded, rejected_offers, time.perf_counter() - started, tq, swept)
     print(_render(summary))
-    if stopping:
+    if waiter.stopping:
         if not finished:  # grace expired: in-flight rows are recovered by the next run
             if metrics_out:
                 tq.write_metrics(metrics_out)
@@ -251,6 +226,32 @@ def _drive(tq, loaded, config: Config, started: float, swept: int, metrics_out: 
             os._exit(EXIT_OK)
         return EXIT_OK
     return EXIT_OK if summary["unfinished"] == 0 else EXIT_UNFINISHED
+
+
+def _submit_and_wait(tq, loaded, config: Config, waiter: _Waiter):
+    """Offer every task (re-offering on QueueFull in reject mode), wait, shut down."""
+    submitted: list = []  # (task, Future)
+    rejected_offers = 0
+    for item in loaded.invalid:
+        _record_invalid(tq, item)
+    for task in loaded.tasks:
+        future = None
+        while future is None and not waiter.stopping:
+            seen = tq.settled
+            try:
+                future = tq.submit(task)
+            except QueueFull:  # reject mode: wait until something settles, then offer again
+                rejected_offers += 1
+                tq.wait_settled(seen, timeout=0.25)  # the timeout only re-checks for a stop request
+        if future is None:
+            break
+        waiter.watch(future)
+        submitted.append((task, future))
+    if waiter.wait_all():
+        submitted = _await_elsewhere(tq, submitted, waiter)
+    finished = tq.shutdown(wait=True, cancel_futures=waiter.stopping,
+                           timeout=config.shutdown_grace_s if waiter.stopping else None)
+    return submitted, rejected_offers, finished
 
 
 def _await_elsewhere(tq, submitted: list, waiter: _Waiter) -> list:
@@ -263,16 +264,17 @@ def _await_elsewhere(tq, submitted: list, waiter: _Waiter) -> list:
     result = list(submitted)
     elsewhere = {i: task for i, (task, f) in enumerate(submitted) if _elsewhere(f)}
     delay = 0.02
-    while elsewhere and not waiter.stop.is_set():
+    while elsewhere and not waiter.stopping:
         waiter.sleep(delay)
         delay = min(delay * 2, 0.5)
         tq.recover_orphans()
         for i, task in list(elsewhere.items()):
             future = tq.submit(task)
             if not (future.done() and _elsewhere(future)):
+                waiter.watch(future)
                 result[i] = (task, future)
                 del elsewhere[i]
-        waiter.wait_all([f for _, f in result])
+        waiter.wait_all()
     return result
 
 

@@ -4,7 +4,7 @@ The way a task travels::
 
     submit() --claim key (SQLite, UNIQUE)--> bounded queue --> worker: start (attempt + 1, lease)
         --> Processor.process() --> success | retry (RetryScheduler) | dead letter
-        --> group-commit writer commits the outcome --> the task's Future resolves
+        --> the outcome is committed (group commit) --> the task's Future resolves
 
 Tasks are never handed to ``executor.submit``: the executor's own work queue
 is unbounded. Instead ``max_workers`` worker loops are submitted once and
@@ -162,7 +162,8 @@ class TaskQueue:
                                busy_timeout_ms=config.busy_timeout_ms, clock=wall_clock)
         self._queue: queue.Queue = queue.Queue(maxsize=config.queue_size)
         self._lock = threading.Lock()
-        self._all_done = threading.Condition(self._lock)  # announces: _unfinished reached 0
+        self._settled = threading.Condition(self._lock)  # announces: an item settled (see _forget)
+        self.settled = 0  # items settled so far, guarded by _lock
         self._inflight: dict[str, _Item] = {}  # idempotency key -> its item, from submit to settled
         self._unfinished = 0
         self._closed = False
@@ -185,12 +186,19 @@ class TaskQueue:
         touching the queue; a key in flight in this process returns the Future
         already held for it; a key that is dead-lettered returns a failed one.
 
-        Blocks while the key is claimed in SQLite (a group commit, typically
-        well under a millisecond) and, in ``block`` mode, while the queue is
-        full (at most ``config.put_timeout_s`` if set). Raises
-        :class:`QueueFull` in ``reject`` mode or on that timeout, leaving the
-        key unclaimed so the task can be offered again, and
-        :class:`QueueShutDown` after :meth:`shutdown`.
+        A key whose row is open but owned by a live process elsewhere returns
+        a Future failed with :class:`ClaimedElsewhere`; an open row nobody
+        runs (its process died, ``dlq redrive``, a cancelled task) is adopted
+        and run here.
+
+        Blocks while the key is claimed in SQLite (one commit, which this
+        thread may make itself, for others' operations too) and, in ``block``
+        mode, while the queue is full (at most ``config.put_timeout_s`` if
+        set). Raises :class:`QueueFull` in ``reject`` mode or on that timeout
+        (a row this call created is deleted, so the task can be offered
+        again), :class:`QueueShutDown` after :meth:`shutdown`, and SQLite
+        errors as they come. Done-callbacks of Futures run in whichever
+        thread commits the outcome: they must not block.
         """
         key = task.idempotency_key
         with self._lock:
@@ -198,51 +206,65 @@ class TaskQueue:
                 raise QueueShutDown("submit() after shutdown()")
             item = self._inflight.get(key)
             if item is not None:
-                if item.future.cancelled() and not item.started:
-                    item.future = Future()  # a new offer revives a cancelled task still in the queue
-                else:
-                    self.metrics.incr("deduplicated")
+                self.metrics.incr("deduplicated")
                 return item.future
             item = self._inflight[key] = _Item(task)
             self._unfinished += 1  # from here, shutdown() waits for this submit to settle
+        item.future.add_done_callback(functools.partial(self._on_cancelled, item))
         # Other submitters of this key may hold item.future from now on: it must be resolved.
         try:
             claim = self.store.claim(task).result()
-        except BaseException as exc:
-            item.future.set_exception(exc)
+            row, runnable = claim.row, claim.new
+            if not claim.new and self._adoptable(row):
+                try:
+                    row, runnable = self.store.adopt(row.id, row.version).result(), True
+                except StaleVersion:  # it moved on meanwhile (finished, or taken): report what it is now
+                    row = self.store.claim(task).result().row
+            if runnable:
+                item.bind(row, inserted=claim.new)
+                self._put(item)
+                self.metrics.on_put(self._queue.qsize())
+                return item.future
+            self.metrics.incr("deduplicated")
+            _settle_from_row(item.future, task, row)
+            self._forget(item)
+            return item.future
+        except BaseException as exc:  # QueueFull, a store error, even KeyboardInterrupt: leave nothing behind
+            if item.inserted:  # delete the row we created, so the task can be offered again
+                try:
+                    self.store.release(item.row_id, item.version).result()
+                except Exception:
+                    pass  # it stays queued; the next start-up recovers it
+            _fail(item.future, exc)
             self._forget(item)
             raise
-        if claim.new or self._adoptable(claim.row):
-            item.bind(claim.row, inserted=claim.new)
-            return self._enqueue(item)
-        self.metrics.incr("deduplicated")
-        _settle_from_row(item.future, task, claim.row)
-        self._forget(item)
-        return item.future
 
     def _adoptable(self, row: Row) -> bool:
-        """An existing open row whose owner is gone (e.g. after ``dlq redrive``): run it here."""
-        return row.status in (TaskStatus.QUEUED, TaskStatus.FAILED) \
-            and not owner_alive(row.owner, self.store.owner)
+        """An open row nobody runs: its owner died (or ``dlq redrive`` cleared it), or it is a row of
+        ours whose task was cancelled and not yet dropped by a worker."""
+        if row.status not in (TaskStatus.QUEUED, TaskStatus.FAILED):
+            return False
+        return row.owner == self.store.owner or not owner_alive(row.owner, self.store.owner)
 
-    def _enqueue(self, item: _Item) -> Future:
+    def _put(self, item: _Item) -> None:
+        """Put ``item`` on the bounded queue per the backpressure policy; raise QueueFull when refused."""
         try:
             if self.config.on_full == "reject":
                 self._queue.put_nowait(item)
             else:
                 self._queue.put(item, timeout=self.config.put_timeout_s)
         except queue.Full:
-            if item.inserted:  # an adopted row is not ours to delete: it stays queued
-                self.store.release(item.row_id, item.version).result()
             self.metrics.incr("rejected")
             self._log.info("queue full: task rejected", extra=task_extra("rejected", item.task))
-            error = QueueFull(f"queue is full ({self.config.queue_size} tasks); "
-                              f"task {item.task.id!r} was not accepted")
-            item.future.set_exception(error)  # for a concurrent submitter of the same key
-            self._forget(item)
-            raise error from None
-        self.metrics.on_put(self._queue.qsize())
-        return item.future
+            raise QueueFull(f"queue is full ({self.config.queue_size} tasks); "
+                            f"task {item.task.id!r} was not accepted") from None
+
+    def _on_cancelled(self, item: _Item, future: Future) -> None:
+        """A client cancelled a queued task: the key is free to be offered again at once."""
+        if future.cancelled():
+            with self._lock:
+                if self._inflight.get(item.task.idempotency_key) is item:
+                    del self._inflight[item.task.idempotency_key]
 
     def _requeue(self, item: _Item) -> None:
         """Put a retry (or a recovered task) back on the queue, blocking while it is full."""
@@ -257,8 +279,17 @@ class TaskQueue:
             if self._inflight.get(key) is item:
                 del self._inflight[key]
             self._unfinished -= 1
-            if self._unfinished == 0:
-                self._all_done.notify_all()
+            self.settled += 1
+            self._settled.notify_all()
+
+    def wait_settled(self, seen: int, timeout: float | None = None) -> bool:
+        """Block until more than ``seen`` items have settled (see :attr:`settled`); False on timeout.
+
+        For a producer in ``reject`` mode: after :class:`QueueFull`, wait for
+        room instead of retrying in a loop.
+        """
+        with self._settled:
+            return self._settled.wait_for(lambda: self.settled > seen, timeout)
 
     # -- workers -----------------------------------------------------------------
 
@@ -276,18 +307,13 @@ class TaskQueue:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
-                if record is not None:  # never hold an outcome back while waiting for work
-                    record()
-                    record = None
+                record = self._record(record)  # never hold an outcome back while waiting for work
                 item = self._queue.get()
             if item is _STOP:
-                if record is not None:
-                    record()
+                self._record(record)
                 return
             with self.store.together():
-                if record is not None:
-                    record()
-                    record = None
+                record = self._record(record)
                 started = self._begin(item)
             if started is None:
                 continue
@@ -297,6 +323,17 @@ class TaskQueue:
                 self._log.exception("worker error", extra=task_extra("worker_error", item.task, error=exc))
                 self._settle(item, "failed", error=exc)
 
+    def _record(self, record: functools.partial | None) -> None:
+        """Record a processed task's outcome (see ``_run_one``); a bug here fails that task, not the worker."""
+        if record is not None:
+            try:
+                record()
+            except BaseException as exc:
+                item = record.args[0]
+                self._log.exception("worker error", extra=task_extra("worker_error", item.task, error=exc))
+                self._settle(item, "failed", error=exc)
+        return None
+
     def _begin(self, item: _Item) -> Future | None:
         """Dequeue bookkeeping, then claim the item's attempt (a Future of the started row).
 
@@ -304,12 +341,11 @@ class TaskQueue:
         """
         self.metrics.on_get(self._queue.qsize(), time.perf_counter() - item.enqueued)
         if not item.started:
-            with self._lock:  # submit() may be reviving a cancelled Future of this item
-                item.started = item.future.set_running_or_notify_cancel()
-            if not item.started:  # its client cancelled it
+            item.started = item.future.set_running_or_notify_cancel()
+            if not item.started:  # its client cancelled it: drop it, and its row unless re-adopted
                 self._forget(item)
                 if item.inserted:
-                    self.store.release(item.row_id, item.version)
+                    self.store.release(item.row_id, item.version)  # a stale version changes nothing
                 return None
         try:
             return self.store.start(item.row_id, item.version, self.config.lease_s)
@@ -404,6 +440,8 @@ class TaskQueue:
         for row in recovered.runnable:
             item = _Item(row.task(), row)
             with self._lock:
+                if row.idempotency_key in self._inflight:  # a submit got there first; it adopts the row
+                    continue
                 self._inflight[row.idempotency_key] = item
                 self._unfinished += 1
             if not self._scheduler.schedule(max(0.0, (row.next_attempt_at or now) - now), item):
@@ -421,8 +459,8 @@ class TaskQueue:
 
     def join(self, timeout: float | None = None) -> bool:
         """Block until every accepted task has settled; False if ``timeout`` passed first."""
-        with self._all_done:
-            return self._all_done.wait_for(lambda: self._unfinished == 0, timeout)
+        with self._settled:
+            return self._settled.wait_for(lambda: self._unfinished == 0, timeout)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False,
                  timeout: float | None = None) -> bool:
@@ -522,6 +560,13 @@ class TaskQueue:
 
     def __exit__(self, *exc_info) -> None:
         self.shutdown(wait=True)
+
+
+def _fail(future: Future, error: BaseException) -> None:
+    try:
+        future.set_exception(error)
+    except InvalidStateError:
+        pass  # already cancelled by its client
 
 
 def _settle_from_row(future: Future, task: Task, row: Row) -> None:

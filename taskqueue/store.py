@@ -82,8 +82,8 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 _COLUMNS = ("id, task_id, idempotency_key, payload, status, attempts, created_at, updated_at, "
             "next_attempt_at, lease_until, owner, output_key, output_bytes, last_error, error_class, "
             "redrives, version")
-_OPEN = ("queued", "running", "failed")
 APPLICATION_ID = 0x54517565  # "TQue": marks a SQLite file as this queue's database
+_HOSTNAME = socket.gethostname()
 _LIVE_OWNERS: set[str] = set()  # owner tokens of the open TaskStores of this process
 AUTOCOMMIT_MAX = 2  # batches up to this size of single-statement operations skip BEGIN/COMMIT
 LEADER_ROUNDS = 2  # transactions a client or worker commits as leader before the writer takes over
@@ -165,7 +165,11 @@ def check_database(path: str) -> None:
 
 def owner_token() -> str:
     """Identify this process in ``owner`` columns: host, pid and a per-process nonce."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+    return f"{_HOSTNAME}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+def _this_host(owner: str | None) -> bool:
+    return bool(owner) and owner.partition(":")[0] == _HOSTNAME
 
 
 def owner_alive(owner: str | None, me: str) -> bool:
@@ -181,8 +185,8 @@ def owner_alive(owner: str | None, me: str) -> bool:
         return True
     host, _, rest = owner.partition(":")
     pid_text, _, _nonce = rest.partition(":")
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return host != socket.gethostname()
+    if host != _HOSTNAME or not pid_text.isdigit():
+        return host != _HOSTNAME
     pid = int(pid_text)
     if pid == os.getpid():
         return owner in _LIVE_OWNERS  # another TaskStore of this process, or a previous incarnation
@@ -209,7 +213,7 @@ def connect(path: str, *, busy_timeout_ms: int, synchronous: str = "normal",
 
 
 class TaskStore:
-    """The SQLite store, with one group-commit writer thread.
+    """The SQLite store: one write connection committed by leader/follower group commit.
 
     Write methods return a ``concurrent.futures.Future`` that resolves after
     the change is committed (to the method's result, or to its error, e.g.
@@ -232,7 +236,7 @@ class TaskStore:
         check_database(self.path)
         try:
             self._conn = connect(self.path, busy_timeout_ms=busy_timeout_ms, synchronous=synchronous,
-                                 check_same_thread=False)  # the writer's (or a direct committer's)
+                                 check_same_thread=False)  # used by whichever thread leads
             self._conn.executescript(SCHEMA + f"PRAGMA application_id = {APPLICATION_ID};")
         except sqlite3.DatabaseError as exc:
             raise type(exc)(f"database {self.path!r}: {exc}") from exc
@@ -251,7 +255,7 @@ class TaskStore:
         self._writer = threading.Thread(target=self._run, name="tq-store-writer", daemon=True)
         self._writer.start()
 
-    # -- the writer ------------------------------------------------------------
+    # -- committing --------------------------------------------------------------
 
     def _submit(self, fn: Callable[..., Any], *args: Any) -> Future:
         future: Future = Future()
@@ -273,6 +277,12 @@ class TaskStore:
         No thread hand-off at all when the store is idle; one group commit per
         round when it is busy.
         """
+        if getattr(self._held, "resolving", False):
+            # A Future's callback, run by the leader between rounds, hands over more work (e.g. a
+            # done-callback that submits a task): the connection is idle, commit it right here
+            # instead of queueing behind ourselves.
+            _resolve(self._execute(ops), self._held)
+            return
         with self._commits:
             if self._closed:
                 raise RuntimeError("TaskStore is closed")
@@ -289,29 +299,44 @@ class TaskStore:
         writer thread, so a client or worker does not keep committing for
         others under sustained load. Futures resolve outside the lock.
         """
-        while True:
+        batch: list = []
+        try:
+            while True:
+                with self._commits:
+                    if not self._pending:
+                        self._leading = False
+                        self._commits.notify_all()
+                        return
+                    if rounds is not None and rounds <= 0:
+                        self._handoff = True
+                        self._commits.notify_all()
+                        return
+                    batch = self._pending[:self._max_batch]
+                    del self._pending[:self._max_batch]
+                if rounds is not None:
+                    rounds -= 1
+                outcomes = self._execute(batch)
+                batch = []
+                _resolve(outcomes, self._held)
+        except BaseException as exc:  # e.g. KeyboardInterrupt in the main thread: never strand leadership
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            for _fn, _args, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
             with self._commits:
-                if not self._pending:
-                    self._leading = False
-                    self._commits.notify_all()
-                    return
-                if rounds is not None and rounds <= 0:
-                    self._handoff = True
-                    self._commits.notify_all()
-                    return
-                batch = self._pending[:self._max_batch]
-                del self._pending[:self._max_batch]
-            if rounds is not None:
-                rounds -= 1
-            _resolve(self._execute(batch))
+                self._handoff = bool(self._pending)  # the writer finishes what others handed over
+                self._leading = self._handoff
+                self._commits.notify_all()
+            raise
 
     @contextlib.contextmanager
     def together(self):
-        """Hand every operation submitted by this thread inside the block to the writer at once.
+        """Hand every operation submitted by this thread inside the block over at once.
 
-        One wake-up of the writer instead of one per operation: a worker
-        records a task's outcome and claims its next attempt in one hand-off.
-        Operations are only held for the duration of the block.
+        They commit in one round (one hand-off, and usually one leader round
+        in this very thread): a worker records a task's outcome and claims its
+        next attempt together. Operations are only held for the block.
         """
         if getattr(self._held, "ops", None) is not None:  # nested: the outer block hands over
             yield
@@ -388,7 +413,7 @@ class TaskStore:
         self._conn.close()
         _LIVE_OWNERS.discard(self.owner)
 
-    # -- transitions (run on the writer thread) ---------------------------------
+    # -- transitions (run by the committing leader) ----------------------------------
 
     def claim(self, task: Task) -> Future:
         """Offer ``task``'s idempotency key. Resolves to a :class:`Claim`.
@@ -410,6 +435,23 @@ class TaskStore:
         if inserted is not None:
             return Claim(True, Row.from_db(inserted))
         return Claim(False, _select_key(conn, task.idempotency_key))
+
+    def adopt(self, row_id: int, version: int) -> Future:
+        """Take ownership of an open row (queued or failed) nobody runs. Resolves to the updated Row.
+
+        Bumps the version, so whoever held the row before can no longer
+        change it; fails with :class:`StaleVersion` if the row moved on.
+        """
+        return self._submit(self._adopt, row_id, version)
+
+    def _adopt(self, conn: sqlite3.Connection, row_id: int, version: int) -> Row:
+        row = conn.execute(
+            "UPDATE tasks SET owner = ?, updated_at = ?, version = version + 1"
+            " WHERE id = ? AND version = ? AND status IN ('queued', 'failed')"
+            f" RETURNING {_COLUMNS}", (self.owner, self._clock(), row_id, version)).fetchone()
+        if row is None:
+            raise StaleVersion(_select_id(conn, row_id, required=False))
+        return Row.from_db(row)
 
     def release(self, row_id: int, version: int) -> Future:
         """Delete a row this process claimed but could not enqueue (QueueFull), so it can be offered again."""
@@ -435,7 +477,7 @@ class TaskStore:
             " WHERE id = ? AND version = ? AND status IN ('queued', 'failed')"
             f" RETURNING {_COLUMNS}", (now + lease_s, self.owner, now, row_id, version)).fetchone()
         if row is None:
-            raise StaleVersion(_select_id(conn, row_id))
+            raise StaleVersion(_select_id(conn, row_id, required=False))
         return Row.from_db(row)
 
     def succeed(self, row_id: int, version: int, output_key: str, output_bytes: int) -> Future:
@@ -528,8 +570,11 @@ class TaskStore:
         for row in rows:
             if row.owner == self.owner:  # ours: in flight in this process, whatever its lease says
                 continue
-            alive = owner_alive(row.owner, self.owner)
-            if alive and not (row.status is TaskStatus.RUNNING and (row.lease_until or 0) < now):
+            # A live owner keeps its rows. On this host liveness is known (the pid); the lease only
+            # decides for an owner on another host, which we cannot see.
+            if owner_alive(row.owner, self.owner) and (
+                    _this_host(row.owner)
+                    or not (row.status is TaskStatus.RUNNING and (row.lease_until or 0) < now)):
                 continue
             if row.status is TaskStatus.RUNNING and row.attempts >= max_attempts:
                 error = WorkerCrashed(f"attempt {row.attempts} of {max_attempts} never finished: "
@@ -582,16 +627,6 @@ class TaskStore:
         with self.reader() as conn:
             return _select_key(conn, idempotency_key, required=False)
 
-    def get_many(self, keys: Iterable[str]) -> dict[str, Row]:
-        """Current rows of ``keys`` (absent keys are left out)."""
-        found = {}
-        with self.reader() as conn:
-            for key in keys:
-                row = _select_key(conn, key, required=False)
-                if row is not None:
-                    found[key] = row
-        return found
-
     def rows(self) -> list[Row]:
         with self.reader() as conn:
             return [Row.from_db(v) for v in conn.execute(f"SELECT {_COLUMNS} FROM tasks ORDER BY id")]
@@ -612,15 +647,22 @@ def status_counts(path: str, *, busy_timeout_ms: int = 10000) -> dict[str, int]:
 
 
 # Operations whose write is a single statement (a SELECT after it only reads committed state).
-_ONE_STATEMENT = frozenset({TaskStore._claim, TaskStore._release, TaskStore._start, TaskStore._finish})
+_ONE_STATEMENT = frozenset({TaskStore._claim, TaskStore._release, TaskStore._start, TaskStore._finish,
+                            TaskStore._adopt})
 
 
-def _resolve(outcomes: list) -> None:
-    for future, result, error in outcomes:
-        if error is None:
-            future.set_result(result)
-        else:
-            future.set_exception(error)
+def _resolve(outcomes: list, held: threading.local) -> None:
+    """Resolve the Futures of a committed batch; their callbacks run here, in the leader's thread."""
+    outer = getattr(held, "resolving", False)
+    held.resolving = True
+    try:
+        for future, result, error in outcomes:
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
+    finally:
+        held.resolving = outer
 
 
 def _begin_immediate(conn: sqlite3.Connection, tries: int = 5) -> None:

@@ -250,13 +250,16 @@ def test_recover_adopts_rows_of_dead_owners_and_leaves_live_ones(task_store, db,
         4: ("running", dead, 3, now + 1000, None),    # last attempt never finished
         5: ("queued", live, 0, None, None),
         6: ("running", live, 1, now + 1000, None),    # live owner, lease valid: hands off
-        7: ("running", live, 2, now - 1, None),       # live owner, lease expired: taken back
-        8: ("running", live, 3, now - 1, None),       # ... on its last attempt: dead
+        7: ("running", live, 2, now - 1, None),       # live owner on this host: kept, lease or not
+        8: ("running", live, 3, now - 1, None),       # (leases are not renewed; the pid says it lives)
         9: ("success", dead, 1, None, None),
         10: ("dead", dead, 3, None, None),
         11: ("queued", other_host, 0, None, None),
         12: ("queued", None, 0, None, None),          # redriven: no owner
         13: ("failed", live, 1, None, now + 50),
+        14: ("running", other_host, 2, now - 1, None),  # another host, lease expired: taken back
+        15: ("running", other_host, 3, now - 1, None),  # ... on its last attempt: dead
+        16: ("running", other_host, 1, now + 1000, None),  # another host, lease valid: kept
     }
     ids = {}
     for n, (status, owner, attempts, lease, due) in states.items():
@@ -270,21 +273,21 @@ def test_recover_adopts_rows_of_dead_owners_and_leaves_live_ones(task_store, db,
 
     after = {r.id: r for r in task_store.rows()}
     runnable = {r.id: r for r in recovered.runnable}
-    assert sorted(runnable) == sorted(ids[n] for n in (1, 2, 3, 7, 12))
-    assert sorted(r.id for r in recovered.dead) == sorted(ids[n] for n in (4, 8))
-    for n, status in ((1, "queued"), (2, "failed"), (3, "queued"), (7, "queued"), (12, "queued")):
+    assert sorted(runnable) == sorted(ids[n] for n in (1, 2, 3, 12, 14))
+    assert sorted(r.id for r in recovered.dead) == sorted(ids[n] for n in (4, 15))
+    for n, status in ((1, "queued"), (2, "failed"), (3, "queued"), (12, "queued"), (14, "queued")):
         row = after[ids[n]]
         assert (row.status.value, row.owner, row.version, row.lease_until) == (status, task_store.owner, 11, None)
         assert runnable[ids[n]] == row
     assert after[ids[2]].next_attempt_at == now + 50  # a pending retry keeps its due time
-    assert after[ids[3]].attempts == 1 and after[ids[7]].attempts == 2  # attempts were counted at claim
-    for n in (4, 8):
+    assert after[ids[3]].attempts == 1 and after[ids[14]].attempts == 2  # attempts were counted at claim
+    for n in (4, 15):
         row = after[ids[n]]
         assert (row.status, row.error_class) == (TaskStatus.DEAD, "WorkerCrashed")
         assert row.attempts == 3
     assert sorted(raw(db, "SELECT idempotency_key, error_class, attempts FROM dead_letters")) == sorted(
-        (make_task(n).idempotency_key, WorkerCrashed.__name__, 3) for n in (4, 8))
-    for n in (5, 6, 9, 10, 11, 13):
+        (make_task(n).idempotency_key, WorkerCrashed.__name__, 3) for n in (4, 15))
+    for n in (5, 6, 7, 8, 9, 10, 11, 13, 16):
         assert after[ids[n]] == before[ids[n]], f"row {n} should be left alone"
 
 
