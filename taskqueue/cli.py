@@ -22,7 +22,7 @@ from .config import Config
 from .errors import ClaimedElsewhere, ConfigError, InvalidTask, QueueFull, QueueShutDown
 from .objectstore import LocalObjectStore
 from .processor import Processor
-from .store import TaskStore, check_database, connect, status_counts
+from .store import TaskStore, check_database, dead_letters, recent_failures, status_counts
 from .taskfile import ON_INVALID, load_tasks
 
 EXIT_OK, EXIT_UNFINISHED, EXIT_USAGE = 0, 1, 2
@@ -364,14 +364,7 @@ def _existing_db(config: Config) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     path = _existing_db(_config(args))
     counts = status_counts(path)
-    conn = connect(path, busy_timeout_ms=10000)
-    try:
-        failures = [dict(zip(("idempotency_key", "task_id", "status", "attempts", "error_class",
-                              "last_error", "updated_at"), row)) for row in conn.execute(
-            "SELECT idempotency_key, task_id, status, attempts, error_class, last_error, updated_at"
-            " FROM tasks WHERE status IN ('failed', 'dead') ORDER BY updated_at DESC LIMIT 10")]
-    finally:
-        conn.close()
+    failures = recent_failures(path)
     if args.json:
         print(json.dumps({"counts": counts, "total": sum(counts.values()), "recent_failures": failures},
                          indent=2))
@@ -384,15 +377,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq_list(args: argparse.Namespace) -> int:
-    path = _existing_db(_config(args))
-    conn = connect(path, busy_timeout_ms=10000)
-    try:
-        rows = [dict(zip(("idempotency_key", "task_id", "attempts", "error_class", "last_error",
-                          "created_at", "dead_at"), row)) for row in conn.execute(
-            "SELECT idempotency_key, task_id, attempts, error_class, last_error, created_at, dead_at"
-            " FROM dead_letters ORDER BY dead_at")]
-    finally:
-        conn.close()
+    rows = dead_letters(_existing_db(_config(args)))
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK

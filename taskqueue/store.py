@@ -635,15 +635,42 @@ class TaskStore:
         return status_counts(self.path, busy_timeout_ms=self._busy_timeout_ms)
 
 
-def status_counts(path: str, *, busy_timeout_ms: int = 10000) -> dict[str, int]:
-    """Rows per status (every status present, zero included)."""
-    conn = connect(path, busy_timeout_ms=busy_timeout_ms)
+def read_rows(path: str, sql: str, params: tuple = (), *, busy_timeout_ms: int = 10000) -> list[dict]:
+    """Run a read-only query on an existing task queue database; rows as dicts.
+
+    Refuses (without changing it) a file that is not this queue's database,
+    and sets no pragma that writes.
+    """
+    check_database(path)
+    conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout_ms / 1000.0)
     try:
-        counts = {status.value: 0 for status in TaskStatus}
-        counts.update(dict(conn.execute("SELECT status, COUNT(*) FROM tasks GROUP BY status")))
-        return counts
+        cursor = conn.execute(sql, params)
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row)) for row in cursor]
     finally:
         conn.close()
+
+
+def status_counts(path: str, *, busy_timeout_ms: int = 10000) -> dict[str, int]:
+    """Rows per status (every status present, zero included)."""
+    counts = {status.value: 0 for status in TaskStatus}
+    for row in read_rows(path, "SELECT status, COUNT(*) AS n FROM tasks GROUP BY status",
+                         busy_timeout_ms=busy_timeout_ms):
+        counts[row["status"]] = row["n"]
+    return counts
+
+
+def recent_failures(path: str, limit: int = 10) -> list[dict]:
+    """The most recently updated rows that are ``failed`` (retry pending) or ``dead``."""
+    return read_rows(path, "SELECT idempotency_key, task_id, status, attempts, error_class, last_error,"
+                           " updated_at FROM tasks WHERE status IN ('failed', 'dead')"
+                           " ORDER BY updated_at DESC LIMIT ?", (limit,))
+
+
+def dead_letters(path: str) -> list[dict]:
+    """The dead-letter queue, oldest first."""
+    return read_rows(path, "SELECT idempotency_key, task_id, attempts, error_class, last_error,"
+                           " created_at, dead_at FROM dead_letters ORDER BY dead_at")
 
 
 # Operations whose write is a single statement (a SELECT after it only reads committed state).
