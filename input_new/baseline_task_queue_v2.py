@@ -36,7 +36,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from taskqueue import workload  # noqa: E402  (needs the sys.path line above)
-from taskqueue.objectstore import LocalObjectStore  # noqa: E402
+from taskqueue.objectstore import LocalObjectStore, atomic_write_text  # noqa: E402
 from taskqueue.processor import FaultConfig, Processor  # noqa: E402
 from taskqueue.task import Task  # noqa: E402
 
@@ -283,13 +283,7 @@ def _print(r: dict) -> None:
 
 
 def _write_json(path: str, report: dict) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=".baseline-", suffix=".json", dir=directory)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=1)
-        f.write("\n")
-    os.replace(temp, path)
+    atomic_write_text(path, json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":

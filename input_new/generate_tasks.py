@@ -17,12 +17,11 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from taskqueue import workload  # noqa: E402  (needs the sys.path line above)
-from taskqueue.objectstore import LocalObjectStore  # noqa: E402
+from taskqueue.objectstore import LocalObjectStore, atomic_write_text  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,23 +88,8 @@ def _read_tasks(path: str) -> list:
 
 
 def _write_json_atomically(path: str, tasks: list[dict]) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=".tasks-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("[\n")
-            f.write(",\n".join(json.dumps(task, separators=(", ", ": ")) for task in tasks))
-            f.write("\n]\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        try:
-            os.remove(temp)
-        except OSError:
-            pass
-        raise
+    """One task per line, so a task file diffs and greps well."""
+    atomic_write_text(path, "[\n" + ",\n".join(json.dumps(t, separators=(", ", ": ")) for t in tasks) + "\n]\n")
 
 
 if __name__ == "__main__":

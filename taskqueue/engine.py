@@ -38,7 +38,7 @@ from .config import Config
 from .errors import ClaimedElsewhere, QueueFull, QueueShutDown, StaleVersion
 from .logs import LOGGER_NAME, task_extra
 from .metrics import DepthSampler, Metrics
-from .objectstore import LocalObjectStore
+from .objectstore import LocalObjectStore, atomic_write_text
 from .processor import Output, Processor
 from .retry import RetryPolicy, classify
 from .store import Recovered, Row, TaskStore, owner_alive
@@ -597,18 +597,7 @@ def _describe(row: Row | None) -> str:
 
 
 def _write_json(path: str, data: dict) -> None:
-    """Write ``data`` to ``path`` atomically (temp file + rename); no temp file survives an error."""
-    temp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(temp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-        os.replace(temp, path)
-    except BaseException:
-        try:
-            os.remove(temp)
-        except OSError:
-            pass
-        raise
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _abandon_at_exit() -> None:

@@ -236,6 +236,26 @@ class _ChunkReader:
         self._f.close()
 
 
+def atomic_write_text(path: str, text: str) -> None:
+    """Write ``text`` to the file ``path`` atomically (temp file in the same directory, fsync, rename).
+
+    For files outside any store (task files, metrics, reports). Creates the
+    directory if needed; no temp file survives an error.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    temp = os.path.join(directory, f".{os.path.basename(path)}{TEMP_MARKER}{os.getpid()}-{next(_temp_counter)}")
+    try:
+        with open(temp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        _remove_quietly(temp)
+        raise
+
+
 def _remove_quietly(path: str) -> None:
     try:
         os.remove(path)
