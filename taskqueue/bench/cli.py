@@ -66,9 +66,11 @@ def parser() -> argparse.ArgumentParser:
                    help="comma-separated client counts for every scenario "
                         "(default: 50,100 for io and overhead, 100 for burst)")
     p.add_argument("--tasks", type=_positive_int, default=None,
-                   help="tasks per row for every scenario (default: io 400, overhead 600, burst 1000)")
+                   help="tasks per row for every scenario, one size only (default: io 400, overhead "
+                        "600, burst 1000 and 4000; burst's memory-growth target needs two sizes)")
     p.add_argument("--repeat", type=_positive_int, default=None,
-                   help=f"runs of each row; the report gives medians and min-max (default {DEFAULT_REPEAT})")
+                   help=f"runs of each row; the report gives medians and min-max (default "
+                        f"{DEFAULT_REPEAT}, burst 1)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED,
                    help=f"seed of tasks, sources, faults and backoff jitter (default {DEFAULT_SEED})")
     p.add_argument("--out", default="reports", help="directory for the report files (default reports/)")
@@ -79,19 +81,26 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def repeats(args: argparse.Namespace, scenario) -> int:
+    """Runs of each row of ``scenario``: ``--repeat``, else 1 with --quick, else the scenario's default."""
+    return args.repeat or (1 if args.quick else scenario.repeat or DEFAULT_REPEAT)
+
+
 def plan(args: argparse.Namespace) -> list[dict]:
-    """Every row spec to run, repeat-major."""
-    repeat = args.repeat or (1 if args.quick else DEFAULT_REPEAT)
+    """Every row spec to run, repeat-major (a scenario with fewer repeats drops out of later rounds)."""
     specs = []
-    for index in range(repeat):
+    for index in range(max(repeats(args, SCENARIOS[name]) for name in args.scenarios)):
         for name in args.scenarios:
             scenario = SCENARIOS[name]
-            tasks = args.tasks or (scenario.quick_tasks if args.quick else scenario.tasks)
-            for clients in args.clients or scenario.clients:
-                for impl, on_full in scenario.rows:
-                    specs.append(row_spec(scenario, impl, on_full, clients=clients, tasks=tasks,
-                                          seed=args.seed, repeat=index,
-                                          record_outputs=args.record_outputs))
+            if index >= repeats(args, scenario):
+                continue
+            sizes = [(args.tasks, scenario.rows)] if args.tasks else scenario.sizes(args.quick)
+            for tasks, rows in sizes:
+                for clients in args.clients or scenario.clients:
+                    for impl, on_full in rows:
+                        specs.append(row_spec(scenario, impl, on_full, clients=clients, tasks=tasks,
+                                              seed=args.seed, repeat=index,
+                                              record_outputs=args.record_outputs))
     return specs
 
 
@@ -139,8 +148,16 @@ def _settings(args: argparse.Namespace, specs: list[dict]) -> dict:
             "variant": VARIANT, "fsync_outputs": True,
             "scenarios": {name: {**SCENARIOS[name].describe(),
                                  "clients_run": sorted({s["clients"] for s in specs if s["scenario"] == name}),
-                                 "tasks_run": next(s["tasks"] for s in specs if s["scenario"] == name)}
+                                 "tasks_run": sorted({s["tasks"] for s in specs if s["scenario"] == name}),
+                                 "repeat_run": max(s["repeat"] for s in specs if s["scenario"] == name) + 1}
                           for name in args.scenarios}}
+
+
+def _repeats_text(settings: dict) -> str:
+    """``3 repeat(s)``, or ``3 repeat(s), burst 1`` when a scenario ran fewer."""
+    fewer = [f"{name} {info['repeat_run']}" for name, info in settings["scenarios"].items()
+             if info["repeat_run"] != settings["repeat"]]
+    return f"{settings['repeat']} repeat(s)" + (f", {', '.join(fewer)}" if fewer else "")
 
 
 def _run_all(specs: list[dict], progress: bool) -> tuple[list[dict], list[str]]:
@@ -148,7 +165,8 @@ def _run_all(specs: list[dict], progress: bool) -> tuple[list[dict], list[str]]:
     for number, spec in enumerate(specs, 1):
         if progress:
             print(f"[{number:>3}/{len(specs)}] {spec['scenario']:<8} {spec['clients']:>4} clients "
-                  f"{spec['label']:<13} repeat {spec['repeat'] + 1}", end="", file=sys.stderr, flush=True)
+                  f"{spec['tasks']:>5} tasks {spec['label']:<13} repeat {spec['repeat'] + 1}", end="",
+                  file=sys.stderr, flush=True)
         row_began = time.perf_counter()
         try:
             runs.append(run_spec(spec))
@@ -188,10 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     report.write_text(paths["svg"], svg.chart(
         rows, title="Task queue benchmark: baseline vs engine vs stdlib ThreadPoolExecutor",
         subtitle=f"{created}, {machine['cpus']} cores, Python {machine['python']}, "
-                 f"medians of {settings['repeat']} repeat(s), seed {args.seed}"))
+                 f"medians of {_repeats_text(settings)}, seed {args.seed}"))
 
     print(f"Benchmark: {len(runs)} runs of {len(rows)} rows in {wall:.1f} s on {machine['cpus']} cores "
-          f"(Python {machine['python']}, seed {args.seed}, {settings['repeat']} repeat(s))")
+          f"(Python {machine['python']}, seed {args.seed}, {_repeats_text(settings)})")
     print(f"command: {command}\n")
     print(report.table(rows))
     burst = report.burst_table(rows)

@@ -3,149 +3,391 @@
 Tasks are dealt as plain dicts from one shared iterator (behind the harness's
 own lock, not part of any queue under test); each client builds the
 :class:`~taskqueue.task.Task` just before submitting it, as a real producer
-would, so a queue that holds tasks pays for their memory. Latency is ``time.perf_counter()`` from just
-before ``submit`` -- so time blocked by backpressure counts -- to the moment the
-client holds the outcome, success or error. Wall time runs from the release
-of a start :class:`threading.Barrier` (every client ready) to the last client
-finishing; throughput is tasks with an outcome divided by it.
+would, so a queue that holds tasks pays for their memory. Wall time runs from
+the release of a start :class:`threading.Barrier` (every client ready) to the
+last client finishing; throughput is tasks with an outcome divided by it.
+
+What the harness itself holds
+-----------------------------
+Every per-task measurement goes into storage allocated *before* the start
+barrier, one slot per task of the row (:class:`_Recorder`: ``array('d')``
+of submit times and latencies, a ``bytearray`` of states, lists of error
+names and, only with ``keep_outputs``, of output keys). So RSS growth
+measured from the barrier (see :mod:`taskqueue.bench.sampling`) is the
+implementation's memory and the Tasks it holds, not the harness's bookkeeping.
+
+Latency
+-------
+Always ``time.perf_counter()`` from just before ``submit`` -- so time blocked
+by backpressure counts -- to the moment the harness learns the outcome,
+success or error. What "learns" means differs by loop and implementation:
+
+* **Closed loop** (``io``, ``overhead``): the client submits, then blocks in
+  ``impl.result(handle)``; latency ends when that returns. Same for all three.
+* **Open loop** (``burst``), implementations with completion callbacks
+  (``engine``, ``stdlib``: ``Future.add_done_callback``, via the adapter's
+  ``on_done``): latency ends in the callback, i.e. when the task completes.
+  The client keeps *no* per-task handle: the callback (owned by the
+  implementation's Future) records the outcome into the preallocated slot and
+  decrements the client's outstanding count; after its last submit the client
+  waits on a ``threading.Condition`` until that count is 0 (no polling).
+* **Open loop, baseline**: its API has no callbacks (``submit -> ticket``,
+  then ``wait(ticket)``, which polls its results dict every 1 ms under its
+  global lock), so a client must hold every ticket (the task id) until it has
+  waited for it, and can learn an outcome only by waiting. Each baseline
+  client is therefore two threads: the submitter passes ``(index, ticket)``
+  to a collector through a ``queue.SimpleQueue``, and the collector waits for
+  the tickets in submission order *while* the submitter goes on. Latency ends
+  when ``wait`` returns. The baseline runs tasks strictly FIFO from one list,
+  one at a time under its global lock, so a client's tickets complete in the
+  order it submitted them: waiting in that order is waiting in completion
+  order, and latency is submission-to-completion plus at most the baseline's
+  own 1 ms poll (and its lock), as in the closed loop. (Collecting only after
+  the last submit, as a single-threaded client must, would charge the
+  baseline for its own submission phase -- several seconds when its global
+  lock throttles the submitters -- so it is not done.) The pending tickets and
+  the polling collector threads are the baseline API's cost and stay in the
+  measurement; the collectors are created before the start barrier, like all
+  client threads.
+
+``LoadResult.submit_phase_s`` is the longest any client took to submit all of
+its tasks: for the engine in ``block`` mode, how long backpressure held the
+clients; for the baseline, how long its global lock (held while processing)
+did.
 """
 
 from __future__ import annotations
 
+import functools
+import queue
 import threading
 import time
+from array import array
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 from ..task import Task
-from .impls import Outcome, Rejected
+from .impls import RESULT_TIMEOUT_S, Outcome, Rejected
 
 REJECTED = Outcome(False, None, "rejected")
 
+# _Recorder.state values, one byte per task.
+_PENDING, _OK, _ERROR, _REJECTED = 0, 1, 2, 3
 
-@dataclass
+
+class _Recorder:
+    """Preallocated per-task slots for one load run (indexed by the task's position in the list).
+
+    Each slot is written by exactly one thread (the client that submitted the
+    task, or the callback of its handle), so no lock is needed; a second
+    recording of the same task is a harness bug and is remembered in
+    ``twice`` (then raised by :meth:`_Clients.run`).
+    """
+
+    def __init__(self, tasks: Sequence[dict], keep_outputs: bool) -> None:
+        n = len(tasks)
+        self.ids = [item["id"] for item in tasks]
+        self.began = array("d", bytes(8 * n))       # perf_counter just before submit
+        self.latency = array("d", bytes(8 * n))     # seconds, for _OK and _ERROR
+        self.submit_s = array("d", bytes(8 * n))    # seconds spent inside submit()
+        self.submitted = bytearray(n)               # 1 once submit() returned or raised
+        self.state = bytearray(n)
+        self.error: list[str | None] = [None] * n  # error class name (names are shared strings)
+        self.output: list[str | None] | None = [None] * n if keep_outputs else None
+        self.twice: list[int] = []                  # indices recorded more than once (a harness bug)
+
+    def record(self, index: int, outcome: Outcome, now: float | None = None) -> bool:
+        """Record task ``index``'s outcome; latency ends at ``now`` (default: this call).
+
+        False (and nothing recorded) if the task already had an outcome.
+        """
+        end = time.perf_counter() if now is None else now
+        if self.state[index] != _PENDING:
+            self.twice.append(index)
+            return False
+        if outcome is REJECTED:  # never accepted: no latency, not an error (counted as rejected)
+            self.state[index] = _REJECTED
+            return True
+        self.latency[index] = end - self.began[index]
+        if outcome.ok:
+            if self.output is not None:
+                self.output[index] = outcome.output_key
+            self.state[index] = _OK
+        else:
+            self.error[index] = outcome.error
+            self.state[index] = _ERROR
+        return True
+
+
 class LoadResult:
-    """What the clients measured: per-task latencies and outcomes, submit times, wall time."""
+    """What the clients measured, read from the preallocated slots after the run.
 
-    wall_s: float = 0.0
-    latencies: list[float] = field(default_factory=list)    # seconds, one per task with an outcome
-    submit_s: list[float] = field(default_factory=list)     # seconds spent inside each submit call
-    outcomes: dict[str, Outcome] = field(default_factory=dict)  # task id -> outcome
-    errors: Counter = field(default_factory=Counter)        # error class name -> count
-    rejected: int = 0
+    The lists and dicts below are built on first access (after the row's
+    sampler has stopped), in task order: ``latencies`` and ``submit_s`` in
+    seconds, ``outcomes`` task id -> :class:`Outcome` (a success's
+    ``output_key`` is None unless the run kept outputs).
+    """
+
+    def __init__(self, recorder: _Recorder, wall_s: float, submit_phase_s: float) -> None:
+        self._rec = recorder
+        self.wall_s = wall_s
+        self.submit_phase_s = submit_phase_s   # longest time any client took to submit all its tasks
+        self.recorded_twice = len(recorder.twice)
+
+    @functools.cached_property
+    def latencies(self) -> list[float]:
+        rec = self._rec
+        return [rec.latency[i] for i, s in enumerate(rec.state) if s in (_OK, _ERROR)]
+
+    @functools.cached_property
+    def submit_s(self) -> list[float]:
+        rec = self._rec
+        return [rec.submit_s[i] for i, done in enumerate(rec.submitted) if done]
+
+    @functools.cached_property
+    def outcomes(self) -> dict[str, Outcome]:
+        rec = self._rec
+        out: dict[str, Outcome] = {}
+        for i, s in enumerate(rec.state):
+            if s == _OK:
+                out[rec.ids[i]] = Outcome(True, rec.output[i] if rec.output is not None else None, None)
+            elif s == _ERROR:
+                out[rec.ids[i]] = Outcome(False, None, rec.error[i])
+            elif s == _REJECTED:
+                out[rec.ids[i]] = REJECTED
+        return out
+
+    @functools.cached_property
+    def errors(self) -> Counter:
+        rec = self._rec
+        return Counter(rec.error[i] for i, s in enumerate(rec.state) if s == _ERROR)
+
+    @property
+    def rejected(self) -> int:
+        return self._rec.state.count(_REJECTED)
 
     @property
     def completed(self) -> int:
-        return len(self.latencies)
+        return self._rec.state.count(_OK) + self._rec.state.count(_ERROR)
 
     @property
     def failed(self) -> int:
-        return sum(self.errors.values())
+        return self._rec.state.count(_ERROR)
+
+    @property
+    def unsettled(self) -> int:
+        return self._rec.state.count(_PENDING)
 
 
 class _Clients:
-    """Shared state of one load run: the task iterator, the barrier, the merged results."""
+    """Shared state of one load run: the task iterator, the barrier, the recorder, the timings."""
 
-    def __init__(self, tasks: Sequence[dict], clients: int) -> None:
+    def __init__(self, tasks: Sequence[dict], clients: int, *, keep_outputs: bool,
+                 on_start: Callable[[], None] | None) -> None:
         if isinstance(clients, bool) or not isinstance(clients, int) or clients <= 0:
             raise ValueError(f"clients must be an integer greater than 0, got {clients!r}")
         self.clients = clients
-        self._tasks = iter(tasks)
-        self._tasks_lock = threading.Lock()   # guards _tasks
-        self._merge_lock = threading.Lock()   # guards result and finished
+        self._tasks_list = tasks
+        self._next = 0
+        self._tasks_lock = threading.Lock()   # guards _next
+        self.recorder = _Recorder(tasks, keep_outputs)
         self.started: list[float] = []
-        self.barrier = threading.Barrier(clients, action=lambda: self.started.append(time.perf_counter()))
-        self.result = LoadResult()
-        self.finished: list[float] = []
+        self._on_start = on_start
+        self.barrier: threading.Barrier | None = None   # made by run(), for every thread of the load
+        self.finished: list[float] = []       # list.append is atomic: no lock needed
+        self.submit_phases: list[float] = []
         self.crashed: list[BaseException] = []
 
-    def next_task(self) -> Task | None:
+    def next_task(self) -> tuple[int, Task] | None:
+        """The next task to submit and its index, or None when all have been dealt."""
         with self._tasks_lock:
-            item = next(self._tasks, None)
-        return None if item is None else Task.from_dict(item)
+            index = self._next
+            if index >= len(self._tasks_list):
+                return None
+            self._next = index + 1
+        return index, Task.from_dict(self._tasks_list[index])
 
-    def merge(self, local: LoadResult) -> None:
-        end = time.perf_counter()
-        with self._merge_lock:
-            self.finished.append(end)
-            self.result.latencies.extend(local.latencies)
-            self.result.submit_s.extend(local.submit_s)
-            self.result.outcomes.update(local.outcomes)
-            self.result.errors.update(local.errors)
-            self.result.rejected += local.rejected
+    def submit(self, impl, index: int, task: Task):
+        """Submit ``task``; return its handle, or None if it was refused or raised (then recorded)."""
+        rec = self.recorder
+        began = rec.began[index] = time.perf_counter()
+        try:
+            return impl.submit(task)
+        except Rejected:
+            rec.record(index, REJECTED)
+        except Exception as exc:
+            rec.record(index, Outcome(False, None, type(exc).__name__))
+        finally:
+            rec.submit_s[index] = time.perf_counter() - began
+            rec.submitted[index] = 1
+        return None
 
-    def run(self, body) -> LoadResult:
-        def client() -> None:
-            local = LoadResult()
+    def submitting_done(self) -> None:
+        self.submit_phases.append(time.perf_counter() - self.started[0])
+
+    def run(self, body, collector=None) -> LoadResult:
+        """Run ``body()`` in each client thread; return the measurements once all have finished.
+
+        With ``collector``, each client is two threads sharing a
+        :class:`queue.SimpleQueue`: ``body(pending)`` submits, and
+        ``collector(pending)`` collects; the client finishes when its collector
+        does. Every thread exists before the start barrier releases them all.
+        """
+        def release() -> None:  # run by the last thread to arrive, before any is released
+            if self._on_start is not None:
+                self._on_start()
+            self.started.append(time.perf_counter())
+
+        def thread_main(fn, args, finishes: bool) -> None:
             try:
                 self.barrier.wait()
-                body(local)
+                fn(*args)
             except BaseException as exc:  # surface a harness bug instead of under-counting
                 self.crashed.append(exc)
                 self.barrier.abort()
             finally:
-                self.merge(local)
+                if finishes:
+                    self.finished.append(time.perf_counter())
 
-        threads = [threading.Thread(target=client, name=f"bench-client-{i}") for i in range(self.clients)]
+        threads = []
+        for i in range(self.clients):
+            if collector is None:
+                threads.append(threading.Thread(target=thread_main, args=(body, (), True),
+                                                name=f"bench-client-{i}"))
+            else:
+                pending = queue.SimpleQueue()
+                threads.append(threading.Thread(target=thread_main, args=(body, (pending,), False),
+                                                name=f"bench-client-{i}"))
+                threads.append(threading.Thread(target=thread_main, args=(collector, (pending,), True),
+                                                name=f"bench-collector-{i}"))
+        self.barrier = threading.Barrier(len(threads), action=release)
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
         if self.crashed:
             raise RuntimeError(f"a load client crashed: {self.crashed[0]!r}") from self.crashed[0]
-        self.result.wall_s = max(self.finished) - self.started[0]
-        return self.result
+        if self.recorder.twice:
+            raise RuntimeError(f"{len(self.recorder.twice)} task(s) recorded twice, e.g. "
+                               f"{self.recorder.ids[self.recorder.twice[0]]!r}")
+        result = LoadResult(self.recorder, max(self.finished) - self.started[0],
+                            max(self.submit_phases, default=0.0))
+        if result.unsettled:
+            raise RuntimeError(f"{result.unsettled} task(s) have no outcome after the load")
+        return result
 
 
-def _submit(impl, task, local: LoadResult):
-    """Submit ``task``; return its handle, or an Outcome if it was refused or raised at once."""
-    began = time.perf_counter()
+def closed_loop(impl, tasks: Sequence[dict], clients: int, *, keep_outputs: bool = True,
+                on_start: Callable[[], None] | None = None) -> LoadResult:
+    """Each client: take a task, submit it, wait for its outcome, repeat until none are left.
+
+    ``on_start`` is called once when every client is ready, just before the clock starts.
+    """
+    shared = _Clients(tasks, clients, keep_outputs=keep_outputs, on_start=on_start)
+    rec = shared.recorder
+
+    def body() -> None:
+        while (dealt := shared.next_task()) is not None:
+            index, task = dealt
+            handle = shared.submit(impl, index, task)
+            if handle is not None:
+                rec.record(index, impl.result(handle))
+        shared.submitting_done()
+
+    return shared.run(body)
+
+
+class _Outstanding:
+    """One open-loop client's count of submitted tasks without an outcome yet."""
+
+    __slots__ = ("count", "settled")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.settled = threading.Condition(threading.Lock())  # announces: count reached 0
+
+    def add(self) -> None:
+        with self.settled:
+            self.count += 1
+
+    def done(self) -> None:
+        with self.settled:
+            self.count -= 1
+            if self.count == 0:
+                self.settled.notify_all()
+
+    def wait(self, timeout: float) -> bool:
+        with self.settled:
+            return self.settled.wait_for(lambda: self.count == 0, timeout)
+
+
+def _settled(rec: _Recorder, mine: _Outstanding, crashed: list, index: int, outcome: Outcome) -> None:
+    """Completion callback of one task (runs in whichever thread resolved it)."""
+    now = time.perf_counter()
     try:
-        return impl.submit(task)
-    except Rejected:
-        local.rejected += 1
-        return REJECTED
-    except Exception as exc:
-        return Outcome(False, None, type(exc).__name__)
-    finally:
-        local.submit_s.append(time.perf_counter() - began)
+        first = rec.record(index, outcome, now)
+    except BaseException as exc:  # pragma: no cover - a harness bug; never leave the client waiting
+        crashed.append(exc)
+        first = True
+    if first:  # a second call for the same task is remembered by the recorder, not counted again
+        mine.done()
 
 
-def _record(local: LoadResult, task, outcome: Outcome, began: float) -> None:
-    local.outcomes[task.id] = outcome
-    if outcome is REJECTED:
-        return  # never accepted: no latency, not an error (counted in ``rejected``)
-    local.latencies.append(time.perf_counter() - began)
-    if not outcome.ok:
-        local.errors[outcome.error] += 1
+def _submit_with_callback(shared: _Clients, impl, index: int, task: Task, mine: _Outstanding) -> None:
+    """Submit one task and hand its outcome to a callback; the handle dies with this frame."""
+    mine.add()
+    handle = shared.submit(impl, index, task)
+    if handle is None:  # refused or raised: already recorded
+        mine.done()
+        return
+    try:
+        impl.on_done(handle, functools.partial(_settled, shared.recorder, mine, shared.crashed, index))
+    except BaseException:
+        mine.done()  # no callback will come: do not leave the client waiting for it
+        raise
 
 
-def closed_loop(impl, tasks: Sequence[dict], clients: int) -> LoadResult:
-    """Each client: take a task, submit it, wait for its outcome, repeat until none are left."""
-    shared = _Clients(tasks, clients)
+def open_loop(impl, tasks: Sequence[dict], clients: int, *, keep_outputs: bool = True,
+              on_start: Callable[[], None] | None = None) -> LoadResult:
+    """Each client: submit tasks without waiting until none are left, then wait for all of its own.
 
-    def body(local: LoadResult) -> None:
-        while (task := shared.next_task()) is not None:
-            began = time.perf_counter()
-            handle = _submit(impl, task, local)
-            outcome = handle if isinstance(handle, Outcome) else impl.result(handle)
-            _record(local, task, outcome, began)
+    With an implementation that offers ``on_done(handle, callback)`` the
+    client holds no handle (see the module docstring); otherwise (the
+    baseline) it holds each ticket and waits for them in submission order.
+    """
+    shared = _Clients(tasks, clients, keep_outputs=keep_outputs, on_start=on_start)
+    rec = shared.recorder
+    callbacks = callable(getattr(impl, "on_done", None))
 
-    return shared.run(body)
+    def with_callbacks() -> None:
+        mine = _Outstanding()
+        while (dealt := shared.next_task()) is not None:
+            _submit_with_callback(shared, impl, *dealt, mine)
+        shared.submitting_done()
+        if not mine.wait(RESULT_TIMEOUT_S):
+            raise RuntimeError(f"{mine.count} task(s) still without an outcome after {RESULT_TIMEOUT_S} s")
 
+    # The baseline has no completion callbacks: a client must hold every ticket until it has waited
+    # for it, and can learn an outcome only by waiting (polling). So each baseline client is two
+    # threads: one submits and passes (index, ticket) on, one waits for the tickets in that order
+    # (= the baseline's completion order) while the submitter goes on. The pending tickets and the
+    # second, polling thread are the baseline API's cost, and stay in the measurement.
+    def submit_tickets(pending: queue.SimpleQueue) -> None:
+        try:
+            while (dealt := shared.next_task()) is not None:
+                index, task = dealt
+                ticket = shared.submit(impl, index, task)
+                if ticket is not None:
+                    pending.put((index, ticket))
+            shared.submitting_done()
+        finally:
+            pending.put(None)
 
-def open_loop(impl, tasks: Sequence[dict], clients: int) -> LoadResult:
-    """Each client: submit tasks without waiting until none are left, then wait for each in turn."""
-    shared = _Clients(tasks, clients)
+    def collect_tickets(pending: queue.SimpleQueue) -> None:
+        while (item := pending.get()) is not None:  # blocks while nothing is pending: no polling here
+            index, ticket = item
+            rec.record(index, impl.result(ticket))
 
-    def body(local: LoadResult) -> None:
-        pending = []
-        while (task := shared.next_task()) is not None:
-            began = time.perf_counter()
-            pending.append((task, began, _submit(impl, task, local)))
-        for task, began, handle in pending:
-            outcome = handle if isinstance(handle, Outcome) else impl.result(handle)
-            _record(local, task, outcome, began)
-
-    return shared.run(body)
+    if callbacks:
+        return shared.run(with_callbacks)
+    return shared.run(submit_tickets, collector=collect_tickets)

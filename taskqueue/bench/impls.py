@@ -10,7 +10,12 @@
 Each adapter offers ``submit(task) -> handle`` (raising :class:`Rejected` when
 the implementation refuses the task), ``result(handle) -> Outcome`` (blocks
 until the task has an outcome), ``depth()`` (current backlog, or None when the
-implementation reports it itself), ``metrics()`` and ``close()``.
+implementation reports it itself), ``held()`` (tasks the implementation holds
+right now: accepted and not yet settled where it can tell, else its backlog),
+``metrics()`` and ``close()``. The engine and stdlib adapters also offer
+``on_done(handle, callback)``: ``callback(Outcome)`` is called once, in the
+thread that completes the task (``Future.add_done_callback``); the baseline
+has no such API, so it has no ``on_done`` (see :mod:`taskqueue.bench.clients`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import importlib.util
 import os
 import pathlib
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
@@ -45,25 +51,33 @@ class Rejected(Exception):
 
 
 class TimedProcessor:
-    """Wraps a Processor and records the seconds each ``process`` call takes (busy time).
+    """Wraps a Processor and adds up the seconds ``process`` calls take (busy time) and their number.
 
-    ``list.append`` is thread-safe, so recording needs no lock; the cost is two
-    ``perf_counter()`` calls per task, the same for every implementation.
+    A running total, not a list, so the harness allocates nothing per task
+    while the load runs (see :mod:`taskqueue.bench.clients`). The cost is two
+    ``perf_counter()`` calls and one uncontended-or-briefly-contended lock per
+    call, the same for every implementation.
     """
 
     def __init__(self, processor) -> None:
         self.processor = processor
-        self.busy: list[float] = []
+        self._lock = threading.Lock()  # guards busy_s and calls
+        self.busy_s = 0.0
+        self.calls = 0
 
     def process(self, task, attempt: int = 1):
         began = time.perf_counter()
         try:
             return self.processor.process(task, attempt)
         finally:
-            self.busy.append(time.perf_counter() - began)
+            spent = time.perf_counter() - began
+            with self._lock:
+                self.busy_s += spent
+                self.calls += 1
 
     def reset(self) -> None:
-        self.busy = []
+        with self._lock:
+            self.busy_s, self.calls = 0.0, 0
 
 
 def load_baseline():
@@ -97,6 +111,10 @@ class BaselineImpl:
     def depth(self) -> int:
         return len(self.queue.queue)  # read without its lock: len() of a list is atomic
 
+    def held(self) -> int:
+        # The backlog list. (Its results dict also grows by one entry per task, forever.)
+        return len(self.queue.queue)
+
     def metrics(self) -> dict:
         return {"counters": self.queue.stats()}
 
@@ -127,8 +145,17 @@ class EngineImpl:
             return Outcome(False, None, type(exc).__name__)
         return Outcome(True, result.output_key, None)
 
+    def on_done(self, future, callback) -> None:
+        future.add_done_callback(lambda done: callback(self.result(done)))
+
     def depth(self) -> None:
         return None  # the engine records its own depth at every put and get
+
+    def held(self) -> int | None:
+        # Accepted and not settled: queued, blocked in a submitter's put(), being processed or
+        # awaiting its commit. Private attribute, read-only (len() of a dict is atomic).
+        inflight = getattr(self.queue, "_inflight", None)
+        return len(inflight) if inflight is not None else None
 
     def metrics(self) -> dict:
         return self.queue.snapshot()
@@ -155,10 +182,16 @@ class StdlibImpl:
             return Outcome(False, None, type(exc).__name__)
         return Outcome(True, output.key, None)
 
+    def on_done(self, future, callback) -> None:
+        future.add_done_callback(lambda done: callback(self.result(done)))
+
     def depth(self) -> int | None:
         # The executor's private (unbounded) work queue; read-only, for the burst statistics.
         work_queue = getattr(self.pool, "_work_queue", None)
         return work_queue.qsize() if work_queue is not None else None
+
+    def held(self) -> int | None:
+        return self.depth()  # plus at most `workers` tasks being processed
 
     def metrics(self) -> dict:
         return {}

@@ -85,14 +85,18 @@ def run_row(spec: dict) -> dict:
         processor.reset()
         gc.collect()
         try:
-            with Sampler(impl.depth) as sampler:
+            with Sampler(impl.depth, impl.held) as sampler:
                 cpu0 = time.process_time()
-                load = drive(impl, raw, spec["clients"])
+                load = drive(impl, raw, spec["clients"], keep_outputs=bool(spec.get("record_outputs")),
+                             on_start=sampler.mark)
                 cpu_s = time.process_time() - cpu0
             metrics = impl.metrics()
         finally:
             impl.close()
         result = _measurements(spec, load, metrics, processor, sampler, cpu_s)
+        if result["engine"] is not None:  # the durable state's size: its page cache grows with it
+            db = os.path.join(workdir, "bench.sqlite")
+            result["engine"]["db_kib"] = os.path.getsize(db) // 1024 if os.path.exists(db) else None
         if spec.get("record_outputs"):
             result["outputs"] = _outputs(store, load)
         return result
@@ -130,7 +134,7 @@ def _measurements(spec: dict, load: clients.LoadResult, metrics: dict, processor
     wall = load.wall_s
     lat = stats.summarize(load.latencies)
     ms = {k: (v * 1000 if v is not None else None) for k, v in lat.items() if k != "count"}
-    busy = sum(processor.busy)
+    busy = processor.busy_s
     counters = metrics.get("counters", {})
     if spec["impl"] == "engine":
         depth, depth_source = metrics["queue_depth"], "engine metrics (every put and get)"
@@ -139,8 +143,8 @@ def _measurements(spec: dict, load: clients.LoadResult, metrics: dict, processor
         summary = stats.summarize(sampler.depths)
         depth = {"max": summary["max"], "mean": summary["mean"], "p95": summary["p95"]}
         depth_source = f"sampled every {SAMPLE_INTERVAL_S * 1000:g} ms by the harness"
-    rss_start = sampler.rss[0] if sampler.rss else None
     rss_max = max(sampler.rss) if sampler.rss else None
+    held = stats.summarize(sampler.held)
     return {
         **{k: spec[k] for k in ("scenario", "label", "impl", "on_full", "clients", "tasks", "seed",
                                 "repeat")},
@@ -156,7 +160,7 @@ def _measurements(spec: dict, load: clients.LoadResult, metrics: dict, processor
         "error_rate": load.failed / load.completed if load.completed else 0.0,
         "retries": counters.get("retried", 0),
         "dedup_hits": counters.get("deduplicated", 0),
-        "process_calls": len(processor.busy),
+        "process_calls": processor.calls,
         "queue_depth_max": depth["max"], "queue_depth_mean": depth["mean"],
         "queue_depth_p95": depth["p95"], "queue_depth_source": depth_source,
         "utilisation": busy / (wall * spec["workers"]) if wall > 0 else 0.0,
@@ -165,10 +169,12 @@ def _measurements(spec: dict, load: clients.LoadResult, metrics: dict, processor
         "cpu_cores": cpu_s / wall if wall > 0 else 0.0,
         "submit_blocked_s": sum(load.submit_s),
         "submit_max_ms": max(load.submit_s) * 1000 if load.submit_s else 0.0,
+        "submit_phase_s": load.submit_phase_s,
+        "held_max": held["max"],
         "rss_peak_kib": peak_rss_kib(),
-        "rss_start_kib": rss_start,
+        "rss_start_kib": sampler.rss_start_kib(),
         "rss_max_sampled_kib": rss_max,
-        "rss_growth_kib": rss_max - rss_start if rss_start is not None else None,
+        "rss_growth_kib": sampler.rss_growth_kib(),
         "engine": _engine_extract(metrics) if spec["impl"] == "engine" else None,
     }
 

@@ -1,6 +1,6 @@
 """A hand-written SVG chart of the rows: latency distribution and throughput, per scenario.
 
-One block per (scenario, clients). Left: each row's latency as three nested
+One block per (scenario, clients, tasks). Left: each row's latency as three nested
 bars on a shared log scale -- p99 (light), p95, p50 (solid) -- so a long tail
 shows as a long pale bar. Right: throughput (median) with a whisker from the
 slowest to the fastest repeat, on a scale shared within the block. Every bar
@@ -45,11 +45,11 @@ def _log_range(rows: list[dict]) -> tuple[float, float]:
     return low, max(high, low * 10)
 
 
-def _groups(rows: list[dict]) -> list[tuple[str, int, list[dict]]]:
-    groups: dict[tuple[str, int], list[dict]] = {}
+def _groups(rows: list[dict]) -> list[tuple[str, int, int, list[dict]]]:
+    groups: dict[tuple[str, int, int], list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["scenario"], row["clients"]), []).append(row)
-    return [(s, c, members) for (s, c), members in groups.items()]
+        groups.setdefault((row["scenario"], row["clients"], row["tasks"]), []).append(row)
+    return [(s, c, t, members) for (s, c, t), members in groups.items()]
 
 
 def chart(rows: list[dict], *, title: str, subtitle: str) -> str:
@@ -78,9 +78,10 @@ def chart(rows: list[dict], *, title: str, subtitle: str) -> str:
         x += 52
     y += 10
 
-    for scenario, clients, members in _groups(rows):
+    for scenario, clients, tasks, members in _groups(rows):
         y += HEAD_H
-        parts.append(_text(LABEL_X, y - 22, f"{scenario} · {clients} clients", size=14, weight="bold"))
+        parts.append(_text(LABEL_X, y - 22, f"{scenario} · {clients} clients · {tasks} tasks", size=14,
+                           weight="bold"))
         parts.append(_text(LAT_X0, y - 6, "latency, ms (log scale)", size=11, fill="#555"))
         parts.append(_text(TPUT_X0, y - 6, "throughput, tasks/s (whisker: min-max over repeats)",
                            size=11, fill="#555"))

@@ -62,9 +62,11 @@ def test_json_schema(quick):
     assert doc["schema"] == report.SCHEMA
     assert {"created", "command", "machine", "settings", "wall_s", "rows", "verdict"} <= set(doc)
     assert doc["machine"]["cpus"] >= 1 and doc["settings"]["quick"] is True
-    expected = {(name, c, label) for name, s in SCENARIOS.items() for c in s.clients
-                for label in ([f"{i}-reject" if m == "reject" else i for i, m in s.rows])}
-    assert {(r["scenario"], r["clients"], r["label"]) for r in doc["rows"]} == expected
+    expected = {(name, c, tasks, f"{i}-reject" if m == "reject" else i)
+                for name, s in SCENARIOS.items() for c in s.clients
+                for tasks, rows in s.sizes(quick=True) for i, m in rows}
+    assert {(r["scenario"], r["clients"], r["tasks"], r["label"]) for r in doc["rows"]} == expected
+    assert len({r["tasks"] for r in doc["rows"] if r["scenario"] == "burst"}) == 2  # the memory slope
     for row in doc["rows"]:
         for key, kind in ROW_KEYS.items():
             assert isinstance(row[key], kind), (row["label"], key, row[key])
@@ -105,8 +107,8 @@ def test_the_rows_of_a_scenario_did_the_same_work(quick):
     groups = defaultdict(list)
     for row in doc["rows"]:
         if row["label"] != "engine-reject":  # load shedding: it does less work on purpose
-            groups[(row["scenario"], row["clients"])].append(row["runs"][0])
-    for (scenario, _clients), runs in groups.items():
+            groups[(row["scenario"], row["clients"], row["tasks"])].append(row["runs"][0])
+    for (scenario, _clients, _tasks), runs in groups.items():
         assert {r["label"] for r in runs} == {"baseline", "engine", "stdlib"}
         task_ids = {frozenset(r["outputs"]) for r in runs}
         assert len(task_ids) == 1 and len(next(iter(task_ids))) == runs[0]["tasks"]
@@ -124,10 +126,15 @@ def test_burst_accounts_for_every_task_and_keeps_the_bound(quick):
     for row in (r for r in doc["rows"] if r["scenario"] == "burst"):
         run = row["runs"][0]
         assert run["completed"] + run["rejected"] == run["tasks"]
+        assert isinstance(run["rss_growth_kib"], int) and run["held_max"] >= run["queue_depth_max"] >= 0
+        assert 0 <= run["submit_phase_s"] <= run["wall_s"]
         if row["impl"] == "engine":
             assert run["queue_depth_max"] <= QUEUE_SIZE
+            assert run["held_max"] <= min(run["tasks"], QUEUE_SIZE + run["clients"] + 8 + 8)
         else:
             assert run["rejected"] == 0
+    rss = next(t for t in doc["verdict"]["targets"] if t["target"].startswith("burst: engine peak RSS"))
+    assert rss["status"] in ("MET", "MISSED") and "per 1000 more tasks" in rss["detail"]
 
 
 # -- the load clients, on a stand-in implementation --------------------------------------------
@@ -171,6 +178,125 @@ def test_load_clients_deal_every_task_once_and_count_outcomes(drive):
 def test_load_clients_reject_a_bad_client_count():
     with pytest.raises(ValueError):
         clients.closed_loop(_Instant(), _tasks(1), 0)
+
+
+class _Handle:
+    """A stand-in Future: weakly referenceable, holding nothing but its task's id."""
+
+    __slots__ = ("task_id", "__weakref__")
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+
+
+class _CompletesOnRelease:
+    """A callback-capable stand-in that completes a task only once *nobody* holds its handle.
+
+    ``submit`` returns a fresh :class:`_Handle` and keeps only a weak
+    reference to it; ``on_done`` keeps the callback, not the handle. When the
+    handle's last strong reference goes, the weak reference's callback hands
+    the task to a completer thread, which calls its callback (once; twice for
+    ids in ``twice``). So if the client kept a handle, that task would never
+    complete. Ids ending in 5 complete at once, inside ``on_done`` (like a
+    deduplicated task's finished Future); ids in ``refuse`` are rejected.
+    """
+
+    def __init__(self, refuse=(), twice=()) -> None:
+        import queue
+        import weakref
+        self._weakref = weakref
+        self.refuse, self.twice = set(refuse), set(twice)
+        self.refs = {}          # task id -> weak reference to its handle (kept so its callback fires)
+        self.callbacks = {}     # task id -> the client's callback, until called
+        self.released = queue.SimpleQueue()
+        self.completed_after_release = []
+        self.completer = threading.Thread(target=self._complete, daemon=True)
+        self.completer.start()
+
+    def submit(self, task):
+        if task.id in self.refuse:
+            raise Rejected()
+        handle = _Handle(task.id)
+        self.refs[task.id] = self._weakref.ref(handle, lambda _ref, tid=task.id: self.released.put(tid))
+        return handle
+
+    def on_done(self, handle, callback):
+        task_id = handle.task_id
+        if task_id.endswith("5"):
+            callback(self.outcome(task_id))
+        else:
+            self.callbacks[task_id] = callback
+
+    @staticmethod
+    def outcome(task_id):
+        if task_id.endswith("7"):
+            return Outcome(False, None, "InjectedTransientError")
+        return Outcome(True, f"variants/gzip/{task_id}.gz", None)
+
+    def _complete(self):
+        while (task_id := self.released.get()) is not None:
+            callback = self.callbacks.pop(task_id, None)
+            if callback is None:  # completed inside on_done already
+                continue
+            assert self.refs[task_id]() is None
+            self.completed_after_release.append(task_id)
+            for _ in range(2 if task_id in self.twice else 1):
+                callback(self.outcome(task_id))
+
+    def finish_the_rest(self):
+        """Stop the completer; complete whatever still waits (only when a test has already failed)."""
+        self.released.put(None)
+        self.completer.join(timeout=10)
+        for task_id in list(self.callbacks):
+            self.callbacks.pop(task_id)(self.outcome(task_id))
+
+    def result(self, handle):  # pragma: no cover - the callback path never blocks on a handle
+        raise AssertionError("an open-loop client waited on a handle of a callback-capable implementation")
+
+
+def _open_loop_in_thread(impl, tasks, n_clients):
+    """Run open_loop in a thread; return its LoadResult or raise what it raised. Never hangs the suite."""
+    box = {}
+
+    def run():
+        try:
+            box["load"] = clients.open_loop(impl, tasks, n_clients)
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=20)
+    hung = thread.is_alive()
+    impl.finish_the_rest()
+    thread.join(timeout=10)
+    assert not hung, "open_loop did not finish: a client still holds a handle, so its task never completed"
+    if "error" in box:
+        raise box["error"]
+    return box["load"]
+
+
+def test_open_loop_keeps_no_handle_and_records_each_outcome_once_with_callbacks():
+    impl = _CompletesOnRelease(refuse={"t-010", "t-020"})
+    tasks = _tasks(200)
+    load = _open_loop_in_thread(impl, tasks, 7)
+    # Every accepted task not completed inside on_done completed *after* its handle was released.
+    accepted = [t["id"] for t in tasks if t["id"] not in {"t-010", "t-020"}]
+    assert sorted(impl.completed_after_release) == [i for i in accepted if not i.endswith("5")]
+    assert load.recorded_twice == 0 and load.unsettled == 0
+    assert len(load.outcomes) == 200 and load.rejected == 2 and load.completed == 198
+    assert {i: o for i, o in load.outcomes.items() if o is not clients.REJECTED} == \
+        {i: impl.outcome(i) for i in accepted}
+    assert load.errors == {"InjectedTransientError": 20} and load.failed == 20
+    assert len(load.latencies) == 198 and all(s >= 0 for s in load.latencies)
+    assert len(load.submit_s) == 200 and load.wall_s >= max(load.latencies)
+    assert 0 <= load.submit_phase_s <= load.wall_s
+
+
+def test_open_loop_refuses_an_outcome_delivered_twice():
+    impl = _CompletesOnRelease(twice={"t-004"})
+    with pytest.raises(RuntimeError, match="recorded twice.*t-004"):
+        _open_loop_in_thread(impl, _tasks(30), 3)
 
 
 # -- the requirements' integration test ------------------------------------------------------------

@@ -75,11 +75,11 @@ def test_median_spread_ratio():
 # -- aggregation over repeats ----------------------------------------------------------
 
 def _run(label, *, scenario="io", clients=100, repeat=0, throughput=100.0, p95=100.0, error_rate=0.0,
-         depth_max=None, rss_growth_kib=1024, **extra):
+         depth_max=None, rss_growth_kib=1024, tasks=300, **extra):
     impl = label.split("-")[0]
     run = {"scenario": scenario, "clients": clients, "label": label, "impl": impl,
            "on_full": "reject" if label.endswith("reject") else ("block" if impl == "engine" else "-"),
-           "tasks": 300, "seed": 42, "repeat": repeat}
+           "tasks": tasks, "seed": 42, "repeat": repeat}
     for metric in report.METRICS:
         run[metric] = 1.0
     run.update(throughput_per_s=throughput, latency_p95_ms=p95, error_rate=error_rate,
@@ -151,15 +151,55 @@ def test_targets_are_computed_from_the_rows():
     assert [t["status"] for t in missed[:2]] == ["MISSED", "MISSED"]  # 4x < 5x, 0.25x > 0.2x
 
 
-def test_burst_targets_use_the_highest_depth_over_repeats_and_rss_growth():
-    runs = [_run("baseline", scenario="burst", depth_max=900, rss_growth_kib=2048),
-            _run("engine", scenario="burst", repeat=0, depth_max=QUEUE_SIZE, rss_growth_kib=1024),
-            _run("engine", scenario="burst", repeat=1, depth_max=QUEUE_SIZE - 5, rss_growth_kib=1024),
-            _run("engine-reject", scenario="burst", depth_max=QUEUE_SIZE, rss_growth_kib=512)]
-    depth, rss = verdict.targets(report.aggregate(runs))[-2:]
+def _burst(label, tasks, growth_kib, *, repeat=0, depth_max=None, held_max=None):
+    return _run(label, scenario="burst", tasks=tasks, repeat=repeat, rss_growth_kib=growth_kib,
+                depth_max=depth_max, held_max=held_max)
+
+
+def test_burst_depth_target_uses_the_highest_depth_over_repeats_and_sizes():
+    runs = [_burst("baseline", 5000, 2048, depth_max=4900),
+            _burst("engine", 1000, 1024, depth_max=QUEUE_SIZE - 5),
+            _burst("engine", 5000, 1024, repeat=0, depth_max=QUEUE_SIZE),
+            _burst("engine", 5000, 1024, repeat=1, depth_max=QUEUE_SIZE - 5),
+            _burst("engine-reject", 5000, 512, depth_max=QUEUE_SIZE)]
+    depth = verdict.targets(report.aggregate(runs))[-2]
     assert depth["status"] == "MET" and depth["value"] == QUEUE_SIZE
-    assert rss["status"] == "MET" and rss["value"] == 1.0
-    runs[2]["queue_depth_max"] = QUEUE_SIZE + 1           # one repeat over the bound is enough to miss
-    runs[1]["rss_growth_kib"] = runs[2]["rss_growth_kib"] = 4096
-    depth, rss = verdict.targets(report.aggregate(runs))[-2:]
-    assert depth["status"] == "MISSED" and rss["status"] == "MISSED"
+    runs[3]["queue_depth_max"] = QUEUE_SIZE + 1           # one repeat over the bound is enough to miss
+    depth = verdict.targets(report.aggregate(runs))[-2]
+    assert depth["status"] == "MISSED" and depth["value"] == QUEUE_SIZE + 1
+
+
+def test_burst_growth_is_the_slope_between_the_two_sizes_per_1000_tasks():
+    runs = [_burst("baseline", 1000, 1000, held_max=990), _burst("baseline", 5000, 9000, held_max=4900),
+            _burst("engine", 1000, 6000, held_max=240), _burst("engine", 5000, 6400, held_max=244),
+            _burst("engine-reject", 5000, 5000),
+            _burst("stdlib", 1000, 2000), _burst("stdlib", 5000, 10000)]
+    growth = report.burst_growth(report.aggregate(runs))
+    assert (growth["small"], growth["large"], growth["clients"]) == (1000, 5000, 100)
+    assert set(growth["labels"]) == {"baseline", "engine", "stdlib"}   # engine-reject: one size only
+    assert growth["labels"]["baseline"]["slope_kib_per_1000"] == 2000.0  # (9000 - 1000) / 4
+    assert growth["labels"]["engine"]["slope_kib_per_1000"] == 100.0     # (6400 - 6000) / 4
+    assert growth["labels"]["engine"]["held_max_large"] == 244
+    rss = verdict.rss_target(report.aggregate(runs))
+    assert rss["status"] == "MET" and rss["value"] == 100.0             # 100 <= 25 % of 2000
+    assert "baseline +1.95" in rss["detail"] and "engine +0.10" in rss["detail"]
+
+
+def test_burst_rss_target_at_the_threshold_and_past_it():
+    def rows(engine_large_kib, baseline_large_kib=5000):
+        return report.aggregate([_burst("baseline", 1000, 1000), _burst("baseline", 5000, baseline_large_kib),
+                                 _burst("engine", 1000, 6000), _burst("engine", 5000, engine_large_kib)])
+    # baseline slope (5000 - 1000) / 4 = 1000 KiB per 1000 tasks; the engine may grow 250.
+    assert verdict.rss_target(rows(7000))["status"] == "MET"           # slope 250: exactly 25 %
+    assert verdict.rss_target(rows(7004))["status"] == "MISSED"        # slope 251
+    # A larger fixed cost alone is not growth: an engine far above the baseline but flat is MET.
+    assert verdict.rss_target(rows(6000))["status"] == "MET"
+    # A baseline that does not grow cannot be outgrown: not MET even for a flat engine.
+    assert verdict.rss_target(rows(6000, baseline_large_kib=1000))["status"] == "MISSED"
+
+
+def test_burst_rss_target_needs_two_sizes():
+    one_size = report.aggregate([_burst("baseline", 5000, 9000), _burst("engine", 5000, 100)])
+    rss = verdict.rss_target(one_size)
+    assert rss["status"] == "n/a" and "two sizes" in rss["detail"]
+    assert report.burst_growth(one_size) is None
