@@ -146,7 +146,7 @@ class TaskQueue:
     def __init__(self, db_path: str | os.PathLike, store: LocalObjectStore | str | os.PathLike, *,
                  config: Config | None = None, processor: Processor | None = None,
                  rng: random.Random | None = None, metrics_out: str | None = None,
-                 wall_clock: Callable[[], float] = time.time, sample_interval_s: float = 0.01) -> None:
+                 wall_clock: Callable[[], float] = time.time, sample_interval_s: float = 0.05) -> None:
         self.config = config = config or Config()
         if not isinstance(store, LocalObjectStore):
             store = LocalObjectStore(store, chunk_size=config.chunk_size, fsync=config.fsync_outputs)

@@ -422,16 +422,16 @@ class TaskStore:
         never a SELECT before the INSERT. When the key exists, the Claim holds
         the existing row.
         """
-        return self._submit(self._claim, task)
+        # The payload is serialised here, in the caller's thread, not in the committing leader's.
+        return self._submit(self._claim, task, json.dumps(task.to_dict(), sort_keys=True))
 
-    def _claim(self, conn: sqlite3.Connection, task: Task) -> Claim:
+    def _claim(self, conn: sqlite3.Connection, task: Task, payload: str) -> Claim:
         now = self._clock()
         inserted = conn.execute(
             "INSERT INTO tasks (task_id, idempotency_key, payload, status, created_at, updated_at, owner)"
             " VALUES (?, ?, ?, 'queued', ?, ?, ?) ON CONFLICT(idempotency_key) DO NOTHING"
             f" RETURNING {_COLUMNS}",
-            (task.id, task.idempotency_key, json.dumps(task.to_dict(), sort_keys=True), now, now,
-             self.owner)).fetchone()
+            (task.id, task.idempotency_key, payload, now, now, self.owner)).fetchone()
         if inserted is not None:
             return Claim(True, Row.from_db(inserted))
         return Claim(False, _select_key(conn, task.idempotency_key))
