@@ -9,20 +9,19 @@ One row per idempotency key. Every transition is an
                       -> failed -> running ...   (retry scheduled at next_attempt_at)
                       -> dead                    (copied to the dead_letters table)
 
-**Committing: leader/follower group commit.** One write connection. A thread
-that hands over operations when nobody is committing becomes the *leader*: it
-commits them at once, in its own thread -- no thread hand-off, which under the
-GIL costs more than the SQL -- plus whatever other threads append meanwhile,
-one transaction per round. Threads that arrive while a leader commits are
-*followers*: they append their operations and wait on their Futures. After
-``LEADER_ROUNDS`` rounds a client or worker hands leadership to the writer
-thread, which keeps group-committing while the load lasts. Either way a
-Future returned here resolves only after its change is committed. Small
-batches of single-statement operations run each statement as its own
-transaction (one ``sqlite3_step`` instead of three). Measured on this 2-core
-machine (``python3 benchmark.py --scenarios io``): handing every operation to
-a dedicated writer thread cost ~18 % of the engine's throughput, mostly
-thread wake-ups.
+**Committing.** One write connection, guarded by a lock. A caller that finds
+it idle (nothing queued, lock free) commits its operations itself, at once:
+no thread hand-off, which under the GIL costs more than the SQL. When the
+connection is busy, operations queue for one writer thread, which drains
+everything queued into one ``BEGIN IMMEDIATE`` transaction (group commit).
+Either way a Future returned here resolves only after its change is
+committed. Small batches of single-statement operations run each statement
+as its own transaction (one ``sqlite3_step`` instead of three). Measured on
+this 2-core machine (``python3 benchmark.py --scenarios io``): handing every
+operation to the writer thread cost ~18 % of the engine's throughput, mostly
+thread wake-ups; a leader/follower variant (the first caller commits for
+everyone queued behind it) cost workers ~15 % of their time committing for
+the clients.
 
 Reads use short-lived connections of their own (WAL lets them run beside the
 writer). Timestamps are wall-clock seconds (``clock``, injectable) because
@@ -34,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import socket
 import sqlite3
 import threading
@@ -86,7 +86,7 @@ APPLICATION_ID = 0x54517565  # "TQue": marks a SQLite file as this queue's datab
 _HOSTNAME = socket.gethostname()
 _LIVE_OWNERS: set[str] = set()  # owner tokens of the open TaskStores of this process
 AUTOCOMMIT_MAX = 2  # batches up to this size of single-statement operations skip BEGIN/COMMIT
-LEADER_ROUNDS = 2  # transactions a client or worker commits as leader before the writer takes over
+_STOP = object()
 
 MAX_ERROR_TEXT = 2000
 
@@ -213,7 +213,7 @@ def connect(path: str, *, busy_timeout_ms: int, synchronous: str = "normal",
 
 
 class TaskStore:
-    """The SQLite store: one write connection committed by leader/follower group commit.
+    """The SQLite store: one write connection, committed directly when idle, group-committed when busy.
 
     Write methods return a ``concurrent.futures.Future`` that resolves after
     the change is committed (to the method's result, or to its error, e.g.
@@ -236,19 +236,15 @@ class TaskStore:
         check_database(self.path)
         try:
             self._conn = connect(self.path, busy_timeout_ms=busy_timeout_ms, synchronous=synchronous,
-                                 check_same_thread=False)  # used by whichever thread leads
+                                 check_same_thread=False)  # used under _conn_lock by any thread
             self._conn.executescript(SCHEMA + f"PRAGMA application_id = {APPLICATION_ID};")
         except sqlite3.DatabaseError as exc:
             raise type(exc)(f"database {self.path!r}: {exc}") from exc
         self.owner = owner_token()
         _LIVE_OWNERS.add(self.owner)
         self._held = threading.local()  # per thread: operations held by together()
-        # _commits guards _pending, _leading, _handoff and _closed, and announces that leadership
-        # was handed to the writer thread or ended. Only the leader touches _conn.
-        self._commits = threading.Condition()
-        self._pending: list = []  # (fn, args, Future) waiting for the next leader round
-        self._leading = False  # a thread is committing as leader
-        self._handoff = False  # the leader passed leadership to the writer thread
+        self._conn_lock = threading.Lock()  # guards _conn: held by whichever thread commits
+        self._queued: queue.SimpleQueue = queue.SimpleQueue()  # lists of (fn, args, Future) for the writer
         self.batches = 0
         self.operations = 0
         self._closed = False
@@ -267,75 +263,36 @@ class TaskStore:
         return future
 
     def _post(self, ops: list) -> None:
-        """Commit ``ops``: as the leader if nobody is committing, else with the leader's next round.
+        """Commit ``ops`` in this thread if the connection is idle, else queue them for the writer.
 
-        Leader/follower group commit: the thread that finds no leader becomes
-        it and commits everything pending -- its own operations and any that
-        arrive meanwhile -- in up to ``LEADER_ROUNDS`` transactions, then hands
-        what is still pending to the writer thread. A follower only appends
-        its operations (and waits on their Futures if it needs the results).
-        No thread hand-off at all when the store is idle; one group commit per
-        round when it is busy.
+        Idle (nothing queued, lock free): the caller commits at once -- no
+        thread hand-off, which under the GIL costs more than the SQL. Busy:
+        the operations go to the writer thread, which drains everything
+        queued into one transaction (group commit). A Future's callback run by
+        a committing thread that hands over more work (e.g. a done-callback
+        that submits a task) commits it right there: queueing it behind
+        ourselves could wait forever.
         """
-        if getattr(self._held, "resolving", False):
-            # A Future's callback, run by the leader between rounds, hands over more work (e.g. a
-            # done-callback that submits a task): the connection is idle, commit it right here
-            # instead of queueing behind ourselves.
-            _resolve(self._execute(ops), self._held)
-            return
-        with self._commits:
-            if self._closed:
-                raise RuntimeError("TaskStore is closed")
-            self._pending.extend(ops)
-            if self._leading:
-                return
-            self._leading = True
-        self._lead(LEADER_ROUNDS)
-
-    def _lead(self, rounds: int | None) -> None:
-        """Commit pending operations, one transaction per round, until none are left.
-
-        After ``rounds`` rounds (None: no limit) leadership passes to the
-        writer thread, so a client or worker does not keep committing for
-        others under sustained load. Futures resolve outside the lock.
-        """
-        batch: list = []
-        try:
-            while True:
-                with self._commits:
-                    if not self._pending:
-                        self._leading = False
-                        self._commits.notify_all()
-                        return
-                    if rounds is not None and rounds <= 0:
-                        self._handoff = True
-                        self._commits.notify_all()
-                        return
-                    batch = self._pending[:self._max_batch]
-                    del self._pending[:self._max_batch]
-                if rounds is not None:
-                    rounds -= 1
-                outcomes = self._execute(batch)
-                batch = []
-                _resolve(outcomes, self._held)
-        except BaseException as exc:  # e.g. KeyboardInterrupt in the main thread: never strand leadership
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-            for _fn, _args, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            with self._commits:
-                self._handoff = bool(self._pending)  # the writer finishes what others handed over
-                self._leading = self._handoff
-                self._commits.notify_all()
-            raise
+        if self._closed:
+            raise RuntimeError("TaskStore is closed")
+        resolving = getattr(self._held, "resolving", False)
+        if resolving or (self._queued.empty() and self._conn_lock.acquire(blocking=False)):
+            if resolving:
+                self._conn_lock.acquire()
+            try:
+                outcomes = self._execute(ops)
+            finally:
+                self._conn_lock.release()
+            _resolve(outcomes, self._held)
+        else:
+            self._queued.put(ops)
 
     @contextlib.contextmanager
     def together(self):
         """Hand every operation submitted by this thread inside the block over at once.
 
-        They commit in one round (one hand-off, and usually one leader round
-        in this very thread): a worker records a task's outcome and claims its
+        They commit in one transaction (one hand-off, usually committed in
+        this very thread): a worker records a task's outcome and claims its
         next attempt together. Operations are only held for the block.
         """
         if getattr(self._held, "ops", None) is not None:  # nested: the outer block hands over
@@ -351,19 +308,26 @@ class TaskStore:
                 self._post(held)
 
     def _run(self) -> None:
-        """The writer thread: takes over leadership when a leader hands it over, until closed."""
+        """The writer thread: group-commits whatever was queued while the connection was busy."""
         while True:
-            with self._commits:
-                self._commits.wait_for(lambda: self._handoff or (self._closed and not self._leading))
-                if not self._handoff:
-                    return
-                self._handoff = False
-            self._lead(None)
+            batch = list(self._queued.get())
+            with self._conn_lock:
+                # Drain only once the connection is ours: what queued up meanwhile joins this commit.
+                while len(batch) < self._max_batch:
+                    try:
+                        batch.extend(self._queued.get_nowait())
+                    except queue.Empty:
+                        break
+                work = [op for op in batch if op is not _STOP]
+                outcomes = self._execute(work) if work else []
+            _resolve(outcomes, self._held)
+            if len(work) < len(batch):  # the stop marker: close() queued it last
+                return
 
     def _execute(self, batch: list) -> list:
         """Run ``batch`` in one transaction; return (future, result, error) per op, unresolved.
 
-        Only the leader calls this; it resolves the Futures afterwards.
+        The caller holds ``_conn_lock`` and resolves the Futures after releasing it.
         """
         conn = self._conn
         outcomes: list = []
@@ -392,6 +356,10 @@ class TaskStore:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             return [(future, None, exc) for _fn, _args, future in batch]
+        except BaseException:  # KeyboardInterrupt mid-batch: leave the connection usable
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
         self.batches += 1
         self.operations += len(batch)
         return outcomes
@@ -401,19 +369,17 @@ class TaskStore:
         self._submit(lambda conn: None).result()
 
     def close(self) -> None:
-        """Commit what is pending, stop the writer and close the connection. Idempotent."""
-        with self._commits:
-            if self._closed:
-                return
-            self._closed = True  # refuse new operations; the current leader finishes the pending ones
-            self._commits.notify_all()
+        """Commit what is queued, stop the writer and close the connection. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queued.put([_STOP])
         self._writer.join()
-        with self._commits:
-            self._commits.wait_for(lambda: not self._leading and not self._handoff)
-        self._conn.close()
+        with self._conn_lock:
+            self._conn.close()
         _LIVE_OWNERS.discard(self.owner)
 
-    # -- transitions (run by the committing leader) ----------------------------------
+    # -- transitions (run by whichever thread commits) ---------------------------------
 
     def claim(self, task: Task) -> Future:
         """Offer ``task``'s idempotency key. Resolves to a :class:`Claim`.
@@ -422,7 +388,7 @@ class TaskStore:
         never a SELECT before the INSERT. When the key exists, the Claim holds
         the existing row.
         """
-        # The payload is serialised here, in the caller's thread, not in the committing leader's.
+        # Serialised here, in the caller's thread, not while holding the connection.
         return self._submit(self._claim, task, json.dumps(task.to_dict(), sort_keys=True))
 
     def _claim(self, conn: sqlite3.Connection, task: Task, payload: str) -> Claim:
@@ -679,7 +645,7 @@ _ONE_STATEMENT = frozenset({TaskStore._claim, TaskStore._release, TaskStore._sta
 
 
 def _resolve(outcomes: list, held: threading.local) -> None:
-    """Resolve the Futures of a committed batch; their callbacks run here, in the leader's thread."""
+    """Resolve the Futures of a committed batch; their callbacks run here, in the committing thread."""
     outer = getattr(held, "resolving", False)
     held.resolving = True
     try:
