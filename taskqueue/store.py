@@ -275,17 +275,20 @@ class TaskStore:
         """
         if self._closed:
             raise RuntimeError("TaskStore is closed")
-        resolving = getattr(self._held, "resolving", False)
-        if resolving or (self._queued.empty() and self._conn_lock.acquire(blocking=False)):
-            if resolving:
-                self._conn_lock.acquire()
-            try:
-                outcomes = self._execute(ops)
-            finally:
-                self._conn_lock.release()
-            _resolve(outcomes, self._held)
-        else:
-            self._queued.put(ops)
+        if getattr(self._held, "resolving", False) or any(
+                getattr(fn, "__func__", None) is TaskStore._start for fn, _args, _future in ops):
+            # A worker claiming its next attempt (it waits for the result before processing), or a
+            # callback run by a committing thread: wait for the connection itself -- one wake-up --
+            # rather than hand over to the writer and wait for it (two), or queue behind ourselves.
+            self._conn_lock.acquire()
+        elif not (self._queued.empty() and self._conn_lock.acquire(blocking=False)):
+            self._queued.put(ops)  # busy: the writer group-commits these with whatever else is queued
+            return
+        try:
+            outcomes = self._execute(ops)
+        finally:
+            self._conn_lock.release()
+        _resolve(outcomes, self._held)
 
     @contextlib.contextmanager
     def together(self):
