@@ -191,8 +191,9 @@ class TaskQueue:
         runs (its process died, ``dlq redrive``, a cancelled task) is adopted
         and run here.
 
-        Blocks while the key is claimed in SQLite (one commit, which this
-        thread may make itself, for others' operations too) and, in ``block``
+        Blocks while the key is claimed in SQLite (one commit: made in this
+        thread when the connection is idle, else grouped by the store's
+        writer thread) and, in ``block``
         mode, while the queue is full (at most ``config.put_timeout_s`` if
         set). Raises :class:`QueueFull` in ``reject`` mode or on that timeout
         (a row this call created is deleted, so the task can be offered
