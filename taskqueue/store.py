@@ -17,11 +17,11 @@ everything queued into one ``BEGIN IMMEDIATE`` transaction (group commit).
 Either way a Future returned here resolves only after its change is
 committed. Small batches of single-statement operations run each statement
 as its own transaction (one ``sqlite3_step`` instead of three). Measured on
-this 2-core machine (``python3 benchmark.py --scenarios io``): handing every
-operation to the writer thread cost ~18 % of the engine's throughput, mostly
-thread wake-ups; a leader/follower variant (the first caller commits for
-everyone queued behind it) cost workers ~15 % of their time committing for
-the clients.
+this 2-core machine (interleaved A/B runs of the benchmark's io@100 row):
+handing every operation to the writer thread cost ~14 % of the engine's
+throughput, mostly thread wake-ups; a leader/follower variant (the first
+caller commits for everyone queued behind it) gained nothing and made
+workers commit the clients' claims on their own time.
 
 Reads use short-lived connections of their own (WAL lets them run beside the
 writer). Timestamps are wall-clock seconds (``clock``, injectable) because
