@@ -26,8 +26,8 @@ KILLS = int(os.environ.get("CHAOS_KILLS", "3"))
 SEED = int(os.environ.get("CHAOS_SEED", "20240917"))
 TASKS = max(300, 30 * KILLS)  # room for every kill: each needs a few new successes before it
 WORKERS = 4
-# Every kill counts an attempt for each task in flight and for each task a worker has already
-# claimed ahead (prefetch): up to 2 * WORKERS tasks per kill, and the same task can be caught by
+# Every kill counts an attempt for each task in flight: up to WORKERS tasks per kill (a worker
+# claims a task's attempt just before processing it), and the same task can be caught by
 # several kills. Each run claims a task at most once when no fault is injected, so KILLS + 1
 # attempts is the most any task can use; a budget above that keeps the test about durability,
 # not about the dead-letter rule (tests/chaos/test_crash_recovery.py covers that).
@@ -35,14 +35,10 @@ MAX_ATTEMPTS = max(10, KILLS + 2)
 
 
 def _wait_for_successes(proc: subprocess.Popen, db, target: int) -> int:
-    """Poll the database until ``target`` rows succeeded or the process exited; return the count."""
-    deadline = time.monotonic() + h.HANG
-    while True:
-        done = h.statuses(db).get("success", 0)
-        if done >= target or proc.poll() is not None:
-            return done
-        assert time.monotonic() < deadline, f"hang guard: {done} of {target} successes"
-        time.sleep(0.002)  # polling interval of the harness, not a synchronisation
+    """Wait until ``target`` rows succeeded or the process exited; return the success count."""
+    h.wait_until(lambda: proc.poll() is not None or h.statuses(db).get("success", 0) >= target,
+                 f"{target} successes")
+    return h.statuses(db).get("success", 0)
 
 
 def test_sigkill_at_random_moments_loses_and_tears_nothing(tmp_path):
