@@ -3,7 +3,8 @@
 Settings come from flags > environment (``TQ_*``) > ``.env`` > defaults
 (see :mod:`taskqueue.config`). Exit codes: 0 done (every task terminal, or a
 graceful stop on a signal), 1 some tasks left unfinished or some keys not
-found, 2 bad input or settings (nothing was processed).
+found or a run stopped by an error mid-run (what finished is recorded), 2 bad input or
+settings (nothing was processed).
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ import time
 
 from . import logs
 from .config import Config
-from .errors import ClaimedElsewhere, ConfigError, InvalidTask, QueueFull, QueueShutDown
+from .errors import ClaimedElsewhere, ConfigError, InvalidTask, QueueFull, QueueShutDown, TaskQueueError
 from .objectstore import LocalObjectStore
 from .processor import Processor
-from .store import TaskStore, check_database, dead_letters, recent_failures, status_counts
+from .store import SQLiteReader, SQLiteStore, check_database
 from .taskfile import ON_INVALID, load_tasks
 
 EXIT_OK, EXIT_UNFINISHED, EXIT_USAGE = 0, 1, 2
@@ -112,7 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     loaded = load_tasks(args.tasks, max_bytes=config.max_task_file_bytes, check=Processor.check,
                         on_invalid=args.invalid)
     check_database(config.db)
-    handler = logs.configure(args.log_level or ("info" if args.log_file else "warning"), path=args.log_file)
+    handler = logs.configure(config.log_level or ("info" if args.log_file else "warning"), path=args.log_file)
     try:
         objects = LocalObjectStore(config.store, chunk_size=config.chunk_size, fsync=config.fsync_outputs)
         processor = Processor(objects, config.faults)
@@ -125,7 +126,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         tq = TaskQueue(config.db, objects, config=config, processor=processor,
                        metrics_out=args.metrics_out)
-        return _drive(tq, loaded, config, started, swept, args.metrics_out)
+        try:
+            return _drive(tq, loaded, config, started, swept, args.metrics_out)
+        except (sqlite3.Error, TaskQueueError, OSError) as exc:  # mid-run: some work may be done
+            print(f"error: the run stopped: {exc}\nwhat finished is recorded; run again to finish the rest "
+                  f"(nothing is done twice)", file=sys.stderr)
+            return EXIT_UNFINISHED
     finally:
         logs.logging.getLogger(logs.LOGGER_NAME).removeHandler(handler)
         handler.close()
@@ -229,52 +235,50 @@ def _drive(tq, loaded, config: Config, started: float, swept: int, metrics_out: 
 
 
 def _submit_and_wait(tq, loaded, config: Config, waiter: _Waiter):
-    """Offer every task (re-offering on QueueFull in reject mode), wait, shut down."""
+    """Offer every task (re-offering on QueueFull in reject mode), wait, shut down.
+
+    The queue is shut down whatever happens here: a store error mid-run
+    stops intake, lets in-flight tasks finish within the grace period and
+    propagates.
+    """
     submitted: list = []  # (task, Future)
     rejected_offers = 0
-    for item in loaded.invalid:
-        _record_invalid(tq, item)
-    for task in loaded.tasks:
-        future = None
-        while future is None and not waiter.stopping:
-            seen = tq.settled
-            try:
-                future = tq.submit(task)
-            except QueueFull:  # reject mode: wait until something settles, then offer again
-                rejected_offers += 1
-                tq.wait_settled(seen, timeout=0.25)  # the timeout only re-checks for a stop request
-        if future is None:
-            break
-        waiter.watch(future)
-        submitted.append((task, future))
-    if waiter.wait_all():
-        submitted = _await_elsewhere(tq, submitted, waiter)
-    finished = tq.shutdown(wait=True, cancel_futures=waiter.stopping,
-                           timeout=config.shutdown_grace_s if waiter.stopping else None)
+    finished = False
+    try:
+        for item in loaded.invalid:
+            tq.record_invalid(*item.dead_letter())
+        for task in loaded.tasks:
+            future = None
+            while future is None and not waiter.stopping:
+                seen = tq.settled
+                try:
+                    future = tq.submit(task)
+                except QueueFull:  # reject mode: wait until something settles, then offer again
+                    rejected_offers += 1
+                    tq.wait_settled(seen, timeout=0.25)  # the timeout only re-checks for a stop request
+            if future is None:
+                break
+            waiter.watch(future)
+            submitted.append((task, future))
+        if waiter.wait_all():
+            submitted = _await_elsewhere(tq, submitted, waiter)
+    finally:
+        finished = tq.shutdown(wait=True, cancel_futures=waiter.stopping or sys.exc_info()[0] is not None,
+                               timeout=config.shutdown_grace_s if waiter.stopping else None)
     return submitted, rejected_offers, finished
 
 
 def _await_elsewhere(tq, submitted: list, waiter: _Waiter) -> list:
-    """Wait for tasks another live process claimed; take them over if that process dies.
-
-    SQLite cannot notify across processes, so this re-offers the keys with a
-    backoff (20 ms doubling to 500 ms): a key finished elsewhere comes back as
-    a deduplicated result, an orphaned one is adopted and run here.
-    """
+    """Wait for the tasks another live process holds (see :meth:`TaskQueue.await_elsewhere`)."""
     result = list(submitted)
-    elsewhere = {i: task for i, (task, f) in enumerate(submitted) if _elsewhere(f)}
-    delay = 0.02
-    while elsewhere and not waiter.stopping:
-        waiter.sleep(delay)
-        delay = min(delay * 2, 0.5)
-        tq.recover_orphans()
-        for i, task in list(elsewhere.items()):
-            future = tq.submit(task)
-            if not (future.done() and _elsewhere(future)):
-                waiter.watch(future)
-                result[i] = (task, future)
-                del elsewhere[i]
-        waiter.wait_all()
+    position = {id(task): i for i, (task, future) in enumerate(submitted) if _elsewhere(future)}
+    if not position:
+        return result
+    tasks = [submitted[i][0] for i in position.values()]
+    for task, future in tq.await_elsewhere(tasks, pause=lambda seconds: (waiter.sleep(seconds), not waiter.stopping)[1]):
+        waiter.watch(future)
+        result[position[id(task)]] = (task, future)
+    waiter.wait_all()
     return result
 
 
@@ -295,17 +299,6 @@ def _install(handler):
     return previous
 
 
-def _record_invalid(tq, item) -> None:
-    raw = item.raw or {}
-    task_id = str(raw.get("id") or f"item-{item.index}")
-    # '#' cannot occur in a variant, so this key never collides with a real task's key.
-    key = f"{raw.get('image_key', '')}:{raw.get('variant', '')}#invalid-item-{item.index}" if raw \
-        else f"invalid-item:#{item.index}"
-    error = InvalidTask(str(item.error))
-    tq.store.record_invalid(task_id, key, json.dumps(raw, sort_keys=True, default=str), error).result()
-    tq.metrics.incr("dead_lettered")
-
-
 def _summary(submitted: list, loaded, rejected_offers: int, elapsed: float, tq, swept: int) -> dict:
     outcome = {"succeeded": 0, "deduplicated": 0, "dead_lettered": 0, "unfinished": 0}
     seen: set[int] = set()
@@ -323,7 +316,7 @@ def _summary(submitted: list, loaded, rejected_offers: int, elapsed: float, tq, 
             "temp_files_swept": swept, "elapsed_s": round(elapsed, 3),
             "throughput_per_s": round(len(submitted) / elapsed, 1) if elapsed > 0 else None,
             "latency_p95_s": snap["latency_s"]["p95"], "queue_depth_max": snap["queue_depth"]["max"],
-            "db": tq.store.path, "store": tq.objects.root}
+            "db": tq.store.location, "store": tq.objects.root}
 
 
 def _outcome(future) -> str:
@@ -362,9 +355,9 @@ def _existing_db(config: Config) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    path = _existing_db(_config(args))
-    counts = status_counts(path)
-    failures = recent_failures(path)
+    reader = SQLiteReader(_existing_db(_config(args)))
+    counts = reader.counts()
+    failures = reader.recent_failures()
     if args.json:
         print(json.dumps({"counts": counts, "total": sum(counts.values()), "recent_failures": failures},
                          indent=2))
@@ -377,7 +370,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq_list(args: argparse.Namespace) -> int:
-    rows = dead_letters(_existing_db(_config(args)))
+    rows = SQLiteReader(_existing_db(_config(args))).dead_letters()
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
@@ -393,9 +386,9 @@ def cmd_dlq_redrive(args: argparse.Namespace) -> int:
         print("error: give --all or one or more idempotency keys", file=sys.stderr)
         return EXIT_USAGE
     config = _config(args)
-    store = TaskStore(_existing_db(config), busy_timeout_ms=config.busy_timeout_ms)
+    store = SQLiteStore(_existing_db(config), busy_timeout_ms=config.busy_timeout_ms)
     try:
-        done = store.redrive(None if args.all else args.keys).result()
+        done = store.commit(store.redrive(None if args.all else args.keys))
     finally:
         store.close()
     print(f"redriven {len(done)} task(s) to queued; the next `run` processes them")

@@ -50,8 +50,10 @@ def _number(low: float, high: float = math.inf, *, low_open: bool = False,
     return parse
 
 
-def _choice(*options: str) -> Callable[[Any], str]:
-    def parse(value: Any) -> str:
+def _choice(*options: str, optional: bool = False) -> Callable[[Any], str | None]:
+    def parse(value: Any) -> str | None:
+        if optional and (value is None or (isinstance(value, str) and value.strip().lower() in ("", "none"))):
+            return None
         if not isinstance(value, str) or value.strip().lower() not in options:
             raise ValueError(f"must be one of {', '.join(options)}")
         return value.strip().lower()
@@ -122,7 +124,8 @@ class Config:
     fault_timeout_s: float | None = _setting(None, _number(0.0, low_open=True, optional=True),
                                              "processing timeout (a transient error)")
     fault_seed: int = _setting(0, _integer, "seed of the injected faults")
-    log_level: str = _setting("info", _choice("debug", "info", "warning", "error"), "log level")
+    log_level: str | None = _setting(None, _choice("debug", "info", "warning", "error", optional=True),
+                                     "log level (none: info with --log-file, else warnings on stderr)")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

@@ -102,5 +102,13 @@ class StaleVersion(TaskQueueError):
     """An optimistic-concurrency check failed: the row changed under the writer."""
 
 
+class StoreClosed(TaskQueueError, RuntimeError):
+    """An operation was handed to a task store after it was closed."""
+
+
+class StoreBroken(TaskQueueError):
+    """The task store's write connection failed beyond repair; every operation fails with this."""
+
+
 class ConfigError(TaskQueueError, ValueError):
     """A setting is invalid; the message names the setting and its value."""

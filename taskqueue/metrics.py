@@ -48,14 +48,23 @@ class LatencyHistogram:
         self.max = 0.0
 
     def record(self, value: float) -> None:
-        value = min(max(value, 0.0), self.max_value)
-        index = math.ceil(math.log(value) / self._log_gamma) if value > self.min_value else None
-        key = -(2 ** 31) if index is None else index
-        self._buckets[key] = self._buckets.get(key, 0) + 1
+        # On every task's path (three times): plain comparisons, one log, one dict update.
+        if value > self.min_value:
+            if value > self.max_value:
+                value = self.max_value
+            key = math.ceil(math.log(value) / self._log_gamma)
+        else:
+            if value < 0.0:
+                value = 0.0
+            key = -(2 ** 31)
+        buckets = self._buckets
+        buckets[key] = buckets.get(key, 0) + 1
         self.count += 1
         self.total += value
-        self.min = min(self.min, value)
-        self.max = max(self.max, value)
+        if value < self.min:
+            self.min = value
+        if value > self.max:
+            self.max = value
 
     def quantile(self, q: float) -> float | None:
         """The nearest-rank ``q``-quantile (``q`` in [0, 1]) within relative error ``alpha``."""

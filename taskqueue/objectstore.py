@@ -17,6 +17,7 @@ import contextlib
 import errno
 import itertools
 import os
+import re
 from typing import BinaryIO, Iterable, Iterator
 
 from .errors import InvalidKey, OutputWriteError, SourceMissing, SourceReadError
@@ -27,6 +28,7 @@ MAX_SEGMENT_LENGTH = 200  # leaves room for the temp-file suffix within a 255-by
 TEMP_MARKER = ".tmp-"
 
 _temp_counter = itertools.count()
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def validate_key(key: object) -> str:
@@ -47,7 +49,7 @@ def validate_key(key: object) -> str:
         raise InvalidKey(f"object key {key!r} is absolute")
     if "\\" in key:
         raise InvalidKey(f"object key {key!r} contains a backslash")
-    if any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in key):  # C0, DEL and C1 controls
+    if _CONTROL.search(key):  # C0, DEL and C1 controls
         raise InvalidKey(f"object key {key!r} contains a control character")
     try:
         key.encode("utf-8")

@@ -38,8 +38,9 @@ class RetryScheduler:
             if self._stopped:
                 return False
             heapq.heappush(self._heap, (self._clock() + delay_s, next(self._seq), item))
-            if self._heap[0][2] is item:
-                self._changed.notify()
+            # Wake the timer to look again: the new item may be the soonest, and the clock may have
+            # moved further than the timer's wait expected (an injected clock, a suspended machine).
+            self._changed.notify()
             return True
 
     def __len__(self) -> int:

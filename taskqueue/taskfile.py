@@ -99,6 +99,18 @@ class InvalidItem:
     error: ItemError
     raw: dict | None = None
 
+    def dead_letter(self) -> tuple[str, str, str, InvalidTask]:
+        """``(task_id, idempotency_key, payload, error)`` to record this item as a dead letter.
+
+        The key is the item's own key plus ``#invalid-item-<index>``: '#' cannot occur in a
+        variant, so it never collides with a real task's key, and re-running the file adds nothing.
+        """
+        raw = self.raw or {}
+        task_id = str(raw.get("id") or f"item-{self.index}")
+        key = (f"{raw.get('image_key', '')}:{raw.get('variant', '')}#invalid-item-{self.index}" if raw
+               else f"invalid-item:#{self.index}")
+        return task_id, key, json.dumps(raw, sort_keys=True, default=str), InvalidTask(str(self.error))
+
 
 @dataclass(frozen=True)
 class LoadedTasks:

@@ -153,9 +153,8 @@ class EngineImpl:
 
     def held(self) -> int | None:
         # Accepted and not settled: queued, blocked in a submitter's put(), being processed or
-        # awaiting its commit. Private attribute, read-only (len() of a dict is atomic).
-        inflight = getattr(self.queue, "_inflight", None)
-        return len(inflight) if inflight is not None else None
+        # awaiting its commit.
+        return len(self.queue.inflight)
 
     def metrics(self) -> dict:
         return self.queue.snapshot()

@@ -247,3 +247,36 @@ def test_redrive_needs_keys_or_all(work, workload):
     assert "--all" in result.stderr
     everything = cli("dlq", "redrive", "--db", str(workload["db"]), "--all", cwd=work)
     assert everything.returncode == 0 and "redriven 0" in everything.stdout
+
+
+def test_a_store_error_mid_run_shuts_down_exits_1_and_keeps_what_finished(work, workload):
+    """A claim the database refuses half-way through the file (an injected trigger): the run stops
+    intake, finishes what it accepted, says what happened and exits 1 -- not 2, which promises
+    that nothing was processed."""
+    db = workload["db"]
+    first = cli(*run_args(workload), cwd=work)
+    assert first.returncode == 0, first.stderr
+    query(db, "DELETE FROM tasks")  # start again from an empty queue, with a trap in the database
+    conn = sqlite3.connect(db)
+    victim = json.loads(Path(workload["file"]).read_text())[5]["id"]
+    conn.execute(f"CREATE TRIGGER trap BEFORE INSERT ON tasks WHEN NEW.task_id = '{victim}'"
+                 " BEGIN SELECT RAISE(ABORT, 'injected: the disk is gone'); END")
+    conn.commit()
+    conn.close()
+    again = cli(*run_args(workload), cwd=work)
+    assert again.returncode == 1, (again.stdout, again.stderr)
+    assert "the run stopped" in again.stderr and "injected: the disk is gone" in again.stderr
+    assert "Traceback" not in again.stderr
+    statuses = query(db, "SELECT status, COUNT(*) FROM tasks GROUP BY status")
+    assert statuses and all(status == "success" for status, _n in statuses)  # what it accepted, it finished
+
+
+@pytest.mark.parametrize("level, shows_debug, shows_info", [("debug", True, True), ("error", False, False)])
+def test_tq_log_level_is_applied(work, workload, level, shows_debug, shows_info):
+    log = work / "run.log"
+    faults = {"TQ_FAULT_TRANSIENT_RATE": "0.5", "TQ_RETRY_BASE_S": "0.001", "TQ_MAX_ATTEMPTS": "20"}  # retries log at info
+    result = cli(*run_args(workload, "--log-file", str(log)), cwd=work, env={"TQ_LOG_LEVEL": level, **faults})
+    assert result.returncode == 0, result.stderr
+    levels = {json.loads(line)["level"] for line in log.read_text().splitlines()} if log.exists() else set()
+    assert ("debug" in levels) is shows_debug
+    assert ("info" in levels) is shows_info

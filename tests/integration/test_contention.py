@@ -38,7 +38,7 @@ from taskqueue.errors import ClaimedElsewhere, InjectedTransientError, StaleVers
 from taskqueue.logs import LOGGER_NAME
 from taskqueue.objectstore import LocalObjectStore
 from taskqueue.processor import Processor
-from taskqueue.store import TaskStore, connect
+from taskqueue.store import SQLiteStore, connect
 from taskqueue.task import Task, TaskStatus
 from taskqueue.workload import create_sources, generate_tasks
 
@@ -214,21 +214,21 @@ def _task() -> Task:
     pytest.param(lambda s, row: s.fail(row.id, row.version, InjectedTransientError("late"), 0.0), id="fail"),
     pytest.param(lambda s, row: s.dead_letter(row.id, row.version, InjectedTransientError("late")),
                  id="dead-letter"),
-    pytest.param(lambda s, row: s.start(row.id, row.version, 30.0), id="start"),
+    pytest.param(lambda s, row: s.start(row.id, row.version), id="start"),
 ])
 def test_a_stale_writer_in_another_store_cannot_overwrite_a_finished_task(tmp_path, stale):
     db = tmp_path / "tasks.db"
-    first, second = TaskStore(db), TaskStore(db)
+    first, second = SQLiteStore(db, lease_s=30.0), SQLiteStore(db, lease_s=30.0)
     try:
-        claim = first.claim(_task()).result(WAIT_S)
-        running = first.start(claim.row.id, 0, 30.0).result(WAIT_S)
+        claim = first.commit(first.claim(_task(), 3))
+        started = first.commit(first.start(claim.row.id, 0))
         seen_by_second = second.get(_task().idempotency_key)  # read while the first store runs it
-        assert seen_by_second == running and seen_by_second.status is TaskStatus.RUNNING
-        first.succeed(running.id, running.version, "variants/gzip/src/one.txt.gz", 10).result(WAIT_S)
+        assert seen_by_second.version == started.version and seen_by_second.status is TaskStatus.RUNNING
+        first.commit(first.succeed(claim.row.id, started.version, "variants/gzip/src/one.txt.gz", 10))
         done = first.get(_task().idempotency_key)
 
         with pytest.raises(StaleVersion) as info:
-            stale(second, seen_by_second).result(WAIT_S)  # the lost update the version check prevents
+            second.commit(stale(second, seen_by_second))  # the lost update the version check prevents
         assert info.value.args[0] == done  # the error carries the current row
         assert second.get(_task().idempotency_key) == done
         with second.reader() as conn:
@@ -264,9 +264,9 @@ def test_a_connection_from_connect_refuses_to_be_used_from_another_thread(tmp_pa
 
 def test_task_store_reads_open_a_connection_per_call_so_threads_never_share_one(tmp_path):
     """The store's read path works from many threads at once because each call opens its own connection."""
-    store = TaskStore(tmp_path / "tasks.db")
+    store = SQLiteStore(tmp_path / "tasks.db")
     try:
-        store.claim(_task()).result(WAIT_S)
+        store.commit(store.claim(_task(), 3))
         barrier = threading.Barrier(8)
         seen: list = []
         errors: list[BaseException] = []

@@ -26,7 +26,7 @@ from taskqueue.errors import (InjectedPermanentError, InjectedTransientError, Pe
                               QueueFull, QueueShutDown, SourceMissing)
 from taskqueue.objectstore import LocalObjectStore
 from taskqueue.processor import Processor
-from taskqueue.store import TaskStore
+from taskqueue.store import SQLiteStore
 from taskqueue.task import Task, TaskResult, TaskStatus
 
 WAIT_S = 30  # hang guard only
@@ -651,10 +651,10 @@ def test_a_submit_racing_shutdown_is_finished_before_the_store_closes(make_queue
     in_claim, claim_may_go = threading.Event(), threading.Event()
     closing = threading.Event()
 
-    def claim(t):  # wraps the instance's method: holds submit() between its checks and its claim
+    def claim(t, max_attempts):  # wraps the instance's method: holds submit() between its checks and its claim
         in_claim.set()
         assert claim_may_go.wait(WAIT_S)
-        return real_claim(t)
+        return real_claim(t, max_attempts)
 
     def close():
         closing.set()
@@ -690,10 +690,10 @@ def test_recover_orphans_takes_over_rows_a_dead_process_left_while_this_one_runs
     tq = make_queue(processor)
     assert tq.recovered.runnable == []
     # Another "process" (an earlier incarnation: same pid, another owner nonce) claims and dies.
-    other = TaskStore(db)
+    other = SQLiteStore(db)
     try:
         for t in tasks:
-            other.claim(t).result(WAIT_S)
+            other.commit(other.claim(t, 3))
     finally:
         other.close()
     recovered = tq.recover_orphans()
@@ -718,3 +718,122 @@ def test_two_live_queues_in_one_process_never_run_a_task_twice(make_queue, objec
     assert running.result(timeout=WAIT_S).status is TaskStatus.SUCCESS
     assert queued.result(timeout=WAIT_S).status is TaskStatus.SUCCESS
     assert first_processor.calls[tasks[0].idempotency_key] + second_processor.calls[tasks[0].idempotency_key] == 1
+
+
+# -- defects of the commit path, each with the test that found it -------------------------------
+
+def test_a_submit_and_a_recovery_racing_for_orphaned_rows_run_each_once(make_queue, objects, db):
+    """Recovery and a submit of the same key take the row over in one store operation each: whoever
+    comes second finds it ours (or in flight) and neither fails with ClaimedElsewhere."""
+    tasks = make_tasks(objects, 40)
+    processor = GatedProcessor(objects)
+    tq = make_queue(processor, workers=4)
+    other = SQLiteStore(db)  # another incarnation claims them all, then dies
+    for t in tasks:
+        other.commit(other.claim(t, 3))
+    other.close()
+    line = threading.Barrier(2)
+    futures: list[Future] = []
+
+    def submitter() -> None:
+        line.wait(WAIT_S)
+        futures.extend(tq.submit(t) for t in tasks)
+
+    def recoverer() -> None:
+        line.wait(WAIT_S)
+        for _ in range(5):
+            tq.recover_orphans()
+
+    threads = [threading.Thread(target=submitter), threading.Thread(target=recoverer)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT_S)
+    assert [f.result(timeout=WAIT_S).status for f in futures] == [TaskStatus.SUCCESS] * len(tasks)
+    assert tq.join(timeout=WAIT_S)
+    assert processor.calls == Counter({t.idempotency_key: 1 for t in tasks})
+    assert db_rows(db, "SELECT status, COUNT(*) FROM tasks GROUP BY status") == [("success", len(tasks))]
+
+
+def test_a_submit_after_recovery_took_the_row_runs_it(make_queue, objects, db):
+    """The interleaving that used to strand a row: recovery's take-over commits, then a submit of the
+    key claims it before recovery has scheduled it."""
+    [task] = make_tasks(objects, 1)
+    processor = GatedProcessor(objects)
+    tq = make_queue(processor)
+    other = SQLiteStore(db)
+    other.commit(other.claim(task, 3))
+    other.close()
+    recovered = tq.store.commit(tq.store.recover(3))  # recovery's operation, as recover_orphans runs it
+    assert [r.idempotency_key for r in recovered.runnable] == [task.idempotency_key]
+    assert tq.submit(task).result(timeout=WAIT_S).status is TaskStatus.SUCCESS
+    assert tq.recover_orphans().runnable == []  # nothing left for the scheduling half
+    assert processor.calls == Counter({task.idempotency_key: 1})
+
+
+def test_rows_of_a_reused_pid_are_taken_over_at_once(make_queue, objects, db):
+    """A run killed mid-way whose pid now belongs to an unrelated process: its rows are not that
+    process's, so the next queue takes them over at start-up instead of waiting for a lease."""
+    import subprocess
+    import sys
+    from taskqueue.store.owners import HOSTNAME, process_start
+
+    tasks = make_tasks(objects, 3)
+    unrelated = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        start = process_start(unrelated.pid)
+        if start is None:
+            pytest.skip("process start times need /proc")
+        boot, ticks = start.split(".")
+        killed_run = f"{HOSTNAME}:{unrelated.pid}:{boot}.{int(ticks) - 100}:0123456789ab"
+        seed = SQLiteStore(db, lease_s=3600)
+        for t in tasks:
+            row = seed.commit(seed.claim(t, 3)).row
+            seed.commit(seed.start(row.id, row.version))
+        seed.close()
+        conn = sqlite3.connect(db)
+        with conn:
+            conn.execute("UPDATE tasks SET owner = ?", (killed_run,))
+        conn.close()
+        processor = GatedProcessor(objects)
+        tq = make_queue(processor)
+        assert len(tq.recovered.runnable) == 3
+        assert tq.join(timeout=WAIT_S)
+        assert db_rows(db, "SELECT status, attempts FROM tasks") == [("success", 2)] * 3
+    finally:
+        unrelated.stdin.close()
+        unrelated.wait(WAIT_S)
+
+
+def test_a_release_that_fails_after_queue_full_is_logged_not_swallowed(make_queue, objects, caplog):
+    tasks = make_tasks(objects, 4)
+    processor = GatedProcessor(objects, gated=True)
+    tq = make_queue(processor, workers=1, queue_size=1, put_timeout_s=0.01)  # block mode, gives up fast
+    held = [tq.submit(tasks[0])]
+    processor.wait_entered(1)
+    held.append(tq.submit(tasks[1]))  # fills the queue
+
+    def failing_release(row_id, version, done=None):  # fault injection: the delete cannot commit
+        def boom(conn):
+            raise sqlite3.OperationalError("disk I/O error (injected)")
+        return real_release(row_id, version, done)._replace(fn=boom, args=())
+
+    real_release, tq.store.release = tq.store.release, failing_release
+    with pytest.raises(QueueFull):  # the queue is full: the submit claims, cannot enqueue, releases
+        tq.submit(tasks[2])
+    records = [r for r in caplog.records if getattr(r, "event", None) == "release_failed"]
+    assert len(records) == 1 and "disk I/O error" in records[0].error
+    tq.store.release = real_release
+    processor.gate.set()
+    assert all(f.result(timeout=WAIT_S).status is TaskStatus.SUCCESS for f in held)
+
+
+def test_the_writer_keeps_serving_when_a_done_callback_of_a_client_raises(make_queue, objects):
+    """A client's done-callback that raises runs in the committing thread: logged by the Future,
+    the committer and the workers carry on."""
+    tasks = make_tasks(objects, 5)
+    tq = make_queue()
+    for t in tasks:
+        tq.submit(t).add_done_callback(lambda f: 1 / 0)
+    assert tq.join(timeout=WAIT_S)
+    assert tq.submit(make_tasks(objects, 6, prefix="u")[5]).result(timeout=WAIT_S).status is TaskStatus.SUCCESS

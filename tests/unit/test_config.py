@@ -35,7 +35,7 @@ def test_defaults():
     assert (c.db_synchronous, c.busy_timeout_ms, c.chunk_size, c.fsync_outputs) == ("normal", 10000, 65536, True)
     assert (c.shutdown_grace_s, c.max_task_file_bytes, c.retry_seed) == (30.0, 64 * 1024 * 1024, None)
     assert (c.fault_latency_s, c.fault_jitter_s, c.fault_transient_rate, c.fault_permanent_rate,
-            c.fault_timeout_s, c.fault_seed, c.log_level) == (0.0, 0.0, 0.0, 0.0, None, 0, "info")
+            c.fault_timeout_s, c.fault_seed, c.log_level) == (0.0, 0.0, 0.0, 0.0, None, 0, None)
     assert 4 <= c.workers <= 8 and 100 <= c.queue_size <= 200  # the ranges the requirements ask for
 
 

@@ -19,7 +19,7 @@ from taskqueue.errors import InjectedPermanentError, InjectedTransientError, Sou
 from taskqueue.logs import LOGGER_NAME, JsonFormatter, configure, task_extra
 from taskqueue.objectstore import LocalObjectStore
 from taskqueue.processor import Processor
-from taskqueue.store import TaskStore
+from taskqueue.store import SQLiteStore
 from taskqueue.task import Task
 
 WAIT_S = 30  # hang guard only
@@ -189,9 +189,9 @@ def test_every_line_of_a_run_with_retries_and_dead_letters_is_complete_json(tmp_
     key = {name: t.idempotency_key for name, t in tasks.items()}
 
     # A row left running on its last attempt by an earlier incarnation: dead-lettered at recovery.
-    earlier = TaskStore(db)
-    row = earlier.claim(tasks["crashed"]).result(WAIT_S).row
-    earlier.start(row.id, row.version, 300.0).result(WAIT_S)
+    earlier = SQLiteStore(db)
+    row = earlier.commit(earlier.claim(tasks["crashed"], 3)).row
+    earlier.commit(earlier.start(row.id, row.version))
     earlier.close()
     conn = sqlite3.connect(db)
     with conn:

@@ -149,6 +149,8 @@ ERROR_KINDS = {
     "QueueShutDown": PERMANENT,
     "ClaimedElsewhere": PERMANENT,
     "StaleVersion": PERMANENT,
+    "StoreClosed": PERMANENT,
+    "StoreBroken": PERMANENT,
     "ConfigError": PERMANENT,
 }
 

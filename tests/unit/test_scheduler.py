@@ -29,7 +29,7 @@ def test_items_come_out_in_due_order_once_due():
         assert scheduler.schedule(10.0, "a")
         assert scheduler.schedule(20.0, "b")
         assert put == [] and len(scheduler) == 3  # nothing is due at t=100
-        clock.now = 1000.0  # everything is due now; a sooner item wakes the timer thread
+        clock.now = 1000.0  # everything is due now; scheduling wakes the timer thread to look again
         assert scheduler.schedule(0.0, "now")
         assert done.wait(WAIT_S)
         assert put == ["a", "b", "c", "now"]  # by due time: 110, 120, 130, then 1000

@@ -1,0 +1,384 @@
+"""TaskQueue: a bounded ``queue.Queue`` feeding long-lived workers in one ``ThreadPoolExecutor``.
+
+The way a task travels::
+
+    submit() --claim key (store, UNIQUE)--> bounded queue --> worker: start (attempt + 1, lease)
+        --> Processor.process() --> success | retry (RetryScheduler) | dead letter
+        --> the outcome is committed --> the task's Future resolves
+
+Tasks are never handed to ``executor.submit``: the executor's own work queue
+is unbounded. Instead ``config.workers`` worker loops (:mod:`.worker`) are
+submitted once and ``get()`` from the bounded queue; shutdown wakes each with
+one sentinel. Nothing in the engine polls: threads block on the queue, on
+Futures, or on a Condition.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import random
+import threading
+import time
+import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Iterable, Iterator
+
+from .. import errors
+from ..config import Config
+from ..errors import ClaimedElsewhere, QueueFull, QueueShutDown
+from ..logs import LOGGER_NAME, task_extra
+from ..metrics import DepthSampler, Metrics
+from ..objectstore import LocalObjectStore, atomic_write_text
+from ..processor import Processor
+from ..retry import RetryPolicy
+from ..scheduler import RetryScheduler
+from ..store import Recovered, Row, SQLiteStore, TaskStore
+from ..task import Task, TaskResult, TaskStatus
+from .inflight import InFlight, WorkItem
+from .leases import Heartbeat
+from .worker import STOP, describe, work
+
+_live_queues: "weakref.WeakSet[TaskQueue]" = weakref.WeakSet()
+
+
+class TaskQueue:
+    """A durable, bounded, idempotent task queue running ``config.workers`` worker threads.
+
+    ``db`` is the task store: a SQLite path, or any :class:`TaskStore`
+    (which the queue then owns and closes). ``store`` is the object store (or
+    its root directory). ``processor`` defaults to
+    ``Processor(store, config.faults)``. ``rng`` draws the backoff jitter
+    (default ``random.Random(config.retry_seed)``). ``metrics_out``, if
+    given, receives the final metrics as JSON at shutdown.
+
+    Construction takes over the open rows nobody runs (:meth:`recover_orphans`);
+    they run again without being submitted. Use as a context manager, or call
+    :meth:`shutdown`.
+    """
+
+    def __init__(self, db: str | os.PathLike | TaskStore, store: LocalObjectStore | str | os.PathLike, *,
+                 config: Config | None = None, processor: Processor | None = None,
+                 rng: random.Random | None = None, metrics_out: str | None = None,
+                 wall_clock: Callable[[], float] = time.time, sample_interval_s: float = 0.05) -> None:
+        self.config = config = config or Config()
+        if not isinstance(store, LocalObjectStore):
+            store = LocalObjectStore(store, chunk_size=config.chunk_size, fsync=config.fsync_outputs)
+        self.objects = store
+        self.processor = processor or Processor(store, config.faults)
+        self.policy = RetryPolicy(config.max_attempts, config.retry_base_s, config.retry_cap_s)
+        self._rng = rng or random.Random(config.retry_seed)
+        self._wall = wall_clock
+        self._metrics_out = metrics_out
+        self._log = logging.getLogger(LOGGER_NAME)
+        self.metrics = Metrics(workers=config.workers, queue_capacity=config.queue_size)
+        self.store: TaskStore = db if not isinstance(db, (str, os.PathLike)) else SQLiteStore(
+            db, synchronous=config.db_synchronous, busy_timeout_ms=config.busy_timeout_ms,
+            lease_s=config.lease_s, clock=wall_clock)
+        self._queue: queue.Queue = queue.Queue(maxsize=config.queue_size)
+        self.inflight = InFlight()
+        self._finished = threading.Event()  # set when shutdown has completed
+        self.final_metrics: dict | None = None
+        self._scheduler = RetryScheduler(self._requeue)
+        self._sampler = DepthSampler(self.metrics, self.depth, sample_interval_s)
+        self._heartbeat = Heartbeat(self.store, self.store.lease_s / 3)
+        self._executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="tq-worker")
+        self._workers = [self._executor.submit(work, self, index) for index in range(config.workers)]
+        _live_queues.add(self)
+        self.recovered = self.recover_orphans()
+
+    # -- intake ------------------------------------------------------------------------------
+
+    def submit(self, task: Task) -> Future:
+        """Offer ``task``; return a Future of its :class:`TaskResult` (or of its error).
+
+        Deduplicates on ``task.idempotency_key``: a key in flight here returns
+        the Future already held for it; a key that already succeeded (in this
+        run or an earlier one) returns a completed Future without touching the
+        queue; a dead-lettered key returns a failed one; a key whose open row
+        a live process elsewhere holds returns a Future failed with
+        :class:`ClaimedElsewhere`. An open row nobody runs (its process died,
+        ``dlq redrive``, a cancelled task) is taken over and run here.
+
+        Blocks while the key is claimed in the store (one commit: made in this
+        thread when the connection is idle, else in the writer's next group
+        commit) -- when this returns, the task is durably accepted -- and, in
+        ``block`` mode, while the queue is full (at most
+        ``config.put_timeout_s`` if set). Raises :class:`QueueFull` in
+        ``reject`` mode or on that timeout (a row this call created is
+        deleted, so the task can be offered again), :class:`QueueShutDown`
+        after :meth:`shutdown`, and store errors as they come. Done-callbacks
+        of Futures run in whichever thread commits the outcome: they must not
+        block.
+        """
+        item, new = self.inflight.admit(task)
+        if not new:
+            self.metrics.incr("deduplicated")
+            return item.future
+        item.future.add_done_callback(self.inflight.on_done)  # frees the key at once if its client cancels
+        try:  # other submitters of this key may hold item.future from here on: it must be resolved
+            if self.config.on_full == "reject" and self._queue.full():
+                raise self._rejected(item)  # fail fast before claiming (put_nowait below decides)
+            claim = self.store.commit(self.store.claim(task, self.config.max_attempts))
+            item.bind(claim.row, inserted=claim.inserted)
+            if not claim.runnable:
+                self.metrics.incr("deduplicated")
+                self.inflight.settle(item, *_outcome_of(task, claim.row))
+                return item.future
+            delay = (claim.row.next_attempt_at or 0.0) - self._wall()
+            if delay > 0 and self._scheduler.schedule(delay, item):  # a taken-over retry not yet due
+                return item.future
+            self._put(item)
+            return item.future
+        except BaseException as exc:  # QueueFull, a store error, even KeyboardInterrupt: leave nothing behind
+            if item.inserted:
+                self._release(item)
+            self.inflight.settle(item, error=exc)
+            raise
+
+    def _put(self, item: WorkItem) -> None:
+        """Put ``item`` on the bounded queue per the backpressure policy; raise QueueFull when refused."""
+        try:
+            if self.config.on_full == "reject":
+                self._queue.put_nowait(item)
+            else:
+                self._queue.put(item, timeout=self.config.put_timeout_s)
+        except queue.Full:
+            raise self._rejected(item) from None
+        self.metrics.on_put(self.depth())
+
+    def _rejected(self, item: WorkItem) -> QueueFull:
+        self.metrics.incr("rejected")
+        self._log.info("queue full: task rejected", extra=task_extra("rejected", item.task))
+        return QueueFull(f"queue is full ({self.config.queue_size} tasks); task {item.task.id!r} was not accepted")
+
+    def _release(self, item: WorkItem) -> None:
+        """Delete the row a submit created for a task it could not accept, so it can be offered again."""
+        try:
+            self.store.commit(self.store.release(item.row_id, item.version))
+        except Exception as exc:  # noqa: BLE001 - the row stays queued; the next start-up recovers it
+            self._log.warning("could not delete the row of a task not accepted", extra=task_extra(
+                "release_failed", item.task, error=exc))
+
+    def _requeue(self, item: WorkItem) -> None:
+        """Put a retry (or a recovered task) back on the queue, blocking while it is full."""
+        item.enqueued = time.perf_counter()
+        self._queue.put(item)
+        self.metrics.on_put(self.depth())
+
+    def depth(self) -> int:
+        """Tasks waiting in the bounded queue now (a snapshot, read without its lock)."""
+        return len(self._queue.queue)
+
+    def record_invalid(self, task_id: str, idempotency_key: str, payload: str, error: BaseException) -> bool:
+        """Dead-letter an item that failed validation (it never runs); False if its key was there already.
+
+        Counted as dead-lettered. Blocks for one commit; raises store errors.
+        """
+        recorded = self.store.commit(self.store.record_invalid(task_id, idempotency_key, payload, error))
+        if recorded:
+            self.metrics.incr("dead_lettered")
+        return recorded
+
+    @property
+    def settled(self) -> int:
+        """Items settled so far (for :meth:`wait_settled`)."""
+        return self.inflight.settled
+
+    def wait_settled(self, seen: int, timeout: float | None = None) -> bool:
+        """Block until more than ``seen`` items have settled (see :attr:`settled`); False on timeout.
+
+        For a producer in ``reject`` mode: after :class:`QueueFull`, wait for
+        room instead of retrying in a loop.
+        """
+        return self.inflight.wait_settled(seen, timeout)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Block until every accepted task has settled; False if ``timeout`` passed first."""
+        return self.inflight.join(timeout)
+
+    # -- other processes ----------------------------------------------------------------------------
+
+    def recover_orphans(self) -> Recovered:
+        """Take over the open rows nobody runs, and run them here (see ``TaskStore.recover``).
+
+        Done once at construction; call again to take over from a process
+        that died while this one runs. Blocks for one commit. Only rows whose
+        commit succeeded are scheduled (recovery is one atomic operation).
+        """
+        recovered = self.store.commit(self.store.recover(self.config.max_attempts))
+        now = self._wall()
+        for row in recovered.runnable:
+            item = self.inflight.adopt(row)
+            if item is None:  # a submit of this key got there first; it holds the row
+                continue
+            if not self._scheduler.schedule(max(0.0, (row.next_attempt_at or now) - now), item):
+                self._abandon(item)
+        for row in recovered.dead:
+            self.metrics.incr("dead_lettered")
+            self._log.warning("task dead-lettered at recovery", extra={
+                "event": "dead_lettered", "task_id": row.task_id, "idempotency_key": row.idempotency_key,
+                "error_class": row.error_class, "error": row.last_error, "attempt": row.attempts})
+        if recovered.runnable or recovered.dead:
+            self._log.info("recovered open tasks", extra={
+                "event": "recovered", "task_id": None, "idempotency_key": None,
+                "runnable": len(recovered.runnable), "dead": len(recovered.dead)})
+        return recovered
+
+    def await_elsewhere(self, tasks: Iterable[Task], pause: Callable[[float], bool]
+                        ) -> Iterator[tuple[Task, Future]]:
+        """Wait for tasks another live process holds: yield ``(task, future)`` as each is accepted here.
+
+        Each task is offered again after ``pause(delay)`` (delay 20 ms,
+        doubling to 500 ms; SQLite cannot notify across processes). A key that
+        finished elsewhere comes back as a deduplicated result; one whose owner
+        died (or whose lease ran out) is taken over and runs here. Stops when
+        ``pause`` returns False (a stop request).
+        """
+        waiting = list(tasks)
+        delay = 0.02
+        while waiting and pause(delay):
+            delay = min(delay * 2, 0.5)
+            still = []
+            for task in waiting:
+                future = self.submit(task)
+                if future.done() and not future.cancelled() and isinstance(future.exception(), ClaimedElsewhere):
+                    still.append(task)
+                else:
+                    yield task, future
+            waiting = still
+
+    # -- shutdown --------------------------------------------------------------------------------------
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None) -> bool:
+        """Stop intake, finish or cancel what is pending, stop the workers, flush the store.
+
+        ``submit()`` raises :class:`QueueShutDown` from now on. With
+        ``cancel_futures=False`` every accepted task (retries included) is
+        finished first; with ``True`` the tasks not yet started are cancelled
+        and stay ``queued`` (or ``failed``, awaiting retry) in the store for
+        the next run, and only tasks being processed are finished. With
+        ``wait=True`` this blocks until done, or until ``timeout`` seconds
+        have passed, in which case it returns False and leaves the workers to
+        finish in the background (the store stays consistent: their rows are
+        recovered by the next run). With ``wait=False`` it returns at once.
+        Idempotent.
+        """
+        if self.inflight.close():
+            threading.Thread(target=self._close, args=(cancel_futures,), name="tq-shutdown", daemon=True).start()
+        elif cancel_futures:
+            self._cancel_pending()
+        if not wait:
+            return True
+        return self._finished.wait(timeout)
+
+    def _close(self, cancel_futures: bool) -> None:
+        try:
+            if cancel_futures:
+                self._cancel_pending()
+            self.join()
+            for _ in self._workers:
+                self._queue.put(STOP)
+            self._executor.shutdown(wait=True)
+            for item in self._scheduler.stop():  # only when cancelled concurrently: kept for the next run
+                self._abandon(item)
+            self._sampler.stop()
+            self._heartbeat.stop()
+            self.store.close()
+            self.final_metrics = self.snapshot()
+            if self._metrics_out:
+                try:
+                    _write_json(self._metrics_out, self.final_metrics)
+                except OSError as exc:  # the metrics are lost, not the tasks: say so and finish
+                    self._log.error("could not write final metrics", extra={
+                        "event": "metrics_write_failed", "task_id": None, "idempotency_key": None,
+                        "error_class": type(exc).__name__, "error": str(exc), "path": self._metrics_out})
+        finally:
+            _live_queues.discard(self)
+            self._finished.set()
+
+    def _cancel_pending(self) -> None:
+        # Drain first: the scheduler thread may be blocked putting into a full queue.
+        self._drain()
+        for item in self._scheduler.stop():
+            self._abandon(item)
+        self._drain()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not STOP:
+                self._abandon(item)
+
+    def _abandon(self, item: WorkItem) -> None:
+        """Give up on an item at shutdown: its row stays open in the store for the next run."""
+        if item.future.cancel():
+            self.inflight.forget(item)
+        else:
+            self.inflight.settle(item, error=QueueShutDown(
+                f"task {item.task.id!r} was not finished before shutdown; it stays in the store"))
+
+    # -- metrics -----------------------------------------------------------------------------------------
+
+    def write_metrics(self, path: str) -> None:
+        """Write :meth:`snapshot` to ``path`` as JSON, atomically. Raises ``OSError``."""
+        _write_json(path, self.snapshot())
+
+    def snapshot(self) -> dict:
+        """Metrics plus the store's commit statistics, as a plain dict."""
+        snap = self.metrics.snapshot()
+        committer = self.store.committer
+        snap["store"] = {"commits": committer.commits, "operations": committer.operations,
+                         "ops_per_commit": committer.operations / committer.commits if committer.commits else 0.0}
+        snap["retry_pending"] = len(self._scheduler)
+        snap["config"] = {"workers": self.config.workers, "queue_size": self.config.queue_size,
+                          "on_full": self.config.on_full, "max_attempts": self.config.max_attempts}
+        return snap
+
+    def __enter__(self) -> "TaskQueue":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.shutdown(wait=True)
+
+
+def _outcome_of(task: Task, row: Row) -> tuple[TaskResult | None, BaseException | None]:
+    """``(result, error)`` for a key the store already holds, finished or held elsewhere."""
+    if row.status is TaskStatus.SUCCESS:
+        return TaskResult(task_id=task.id, idempotency_key=row.idempotency_key, status=TaskStatus.SUCCESS,
+                          output_key=row.output_key, attempts=row.attempts, deduplicated=True,
+                          output_bytes=row.output_bytes), None
+    if row.status is TaskStatus.DEAD:
+        return None, _stored_error(row)
+    return None, ClaimedElsewhere(f"task {task.id!r} is being processed elsewhere ({describe(row)})")
+
+
+def _stored_error(row: Row) -> BaseException:
+    """Rebuild a dead-lettered task's error from its row (class by name when it is ours)."""
+    cls = getattr(errors, row.error_class or "", None)
+    message = row.last_error or "dead-lettered"
+    if isinstance(cls, type) and issubclass(cls, errors.TaskQueueError):
+        return cls(message)
+    return errors.PermanentError(f"{row.error_class}: {message}")
+
+
+def _write_json(path: str, data: dict) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _abandon_at_exit() -> None:
+    """At interpreter exit, stop queues nobody shut down (else their workers would block exit)."""
+    for tq in list(_live_queues):
+        tq.shutdown(wait=True, cancel_futures=True, timeout=5.0)
+
+
+# Registered like concurrent.futures does, so it runs before the executor's exit hook joins workers.
+if hasattr(threading, "_register_atexit"):
+    threading._register_atexit(_abandon_at_exit)
+
+__all__ = ["TaskQueue"]

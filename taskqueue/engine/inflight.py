@@ -1,0 +1,132 @@
+"""The in-flight table: the tasks a queue has accepted, from ``submit()`` until their Future settles.
+
+It is where idempotency meets concurrency inside one process: a second
+``submit()`` of a key in flight gets the first one's Future, and recovery
+never adopts a row whose key a submit already holds. It also counts what is
+unfinished, so ``join()`` and ``shutdown()`` can wait for it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future, InvalidStateError
+
+from ..errors import QueueShutDown
+from ..store import Row
+from ..task import Task
+
+
+class WorkItem:
+    """A task on its way through the queue: its Future, and the row version this process last wrote."""
+
+    __slots__ = ("task", "key", "future", "row_id", "version", "inserted", "started", "submitted", "enqueued")
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self.key = task.idempotency_key
+        self.future: Future = Future()
+        self.row_id = 0
+        self.version = 0
+        self.inserted = False  # this process created the row: it may delete it if it never runs
+        self.started = False   # set_running_or_notify_cancel() has been called
+        self.submitted = self.enqueued = time.perf_counter()
+
+    def bind(self, row: Row, inserted: bool = False) -> "WorkItem":
+        self.row_id, self.version, self.inserted = row.id, row.version, inserted
+        return self
+
+
+class InFlight:
+    """Idempotency key -> the :class:`WorkItem` handling it here, plus counts of unfinished and settled items.
+
+    ``_lock`` guards every field; ``_settled`` (a Condition on it) announces
+    that an item settled. Only a Future's own lock is taken while it is held.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._settled = threading.Condition(self._lock)
+        self._items: dict[str, WorkItem] = {}
+        self._unfinished = 0
+        self._closed = False
+        self.settled = 0  # items settled so far
+
+    def admit(self, task: Task) -> tuple[WorkItem, bool]:
+        """The item for ``task``'s key: ``(item in flight, False)``, or a new one and True.
+
+        A new item counts as unfinished from here: it must be settled (or
+        :meth:`forget` called). Raises :class:`QueueShutDown` after :meth:`close`.
+        """
+        with self._lock:
+            if self._closed:
+                raise QueueShutDown("submit() after shutdown()")
+            item = self._items.get(task.idempotency_key)
+            if item is not None:
+                return item, False
+            item = self._items[task.idempotency_key] = WorkItem(task)
+            self._unfinished += 1
+            return item, True
+
+    def adopt(self, row: Row) -> WorkItem | None:
+        """A new item for a row recovery took over, or None if a submit holds its key already."""
+        with self._lock:
+            if row.idempotency_key in self._items:
+                return None
+            item = self._items[row.idempotency_key] = WorkItem(row.task()).bind(row)
+            self._unfinished += 1
+            return item
+
+    def on_done(self, future: Future) -> None:
+        """A done-callback for an item's Future: if its client cancelled it, the key may be offered
+        again at once (the item stays unfinished until a worker drops it).
+
+        It finds the item by its Future, so the Future holds no reference back to its item: no
+        reference cycle per task for the garbage collector to find.
+        """
+        if future.cancelled():
+            with self._lock:
+                for key, item in self._items.items():
+                    if item.future is future:
+                        del self._items[key]
+                        return
+
+    def settle(self, item: WorkItem, result: object = None, error: BaseException | None = None) -> None:
+        """Resolve ``item``'s Future (unless its client cancelled it) and stop tracking it."""
+        try:
+            if error is None:
+                item.future.set_result(result)
+            else:
+                item.future.set_exception(error)
+        except InvalidStateError:
+            pass  # cancelled meanwhile; whatever the outcome, it is in the store
+        self.forget(item)
+
+    def forget(self, item: WorkItem) -> None:
+        """``item`` settled (or was never accepted): stop tracking it."""
+        with self._lock:
+            if self._items.get(item.key) is item:
+                del self._items[item.key]
+            self._unfinished -= 1
+            self.settled += 1
+            self._settled.notify_all()
+
+    def close(self) -> bool:
+        """Refuse new items from now on; True if this call closed it."""
+        with self._lock:
+            already, self._closed = self._closed, True
+            return not already
+
+    def wait_settled(self, seen: int, timeout: float | None = None) -> bool:
+        """Block until more than ``seen`` items have settled; False on timeout."""
+        with self._settled:
+            return self._settled.wait_for(lambda: self.settled > seen, timeout)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Block until no item is unfinished; False if ``timeout`` passed first."""
+        with self._settled:
+            return self._settled.wait_for(lambda: self._unfinished == 0, timeout)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._unfinished

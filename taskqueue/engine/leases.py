@@ -1,0 +1,47 @@
+"""The heartbeat: keeps a live process's rows its own, however long its tasks run."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from ..errors import StoreClosed
+from ..logs import LOGGER_NAME
+from ..store import TaskStore
+
+_log = logging.getLogger(LOGGER_NAME)
+
+
+class Heartbeat:
+    """A daemon thread renewing the lease of every open row ``store`` owns, every ``interval_s``.
+
+    Another process takes over a row only once its lease has run out (see
+    :func:`taskqueue.store.owners.alive`): while this process lives, that
+    never happens; once it dies, within ``store.lease_s``. The thread waits on
+    an Event between beats, so :meth:`stop` returns at once.
+    """
+
+    def __init__(self, store: TaskStore, interval_s: float) -> None:
+        self._store = store
+        self._interval = interval_s
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tq-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._interval):
+            try:
+                self._store.post(self._store.renew(done=_report))
+            except StoreClosed:
+                return
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
+
+
+def _report(_renewed: int, error: BaseException | None) -> None:
+    if error is not None:
+        _log.error("could not renew leases", extra={"event": "lease_renewal_failed", "task_id": None,
+                                                     "idempotency_key": None,
+                                                     "error_class": type(error).__name__, "error": str(error)})

@@ -1,0 +1,173 @@
+"""The worker loop, and how a processed task's outcome is recorded.
+
+Each of a queue's ``config.workers`` threads runs :func:`work` until it takes
+the stop sentinel. For each task it commits the attempt (``running``,
+attempts + 1) *before* processing it, and only for the task it is about to
+process, so a process that dies mid-attempt has that attempt counted and no
+other. The outcome of the task just processed rides along in the same
+transaction (one hand-over per task); when the worker finds no work waiting
+it hands the outcome over at once instead of holding it back.
+
+An outcome is an :class:`~taskqueue.store.Op` whose ``done`` callback runs once
+it is committed: only then does the task's Future resolve (success, dead
+letter) or its retry get scheduled.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import time
+from typing import TYPE_CHECKING
+
+from .. import errors
+from ..errors import ClaimedElsewhere, StaleVersion
+from ..logs import task_extra
+from ..processor import Output
+from ..retry import classify
+from ..store import Attempt, Op, Row
+from ..task import TaskResult, TaskStatus
+from .inflight import WorkItem
+
+if TYPE_CHECKING:
+    from .core import TaskQueue
+
+STOP = object()  # the sentinel that ends one worker loop
+
+
+def work(tq: "TaskQueue", index: int) -> None:
+    """One worker: take a task, claim its attempt, process it, record the outcome; until :data:`STOP`."""
+    tasks, store = tq._queue, tq.store
+    outcome: Op | None = None  # the last task's outcome, not handed over yet
+    while True:
+        try:
+            item = tasks.get_nowait()
+        except queue.Empty:
+            if outcome is not None:  # never hold an outcome back while waiting for work
+                store.post(outcome)
+                outcome = None
+            item = tasks.get()
+        if item is STOP:
+            if outcome is not None:
+                store.post(outcome)
+            return
+        try:
+            outcome = _attempt(tq, index, item, outcome)
+        except BaseException as exc:  # a bug here must not kill the worker or lose the Future
+            tq._log.exception("worker error", extra=task_extra("worker_error", item.task, error=exc))
+            settle(tq, item, "failed", error=exc)
+            outcome = None
+
+
+def _attempt(tq: "TaskQueue", index: int, item: WorkItem, outcome: Op | None) -> Op | None:
+    """Claim ``item``'s attempt (committing ``outcome`` with it), process it; return its outcome Op."""
+    tq.metrics.on_get(tq.depth(), time.perf_counter() - item.enqueued)
+    if not item.started:
+        item.started = item.future.set_running_or_notify_cancel()
+        if not item.started:  # its client cancelled it while it waited
+            _drop_cancelled(tq, item)
+            return outcome
+    try:
+        started: Attempt = tq.store.commit(tq.store.start(item.row_id, item.version),
+                                           along=() if outcome is None else (outcome,))
+    except StaleVersion as exc:
+        settle(tq, item, "deduplicated", error=ClaimedElsewhere(
+            f"task {item.task.id!r} was claimed by another process ({describe(exc.args[0])})"))
+        return None
+    except Exception as exc:  # the store failed: fail this item, keep the worker alive
+        _store_failed(tq, item, exc)
+        return None
+    item.version, attempt = started
+    if tq._log.isEnabledFor(logging.DEBUG):
+        tq._log.debug("attempt started", extra=task_extra("attempt_started", item.task, attempt=attempt,
+                                                          pid=os.getpid(), worker=index))
+    began = time.perf_counter()
+    try:
+        output = tq.processor.process(item.task, attempt)
+    except Exception as exc:
+        tq.metrics.on_processed(index, time.perf_counter() - began)
+        return _failed(tq, item, exc, attempt)
+    busy = time.perf_counter() - began
+    tq.metrics.on_processed(index, busy)
+    return _succeeded(tq, item, output, attempt, began - item.submitted, busy)
+
+
+def _succeeded(tq: "TaskQueue", item: WorkItem, output: Output, attempt: int, waited: float,
+               busy: float) -> Op:
+    result = TaskResult(task_id=item.task.id, idempotency_key=item.key, status=TaskStatus.SUCCESS,
+                        output_key=output.key, attempts=attempt, queue_wait_s=waited, processing_s=busy,
+                        output_bytes=output.size)
+    if tq._log.isEnabledFor(logging.DEBUG):
+        tq._log.debug("task succeeded", extra=task_extra("succeeded", item.task, attempt=attempt,
+                                                          output_key=output.key))
+
+    def committed(_version: int, error: BaseException | None) -> None:
+        if error is None:
+            settle(tq, item, "succeeded", result=result)
+        else:
+            _store_failed(tq, item, error)
+
+    return tq.store.succeed(item.row_id, item.version, output.key, output.size, done=committed)
+
+
+def _failed(tq: "TaskQueue", item: WorkItem, exc: Exception, attempt: int) -> Op:
+    tq.metrics.incr("failed")
+    kind = classify(exc)
+    if tq.policy.should_retry(exc, attempt):
+        delay = tq.policy.delay(attempt, tq._rng)
+        tq._log.info("attempt failed, retrying", extra=task_extra(
+            "retry_scheduled", item.task, error=exc, kind=kind, attempt=attempt, delay_s=round(delay, 6)))
+
+        def retry_committed(version: int, error: BaseException | None) -> None:
+            if error is not None:
+                _store_failed(tq, item, error)
+                return
+            item.version = version
+            tq.metrics.incr("retried")
+            if not tq._scheduler.schedule(delay, item):  # shutting down with cancel_futures
+                tq._abandon(item)
+
+        return tq.store.fail(item.row_id, item.version, exc, tq._wall() + delay, done=retry_committed)
+    level = logging.WARNING if isinstance(exc, errors.TaskQueueError) else logging.ERROR
+    tq._log.log(level, "task dead-lettered", exc_info=level == logging.ERROR, extra=task_extra(
+        "dead_lettered", item.task, error=exc, kind=kind, attempt=attempt))
+
+    def dead_committed(_version: int, error: BaseException | None) -> None:
+        if error is None:
+            settle(tq, item, "dead_lettered", error=exc)
+        else:
+            _store_failed(tq, item, error)
+
+    return tq.store.dead_letter(item.row_id, item.version, exc, done=dead_committed)
+
+
+def _drop_cancelled(tq: "TaskQueue", item: WorkItem) -> None:
+    """Forget a task its client cancelled; delete its row if we created it (unless re-adopted since)."""
+    tq.inflight.forget(item)
+    if item.inserted:
+        tq.store.post(tq.store.release(item.row_id, item.version, done=_log_release_error(tq, item)))
+
+
+def _log_release_error(tq: "TaskQueue", item: WorkItem):
+    def released(_result: None, error: BaseException | None) -> None:
+        if error is not None and not isinstance(error, StaleVersion):  # stale: re-adopted, nothing to undo
+            tq._log.error("could not delete the row of a task not run", extra=task_extra(
+                "release_failed", item.task, error=error))
+    return released
+
+
+def _store_failed(tq: "TaskQueue", item: WorkItem, error: BaseException) -> None:
+    tq._log.error("could not record outcome", extra=task_extra("store_error", item.task, error=error))
+    settle(tq, item, "failed", error=error)
+
+
+def settle(tq: "TaskQueue", item: WorkItem, counter: str, *, result: TaskResult | None = None,
+           error: BaseException | None = None) -> None:
+    """Count an item's outcome and resolve its Future; its outcome (if any) is already committed."""
+    tq.metrics.on_outcome(counter, time.perf_counter() - item.submitted)
+    tq.inflight.settle(item, result, error)
+
+
+def describe(row: Row | None) -> str:
+    return "row gone" if row is None else f"status {row.status.value}, owner {row.owner}"

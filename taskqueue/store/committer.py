@@ -1,0 +1,273 @@
+"""The committer: the one owner of a store's write connection, with group commit.
+
+A store describes each change as an :class:`Op` -- what to run, whether it is
+atomic by itself, what to call once it is committed -- and hands ops to the
+committer in one of two ways:
+
+* :meth:`Committer.commit` -- the caller waits for the result. When the
+  connection is idle the ops run at once in the caller's own thread (no thread
+  hand-off, which under the GIL costs more than the SQL); when it is busy they
+  join the next group commit of the writer thread, and the caller waits for it.
+* :meth:`Committer.post` -- the caller goes on; the writer thread commits the
+  ops and reports each result to its ``done`` callback.
+
+The writer thread drains everything queued into one transaction (group
+commit). Inside a transaction each non-atomic op runs under a savepoint of its
+own, so one failing op rolls back its own statements and nothing else. A
+batch of at most ``AUTOCOMMIT_MAX`` atomic ops skips BEGIN/COMMIT: each
+statement is its own transaction (one ``sqlite3_step`` instead of three; each
+step releases the GIL, the costly part under thread contention).
+
+Results are delivered after the commit, outside the connection lock, in the
+committing thread: ``done`` callbacks must not block. A callback that commits
+more work (a Future's done-callback that submits a task) runs it right there.
+
+The writer never dies silently: an error it cannot recover from (a ROLLBACK
+that fails) marks the committer broken, and every op, queued or later, fails
+with :class:`~taskqueue.errors.StoreBroken`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from _thread import allocate_lock
+from typing import Any, Callable, NamedTuple
+
+from ..errors import StoreBroken, StoreClosed
+from ..logs import LOGGER_NAME
+
+AUTOCOMMIT_MAX = 1  # a batch of this many atomic ops runs without BEGIN/COMMIT
+_STOP = object()
+_log = logging.getLogger(LOGGER_NAME)
+
+
+class Op(NamedTuple):
+    """One store operation, as the committer needs to know it.
+
+    ``fn(conn, *args)`` runs its statements on the write connection and
+    returns the op's result (or raises). ``atomic`` says the op writes at
+    most one statement, so it needs no savepoint and may run in autocommit.
+    ``done(result, error)``, if set, is called once the op is committed (or
+    has failed), in the committing thread.
+    """
+
+    fn: Callable[..., Any]
+    args: tuple = ()
+    atomic: bool = True
+    done: Callable[[Any, BaseException | None], None] | None = None
+
+
+class _Call:
+    """Ops handed over together; ``results`` is filled in, then ``ready`` is released."""
+
+    __slots__ = ("ops", "results", "ready")
+
+    def __init__(self, ops: list[Op], wait: bool) -> None:
+        self.ops = ops
+        self.results: list | None = None
+        self.ready = allocate_lock() if wait else None
+        if wait:
+            self.ready.acquire()
+
+
+class Committer:
+    """Serialises every write to ``conn``; commits directly when idle, in groups when busy.
+
+    ``begin(conn)`` opens a write transaction (``BEGIN IMMEDIATE`` on SQLite).
+    ``conn`` must be in autocommit mode and usable from any thread; the
+    committer alone uses it, under its lock. Thread-safe.
+    """
+
+    direct = True
+
+    def __init__(self, conn: Any, *, begin: Callable[[Any], None], max_batch: int = 512,
+                 name: str = "tq-store-writer") -> None:
+        self._conn = conn
+        self._begin = begin
+        self._max_batch = max_batch
+        self._conn_lock = threading.Lock()  # held by whichever thread is running ops on the connection
+        self._state = threading.Lock()  # guards _closed and the order of hand-overs against close()
+        self._closed = False
+        self._broken: BaseException | None = None
+        self._queued: queue.SimpleQueue = queue.SimpleQueue()  # _Calls for the writer, then _STOP
+        self._local = threading.local()  # .delivering: this thread is running done callbacks
+        self.commits = 0  # transactions (an autocommit statement counts as one)
+        self.operations = 0
+        self._writer = threading.Thread(target=self._run, name=name, daemon=True)
+        self._writer.start()
+
+    # -- handing over ------------------------------------------------------------------
+
+    def commit(self, op: Op, along: tuple[Op, ...] | list[Op] = ()) -> Any:
+        """Commit ``along`` and ``op`` in one transaction; return ``op``'s result or raise its error.
+
+        ``along`` are companions reported through their own ``done`` (a
+        worker hands over the previous task's outcome with its next claim).
+        Blocks until committed. Raises :class:`StoreClosed` after :meth:`close`.
+        """
+        ops = [*along, op]
+        in_callback = getattr(self._local, "delivering", False)
+        with self._state:
+            if self._closed:
+                raise StoreClosed("the task store is closed")
+            idle = not in_callback and self.direct and self._queued.empty() and self._conn_lock.acquire(blocking=False)
+            if not (idle or in_callback):  # busy: join the writer's next group commit
+                call = _Call(ops, wait=True)
+                self._queued.put(call)
+        if idle or in_callback:
+            if in_callback:
+                # A done callback committing more work: wait for the connection itself rather than
+                # queue behind the writer, which may be the very thread running this callback.
+                self._conn_lock.acquire()
+            call = _Call(ops, wait=False)
+            try:
+                call.results = self._execute(ops)
+            finally:
+                self._conn_lock.release()
+            self._deliver([call])
+        else:
+            call.ready.acquire()
+        result, error = call.results[-1]
+        if error is not None:
+            raise error
+        return result
+
+    def post(self, *ops: Op) -> None:
+        """Hand ``ops`` to the writer thread and return at once; each reports to its ``done``."""
+        with self._state:
+            if self._closed:
+                raise StoreClosed("the task store is closed")
+            self._queued.put(_Call(list(ops), wait=False))
+
+    def flush(self) -> None:
+        """Block until every op handed over before this call is committed."""
+        call = _Call([Op(_nothing)], wait=True)
+        with self._state:
+            if self._closed:
+                return
+            self._queued.put(call)  # FIFO: behind everything already queued, even a batch being drained
+        call.ready.acquire()
+
+    def close(self) -> None:
+        """Commit what is queued, stop the writer, close the connection. Idempotent."""
+        with self._state:
+            if self._closed:
+                return
+            self._closed = True
+            self._queued.put(_STOP)  # last: nothing can be queued after it
+        self._writer.join()
+        with self._conn_lock:
+            self._conn.close()
+
+    # -- the writer thread -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        """Group-commit whatever was queued while the connection was busy, until the stop marker."""
+        stopping = False
+        while not stopping:
+            calls = [self._queued.get()]
+            with self._conn_lock:
+                # Drain only once the connection is ours: what queued up meanwhile joins this commit.
+                size = len(calls[0].ops) if calls[0] is not _STOP else 0
+                while size < self._max_batch:
+                    try:
+                        call = self._queued.get_nowait()
+                    except queue.Empty:
+                        break
+                    calls.append(call)
+                    size += 0 if call is _STOP else len(call.ops)
+                stopping = calls[-1] is _STOP or _STOP in calls
+                calls = [c for c in calls if c is not _STOP]
+                try:
+                    results = self._execute([op for c in calls for op in c.ops])
+                except BaseException as exc:  # noqa: BLE001 - this thread must outlive any error
+                    results = [(None, exc)] * size
+            position = 0
+            for call in calls:
+                call.results = results[position:position + len(call.ops)]
+                position += len(call.ops)
+            self._deliver(calls)
+
+    # -- running ops ------------------------------------------------------------------------
+
+    def _execute(self, ops: list[Op]) -> list[tuple[Any, BaseException | None]]:
+        """Run ``ops`` and commit; (result, error) per op. The caller holds the connection lock."""
+        if self._broken is not None:
+            return [(None, StoreBroken(f"the task store's connection failed: {self._broken}"))] * len(ops)
+        conn = self._conn
+        self.operations += len(ops)
+        if len(ops) <= AUTOCOMMIT_MAX and all(op.atomic for op in ops):
+            self.commits += len(ops)
+            return [_run_op(conn, op) for op in ops]
+        results: list = []
+        try:
+            self._begin(conn)
+            for op in ops:
+                if op.atomic:
+                    results.append(_run_op(conn, op))
+                else:
+                    results.append(_run_in_savepoint(conn, op))
+            conn.execute("COMMIT")
+        except Exception as exc:  # BEGIN or COMMIT failed: nothing of the batch is committed
+            self._rollback()
+            return [(None, exc)] * len(ops)
+        except BaseException:  # KeyboardInterrupt in a caller's thread: leave the connection usable
+            self._rollback()
+            raise
+        self.commits += 1
+        return results
+
+    def _rollback(self) -> None:
+        try:
+            self._conn.execute("ROLLBACK")
+        except Exception as exc:  # noqa: BLE001 - no transaction open is fine; anything else breaks us
+            if "no transaction" not in str(exc).lower():
+                self._broken = exc
+                _log.error("task store connection broken", extra={
+                    "event": "store_broken", "task_id": None, "idempotency_key": None,
+                    "error_class": type(exc).__name__, "error": str(exc)})
+
+    def _deliver(self, calls: list[_Call]) -> None:
+        """Report results: ``done`` callbacks first (in this thread), then wake the waiting callers."""
+        local = self._local
+        outer = getattr(local, "delivering", False)
+        local.delivering = True
+        try:
+            for call in calls:
+                for op, (result, error) in zip(call.ops, call.results):
+                    if op.done is not None:
+                        try:
+                            op.done(result, error)
+                        except Exception:  # noqa: BLE001 - a callback's bug must not stop delivery
+                            _log.exception("store callback failed", extra={
+                                "event": "callback_error", "task_id": None, "idempotency_key": None})
+        finally:
+            local.delivering = outer
+            for call in calls:
+                if call.ready is not None:
+                    call.ready.release()
+
+
+def _run_op(conn: Any, op: Op) -> tuple[Any, BaseException | None]:
+    try:
+        return op.fn(conn, *op.args), None
+    except Exception as exc:  # one bad op must not sink the batch
+        return None, exc
+
+
+def _run_in_savepoint(conn: Any, op: Op) -> tuple[Any, BaseException | None]:
+    conn.execute("SAVEPOINT op")
+    try:
+        result = op.fn(conn, *op.args)
+    except Exception as exc:
+        conn.execute("ROLLBACK TO op")
+        conn.execute("RELEASE op")
+        return None, exc
+    conn.execute("RELEASE op")
+    return result, None
+
+
+def _nothing(conn: Any) -> None:
+    return None

@@ -1,0 +1,164 @@
+"""What a task store is: the rows it keeps, and the contract every backend keeps.
+
+One row per idempotency key; the UNIQUE key decides duplicates. States::
+
+    queued -> running -> success
+                      -> failed -> running ...   (retry due at next_attempt_at)
+                      -> dead                    (copied to the dead-letter table)
+
+Every transition is ``UPDATE ... WHERE id = ? AND version = ?`` and must
+change exactly one row, else it fails with :class:`StaleVersion` holding the
+row as it is now (optimistic concurrency: a stale writer changes nothing).
+Attempts are counted by :meth:`TaskStore.start`, committed before the attempt
+runs, so a process that dies mid-attempt has that attempt counted, and only
+that one.
+
+Changes are described as :class:`~taskqueue.store.committer.Op` values and
+committed by :meth:`TaskStore.commit` (wait) or :meth:`TaskStore.post` (do
+not), so a caller can hand several changes over in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, NamedTuple, Protocol
+
+from ..task import Task, TaskStatus
+from .committer import Op
+
+MAX_ERROR_TEXT = 2000
+OPEN = ("queued", "running", "failed")  # statuses of a row some process still has to finish
+Done = Callable[[Any, "BaseException | None"], None]
+
+
+class Row(NamedTuple):
+    """A snapshot of one task row (the column order of the tasks table). A tuple: cheap to build."""
+
+    id: int
+    task_id: str
+    idempotency_key: str
+    payload: str
+    status: TaskStatus
+    attempts: int
+    created_at: float
+    updated_at: float
+    next_attempt_at: float | None
+    lease_until: float | None
+    owner: str | None
+    output_key: str | None
+    output_bytes: int | None
+    last_error: str | None
+    error_class: str | None
+    redrives: int
+    version: int
+
+    @classmethod
+    def from_db(cls, values: tuple | list) -> "Row":
+        values = list(values)
+        values[4] = _STATUS[values[4]]
+        return tuple.__new__(cls, values)
+
+    def task(self) -> Task:
+        return Task.from_dict(json.loads(self.payload))
+
+
+_STATUS = {status.value: status for status in TaskStatus}
+
+
+COLUMNS = ", ".join(Row._fields)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What offering a task's key found.
+
+    ``row`` is the row as it now stands. ``runnable``: this process now owns
+    an open row and must run it -- it ``inserted`` it, or took over a row
+    nobody runs (its owner died, ``dlq redrive``, a cancelled task). Otherwise
+    the row is finished (``success``/``dead``) or held by a live owner.
+    """
+
+    row: Row
+    runnable: bool
+    inserted: bool = False
+
+
+class Attempt(NamedTuple):
+    """A started attempt: the row's new version, and its attempts so far (this one included)."""
+
+    version: int
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """What recovery found: rows to run again here, and rows it dead-lettered."""
+
+    runnable: list[Row]
+    dead: list[Row]
+
+
+def task_payload(task: Task) -> str:
+    """The task as stored in the row (canonical JSON)."""
+    return json.dumps(task.to_dict(), sort_keys=True)
+
+
+def error_text(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return text if len(text) <= MAX_ERROR_TEXT else text[: MAX_ERROR_TEXT - 3] + "..."
+
+
+class TaskStore(Protocol):
+    """The durable state behind a :class:`~taskqueue.engine.TaskQueue`; SQLite and PostgreSQL keep it.
+
+    The op methods only *describe* a change; nothing touches the database
+    until it is handed to :meth:`commit` or :meth:`post`. Each op method's
+    docstring names what its op resolves to. ``done``, where accepted, is
+    called with ``(result, error)`` once the op is committed.
+    """
+
+    owner: str      # this store's owner token (see taskqueue.store.owners)
+    location: str   # the database, for messages: a path or a URL without its password
+    lease_s: float  # how long a claim lasts unless renewed
+
+    # -- ops ---------------------------------------------------------------------------
+    def claim(self, task: Task, max_attempts: int) -> Op:
+        """Offer ``task``'s key -> :class:`Claim` (insert, or take over a row nobody runs)."""
+    def start(self, row_id: int, version: int) -> Op:
+        """``queued``/``failed`` -> ``running``, attempts + 1, leased -> an :class:`Attempt`."""
+    def succeed(self, row_id: int, version: int, output_key: str, output_bytes: int,
+                done: Done | None = None) -> Op:
+        """``running`` -> ``success`` -> the new version."""
+    def fail(self, row_id: int, version: int, error: BaseException, next_attempt_at: float,
+             done: Done | None = None) -> Op:
+        """``running`` -> ``failed``, a retry due at ``next_attempt_at`` (wall clock) -> the new version."""
+    def dead_letter(self, row_id: int, version: int, error: BaseException, done: Done | None = None) -> Op:
+        """``running`` -> ``dead`` plus a dead-letter record -> the new version."""
+    def release(self, row_id: int, version: int, done: Done | None = None) -> Op:
+        """Delete a ``queued`` row this store inserted but could not enqueue -> None."""
+    def record_invalid(self, task_id: str, idempotency_key: str, payload: str, error: BaseException) -> Op:
+        """Dead-letter an item that failed validation -> True if recorded (False: key already there)."""
+    def recover(self, max_attempts: int) -> Op:
+        """Take over every open row nobody runs -> :class:`Recovered`."""
+    def redrive(self, keys: Iterable[str] | None) -> Op:
+        """``dead`` -> ``queued`` with a fresh attempt budget (all when None) -> keys redriven."""
+    def renew(self, done: Done | None = None) -> Op:
+        """Extend the lease of every open row this store owns -> rows renewed."""
+
+    # -- committing ---------------------------------------------------------------------
+    def commit(self, op: Op, along: tuple[Op, ...] = ()) -> Any:
+        """Commit ``along`` and ``op`` together; block; return ``op``'s result or raise its error."""
+    def post(self, *ops: Op) -> None:
+        """Hand ``ops`` over without waiting; results go to their ``done``."""
+    def flush(self) -> None:
+        """Block until everything handed over before is committed."""
+    def close(self) -> None:
+        """Commit what is pending and release the connection. Idempotent."""
+
+    # -- reads ------------------------------------------------------------------------------
+    def get(self, idempotency_key: str) -> Row | None: ...
+    def rows(self) -> list[Row]: ...
+    def counts(self) -> dict[str, int]: ...
+    def recent_failures(self, limit: int = 10) -> list[dict]: ...
+    def dead_letters(self) -> list[dict]: ...

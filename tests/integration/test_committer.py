@@ -1,0 +1,260 @@
+"""The committer: group commit, direct commit when idle, savepoints, and what happens when things break.
+
+The writer is held back deterministically by taking the database's write
+lock from another connection (``writer_blocked``): while it is held no
+transaction can begin, so a test knows which operations share a commit and
+that none has committed yet. Faults of the connection itself (a COMMIT or a
+ROLLBACK that fails) are injected with a thin wrapper around a real one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from taskqueue.errors import StoreBroken, StoreClosed
+from taskqueue.store import Op, SQLiteStore
+from taskqueue.store.committer import Committer
+from taskqueue.store.sqlite import begin_immediate, connect
+from taskqueue.task import Task
+
+WAIT_S = 30  # hang guard only
+
+
+def make_task(n: int) -> Task:
+    return Task(id=f"t{n}", image_key=f"src/o{n}.txt", variant="gzip")
+
+
+def raw(path: Path, sql: str, params: tuple = ()) -> list[tuple]:
+    conn = sqlite3.connect(path, isolation_level=None, timeout=WAIT_S)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def writer_blocked(path: Path) -> Iterator[None]:
+    """Hold the database's write lock, so no other connection can begin a transaction."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=WAIT_S)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        conn.execute("COMMIT")
+        conn.close()
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "tasks.db"
+
+
+@pytest.fixture
+def store(db: Path) -> Iterator[SQLiteStore]:
+    s = SQLiteStore(db)
+    yield s
+    s.close()
+    assert raw(db, "PRAGMA integrity_check") == [("ok",)]
+
+
+class CountingQueue:
+    """The committer's hand-over queue, announcing each hand-over (test instrumentation)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.puts = 0
+        self.changed = threading.Condition()
+
+    def put(self, item) -> None:
+        self.inner.put(item)
+        with self.changed:
+            self.puts += 1
+            self.changed.notify_all()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_operations_waiting_on_a_busy_database_share_commits(store, db):
+    clients = 100
+    claims: list = [None] * clients
+    queued = store.committer._queued = CountingQueue(store.committer._queued)
+
+    def client(i: int) -> None:
+        claims[i] = store.commit(store.claim(make_task(i), 3))
+
+    commits, operations = store.committer.commits, store.committer.operations
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    with writer_blocked(db):
+        for t in threads:
+            t.start()
+        # At most one caller found the connection idle (it is blocked in its INSERT now, holding the
+        # connection); every other one handed its claim over. Nothing can commit meanwhile.
+        with queued.changed:
+            assert queued.changed.wait_for(lambda: queued.puts >= clients - 1, WAIT_S)
+        assert raw(db, "SELECT COUNT(*) FROM tasks") == [(0,)]
+    for t in threads:
+        t.join(WAIT_S)
+    assert all(c.inserted for c in claims)
+    assert store.committer.operations - operations == clients
+    # Whoever found the connection idle commits alone; everyone who queued meanwhile shares the
+    # writer's next transaction: a handful of commits for 100 operations, never one each.
+    assert store.committer.commits - commits <= 3
+    assert store.counts()["queued"] == clients
+
+
+def test_a_single_atomic_op_commits_on_its_own_without_a_transaction_around_it(store):
+    commits = store.committer.commits
+    store.commit(store.claim(make_task(1), 3))
+    assert store.committer.commits - commits == 1
+
+
+def test_a_done_callback_that_commits_more_work_runs_it_at_once(store):
+    """A Future's done-callback may submit a task: committing from the committing thread must not
+    wait behind itself."""
+    nested: list = []
+
+    def done(_result, _error):
+        nested.append(store.commit(store.claim(make_task(2), 3)))
+
+    store.post(store.claim(make_task(1), 3)._replace(done=done))
+    store.flush()
+    assert len(nested) == 1 and nested[0].inserted
+
+
+def test_a_callback_that_raises_is_logged_and_the_others_are_still_told(store, caplog):
+    told = []
+
+    def broken(_result, _error):
+        raise RuntimeError("bug in a callback")
+
+    store.commit(store.claim(make_task(3), 3), along=(store.claim(make_task(1), 3)._replace(done=broken),
+                                                     store.claim(make_task(2), 3)._replace(
+                                                         done=lambda r, e: told.append(r))))
+    assert len(told) == 1 and told[0].inserted
+    assert any(r.getMessage() == "store callback failed" for r in caplog.records)
+    assert store.commit(store.claim(make_task(4), 3)).inserted  # the committer still serves
+
+
+def test_a_multi_statement_op_that_fails_rolls_back_its_own_statements_only(store, db):
+    def half_done(conn):
+        conn.execute("INSERT INTO dead_letters VALUES ('k', 't', '{}', 1, 'E', 'm', 0, 0)")
+        raise ValueError("second statement failed")
+
+    claimed: list = []
+    with pytest.raises(ValueError):
+        store.commit(Op(half_done, atomic=False),
+                     along=(store.claim(make_task(1), 3)._replace(done=lambda r, e: claimed.append(r)),))
+    assert raw(db, "SELECT COUNT(*) FROM dead_letters") == [(0,)]  # its first statement was rolled back
+    assert raw(db, "SELECT COUNT(*) FROM tasks") == [(1,)] and claimed[0].inserted  # its neighbour committed
+
+
+def test_recover_is_atomic_a_failure_halfway_takes_over_nothing(store, db):
+    """Recovery takes over several rows in one operation: if one fails, none is taken (else the
+    rows already taken would belong to this process and never be scheduled)."""
+    other = SQLiteStore(db)
+    rows = [other.commit(other.claim(make_task(n), 3)).row for n in range(3)]
+    other.close()  # its owner token is no longer open here: its rows are orphans
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("CREATE TRIGGER fail_third BEFORE UPDATE OF owner ON tasks WHEN OLD.id = ?"
+                 " BEGIN SELECT RAISE(ABORT, 'injected failure'); END".replace("?", str(rows[2].id)))
+    conn.close()
+    with pytest.raises(sqlite3.IntegrityError, match="injected failure"):
+        store.commit(store.recover(3))
+    assert {owner for (owner,) in raw(db, "SELECT owner FROM tasks")} == {other.owner}
+    raw(db, "DROP TRIGGER fail_third")
+    assert len(store.commit(store.recover(3)).runnable) == 3
+
+
+class FaultyConnection:
+    """A real connection whose COMMIT and ROLLBACK fail on demand (fault injection)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.fail = set()
+
+    def execute(self, sql: str, *args):
+        if sql in self.fail:
+            raise sqlite3.OperationalError(f"{sql} failed (injected)")
+        return self.conn.execute(sql, *args)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _insert(conn, value: int) -> int:
+    conn.execute("INSERT INTO t VALUES (?)", (value,))
+    return value
+
+
+@pytest.fixture
+def faulty(db) -> Iterator[tuple[Committer, FaultyConnection]]:
+    conn = connect(str(db), busy_timeout_ms=1000, check_same_thread=False)
+    conn.execute("CREATE TABLE t (v INTEGER)")
+    wrapped = FaultyConnection(conn)
+    committer = Committer(wrapped, begin=begin_immediate)
+    yield committer, wrapped
+    committer.close()
+
+
+def test_a_failed_commit_fails_every_op_of_its_batch_and_the_next_batch_commits(faulty, db):
+    committer, conn = faulty
+    conn.fail = {"COMMIT"}
+    with pytest.raises(sqlite3.OperationalError, match="COMMIT failed"):
+        committer.commit(Op(_insert, (1,)), along=(Op(_insert, (2,)),))
+    conn.fail = set()
+    assert committer.commit(Op(_insert, (3,)), along=(Op(_insert, (4,)),)) == 3
+    assert raw(db, "SELECT v FROM t ORDER BY v") == [(3,), (4,)]
+
+
+def test_a_rollback_that_fails_breaks_the_committer_loudly_and_nothing_waits_forever(faulty, caplog):
+    committer, conn = faulty
+    conn.fail = {"COMMIT", "ROLLBACK"}
+    with pytest.raises(sqlite3.OperationalError, match="COMMIT failed"):
+        committer.commit(Op(_insert, (1,)), along=(Op(_insert, (2,)),))
+    assert any(r.getMessage() == "task store connection broken" for r in caplog.records)
+    conn.fail = set()
+    with pytest.raises(StoreBroken):  # the connection's state is unknown: refuse, do not guess
+        committer.commit(Op(_insert, (3,)))
+    told = threading.Event()
+    errors: list = []
+    committer.post(Op(_insert, (4,), done=lambda r, e: (errors.append(e), told.set())))
+    assert told.wait(WAIT_S)  # the writer thread is alive and answers
+    assert isinstance(errors[0], StoreBroken)
+
+
+def test_posts_racing_close_are_each_committed_or_refused_never_lost(db):
+    for _ in range(20):
+        store = SQLiteStore(db)
+        posters = 8
+        line = threading.Barrier(posters + 1)
+        outcomes: list = []
+        lock = threading.Lock()
+
+        def poster(i: int) -> None:
+            line.wait(WAIT_S)
+            for j in range(20):
+                try:
+                    store.post(store.renew(done=lambda r, e: _note(lock, outcomes, "done")))
+                except StoreClosed:
+                    _note(lock, outcomes, "refused")
+
+        threads = [threading.Thread(target=poster, args=(i,)) for i in range(posters)]
+        for t in threads:
+            t.start()
+        line.wait(WAIT_S)
+        store.close()
+        for t in threads:
+            t.join(WAIT_S)
+        assert len(outcomes) == posters * 20  # every post heard back or refused; none hangs unanswered
+
+
+def _note(lock: threading.Lock, outcomes: list, what: str) -> None:
+    with lock:
+        outcomes.append(what)

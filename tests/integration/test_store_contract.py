@@ -1,0 +1,423 @@
+"""The task-store contract (taskqueue.store.contract), run against every backend.
+
+Rows are crafted behind the store's back through a connection of the
+backend's own, as another process would leave them; liveness uses real
+processes (one that lives, one that has exited).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+from typing import Iterator
+
+import pytest
+
+from taskqueue.errors import InjectedTransientError, StaleVersion, StoreClosed, WorkerCrashed
+from taskqueue.store import MAX_ERROR_TEXT, Attempt, Claim, Row
+from taskqueue.store.owners import process_start
+from taskqueue.task import Task, TaskStatus
+
+from storebackends import WAIT_S, set_row
+
+HOST = socket.gethostname()
+MAX_ATTEMPTS = 3
+
+
+def make_task(n: int) -> Task:
+    return Task(id=f"t{n}", image_key=f"src/o{n}.txt", variant="gzip")
+
+
+@pytest.fixture
+def store(backend, fake_clock):
+    """A store on the backend's fresh database, with the stepping clock and a 30 s lease."""
+    return backend.make(clock=fake_clock, lease_s=30.0)
+
+
+@pytest.fixture(scope="module")
+def dead_pid() -> int:
+    """The pid of a process of ours that has exited (and been reaped)."""
+    for _ in range(5):
+        proc = subprocess.Popen([sys.executable, "-c", "pass"])
+        proc.wait(WAIT_S)
+        try:
+            os.kill(proc.pid, 0)
+        except ProcessLookupError:
+            return proc.pid
+    pytest.skip("could not find a pid that stays unused")
+
+
+@pytest.fixture(scope="module")
+def live_pid() -> Iterator[int]:
+    """The pid of another live process on this host (it waits for its stdin to close)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    yield proc.pid
+    proc.stdin.close()
+    proc.wait(WAIT_S)
+
+
+def claim(store, n: int) -> Row:
+    result = store.commit(store.claim(make_task(n), MAX_ATTEMPTS))
+    assert result.inserted and result.runnable
+    return result.row
+
+
+def start(store, row: Row) -> Attempt:
+    return store.commit(store.start(row.id, row.version))
+
+
+# -- claims and transitions --------------------------------------------------------------------
+
+def test_claim_inserts_a_queued_leased_row_once_then_returns_the_existing_row(store, fake_clock):
+    first = store.commit(store.claim(make_task(1), MAX_ATTEMPTS))
+    assert isinstance(first, Claim) and first.inserted and first.runnable
+    row = first.row
+    assert (row.status, row.attempts, row.version, row.owner) == (TaskStatus.QUEUED, 0, 0, store.owner)
+    assert row.created_at == row.updated_at == fake_clock.now and row.lease_until == fake_clock.now + 30.0
+    assert row.task() == make_task(1)
+    assert store.get(row.idempotency_key) == row  # what claim returned is what the database holds
+
+    start(store, row)  # running under a live owner: a second offer finds it, takes nothing
+    again = store.commit(store.claim(Task(id="other-id", image_key="src/o1.txt", variant="gzip"), MAX_ATTEMPTS))
+    assert not again.inserted and not again.runnable
+    assert again.row == store.get(row.idempotency_key) and again.row.task_id == "t1"  # untouched
+    assert len(store.rows()) == 1
+
+
+def test_concurrent_claims_of_one_key_insert_exactly_once(backend):
+    stores = [backend.make() for _ in range(2)]  # two stores: two connections, as two processes
+    clients = 32
+    start_line = threading.Barrier(clients)
+    claims: list[Claim] = []
+    lock = threading.Lock()
+
+    def client(i: int) -> None:
+        store = stores[i % 2]
+        start_line.wait(WAIT_S)
+        result = store.commit(store.claim(Task(id=f"c{i}", image_key="src/same.txt", variant="gzip"), 3))
+        with lock:
+            claims.append(result)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT_S)
+    assert len(claims) == clients
+    assert sum(c.inserted for c in claims) == 1
+    assert len({c.row.id for c in claims}) == 1
+    assert len(stores[0].rows()) == 1
+
+
+def test_transitions_bump_the_version_and_record_each_state(store, fake_clock):
+    row = claim(store, 1)
+    assert start(store, row) == Attempt(version=1, attempts=1)
+    running = store.get(row.idempotency_key)
+    assert (running.status, running.lease_until, running.owner) == (TaskStatus.RUNNING, fake_clock.now + 30.0,
+                                                                    store.owner)
+
+    fake_clock.advance(1)
+    assert store.commit(store.fail(row.id, 1, InjectedTransientError("flaky"), fake_clock.now + 5)) == 2
+    failed = store.get(row.idempotency_key)
+    assert (failed.status, failed.version, failed.error_class, failed.last_error) == \
+        (TaskStatus.FAILED, 2, "InjectedTransientError", "flaky")
+    assert failed.next_attempt_at == fake_clock.now + 5
+    assert failed.lease_until == fake_clock.now + 30.0  # a pending retry stays ours, under lease
+
+    assert store.commit(store.start(row.id, 2)) == Attempt(version=3, attempts=2)
+    assert store.get(row.idempotency_key).next_attempt_at is None
+    assert store.commit(store.succeed(row.id, 3, "variants/gzip/src/o1.txt.gz", 42)) == 4
+    done = store.get(row.idempotency_key)
+    assert (done.status, done.version, done.output_key, done.output_bytes, done.attempts) == \
+        (TaskStatus.SUCCESS, 4, "variants/gzip/src/o1.txt.gz", 42, 2)
+    assert done.last_error is None and done.error_class is None and done.lease_until is None
+
+
+@pytest.mark.parametrize("stale", [
+    pytest.param(lambda s, r: s.start(r.id, 0), id="start-old-version"),
+    pytest.param(lambda s, r: s.start(r.id, 7), id="start-future-version"),
+    pytest.param(lambda s, r: s.succeed(r.id, 0, "variants/x", 1), id="succeed-old-version"),
+    pytest.param(lambda s, r: s.fail(r.id, 0, InjectedTransientError("x"), 0.0), id="fail-old-version"),
+    pytest.param(lambda s, r: s.dead_letter(r.id, 0, InjectedTransientError("x")), id="dead-old-version"),
+    pytest.param(lambda s, r: s.release(r.id, 1), id="release-running-row"),
+])
+def test_a_stale_transition_raises_stale_version_and_changes_nothing(store, backend, stale):
+    row = claim(store, 1)
+    start(store, row)
+    running = store.get(row.idempotency_key)
+    before = backend.raw("SELECT * FROM tasks")
+    with pytest.raises(StaleVersion) as info:
+        store.commit(stale(store, running))
+    assert info.value.args[0] == running  # the current row comes with the error
+    assert backend.raw("SELECT * FROM tasks") == before
+    assert backend.raw("SELECT COUNT(*) FROM dead_letters") == [(0,)]
+
+
+def test_succeed_of_a_queued_row_is_stale(store):
+    row = claim(store, 1)
+    with pytest.raises(StaleVersion):
+        store.commit(store.succeed(row.id, 0, "variants/x", 1))
+    assert store.get(row.idempotency_key) == row
+
+
+def test_dead_letter_moves_the_row_and_records_it_in_dead_letters(store, backend, fake_clock):
+    row = claim(store, 1)
+    start(store, row)
+    assert store.commit(store.dead_letter(row.id, 1, InjectedTransientError("gave up"))) == 2
+    dead = store.get(row.idempotency_key)
+    assert (dead.status, dead.error_class, dead.last_error) == (TaskStatus.DEAD, "InjectedTransientError", "gave up")
+    assert backend.raw("SELECT idempotency_key, task_id, attempts, error_class, last_error, dead_at"
+                       " FROM dead_letters") == [(row.idempotency_key, "t1", 1, "InjectedTransientError", "gave up",
+                                                  fake_clock.now)]
+    assert [d["idempotency_key"] for d in store.dead_letters()] == [row.idempotency_key]
+
+
+def test_error_text_is_bounded(store):
+    row = claim(store, 1)
+    start(store, row)
+    store.commit(store.fail(row.id, 1, InjectedTransientError("x" * (MAX_ERROR_TEXT * 3)), 0.0))
+    stored = store.get(row.idempotency_key).last_error
+    assert len(stored) == MAX_ERROR_TEXT and stored.endswith("...")
+
+
+def test_release_deletes_only_a_queued_row_at_the_given_version(store):
+    row = claim(store, 1)
+    with pytest.raises(StaleVersion):
+        store.commit(store.release(row.id, 5))
+    assert store.get(row.idempotency_key) == row
+    assert store.commit(store.release(row.id, 0)) is None
+    assert store.get(row.idempotency_key) is None
+    with pytest.raises(StaleVersion):  # a row that is gone
+        store.commit(store.release(row.id, 0))
+    assert store.commit(store.claim(make_task(1), MAX_ATTEMPTS)).inserted  # offerable again
+
+
+def test_record_invalid_dead_letters_once(store, backend):
+    error = ValueError("field 'variant': bad")
+    assert store.commit(store.record_invalid("bad-1", "src/x.txt:nope#invalid-item-0", "{}", error)) is True
+    assert store.commit(store.record_invalid("bad-1", "src/x.txt:nope#invalid-item-0", "{}", error)) is False
+    assert backend.raw("SELECT status, error_class FROM tasks") == [("dead", "ValueError")]
+    assert backend.raw("SELECT COUNT(*) FROM dead_letters") == [(1,)]
+
+
+def test_done_callbacks_hear_the_outcome_after_the_commit(store, backend):
+    row = claim(store, 1)
+    heard: list = []
+
+    def done(result, error):  # reads through a connection of its own: sees only committed state
+        heard.append((result, type(error).__name__ if error else None,
+                      backend.raw("SELECT status FROM tasks WHERE id = ?", (row.id,))))
+
+    started = store.commit(store.start(row.id, 0), along=(store.release(row.id, 5, done=done),))
+    assert started.version == 1
+    store.commit(store.succeed(row.id, 1, "variants/x.gz", 3, done=done))
+    assert heard == [(None, "StaleVersion", [("running",)]), (2, None, [("success",)])]  # stale release: reported
+
+
+def test_reads_for_status_and_dlq(store):
+    rows = [claim(store, n) for n in range(4)]
+    start(store, rows[0])
+    store.commit(store.succeed(rows[0].id, 1, "variants/x.gz", 3))
+    start(store, rows[1])
+    store.commit(store.dead_letter(rows[1].id, 1, InjectedTransientError("gone")))
+    start(store, rows[2])
+    store.commit(store.fail(rows[2].id, 1, InjectedTransientError("again"), 0.0))
+    assert store.counts() == {"queued": 1, "running": 0, "success": 1, "failed": 1, "dead": 1}
+    assert {f["idempotency_key"]: f["status"] for f in store.recent_failures()} == {
+        rows[1].idempotency_key: "dead", rows[2].idempotency_key: "failed"}
+    assert [d["error_class"] for d in store.dead_letters()] == ["InjectedTransientError"]
+    assert [r.id for r in store.rows()] == [r.id for r in rows]
+
+
+# -- owners, take-over and recovery -----------------------------------------------------------------
+
+def test_claim_takes_over_an_open_row_nobody_runs(store, backend, fake_clock, dead_pid):
+    """An offered key whose row a dead process left open is taken over in the same operation."""
+    dead = f"{HOST}:{dead_pid}:-:gone"
+    rows = {n: claim(store, n) for n in (1, 2, 3, 4)}
+    set_row(backend, rows[1].id, owner=dead, status="queued", version=5)
+    set_row(backend, rows[2].id, owner=dead, status="failed", attempts=1, next_attempt_at=fake_clock.now + 9,
+            version=5)
+    set_row(backend, rows[3].id, owner=dead, status="running", attempts=1, version=5)
+    set_row(backend, rows[4].id, owner=dead, status="running", attempts=MAX_ATTEMPTS, version=5)
+    taken = {n: store.commit(store.claim(make_task(n), MAX_ATTEMPTS)) for n in rows}
+    for n, status in ((1, "queued"), (2, "failed"), (3, "queued")):
+        assert taken[n].runnable and not taken[n].inserted
+        assert (taken[n].row.status.value, taken[n].row.owner, taken[n].row.version) == (status, store.owner, 6)
+        assert taken[n].row == store.get(taken[n].row.idempotency_key)
+    assert taken[2].row.next_attempt_at == fake_clock.now + 9 and taken[3].row.attempts == 1
+    assert not taken[4].runnable  # its last attempt died with its process: dead-lettered, not run again
+    assert (taken[4].row.status, taken[4].row.error_class) == (TaskStatus.DEAD, WorkerCrashed.__name__)
+
+
+def test_a_queued_row_of_our_own_that_is_not_in_flight_is_taken_back_but_a_running_one_is_not(store):
+    """The engine offers a key only when it holds no work item for it: an open row of ours then is
+    a cancelled task's (take it back); a running one is a worker's (leave it)."""
+    queued, running = claim(store, 1), claim(store, 2)
+    start(store, running)
+    again = store.commit(store.claim(make_task(1), MAX_ATTEMPTS))
+    assert again.runnable and again.row.version == 1
+    still = store.commit(store.claim(make_task(2), MAX_ATTEMPTS))
+    assert not still.runnable and still.row.status is TaskStatus.RUNNING
+
+
+def test_recover_takes_over_rows_of_dead_owners_and_expired_leases_and_leaves_live_ones(
+        store, backend, fake_clock, dead_pid, live_pid):
+    now = fake_clock.now
+    dead, live, other_host = f"{HOST}:{dead_pid}:-:x", f"{HOST}:{live_pid}:-:y", f"elsewhere-{HOST}:1:-:z"
+    reused = f"{HOST}:{live_pid}:{process_start(live_pid) or 'x'}0:w"  # the pid lives, another process has it
+    states = {  # n: (status, owner, attempts, lease_until, next_attempt_at)
+        1: ("queued", dead, 0, None, None),
+        2: ("failed", dead, 1, None, now + 50),
+        3: ("running", dead, 1, now + 1000, None),    # lease still valid, but its owner is gone
+        4: ("running", dead, 3, now + 1000, None),    # last attempt never finished
+        5: ("queued", live, 0, now + 1000, None),
+        6: ("running", live, 1, now + 1000, None),    # live owner, lease valid: hands off
+        7: ("running", live, 2, now - 1, None),       # live pid, but the lease ran out: its heartbeat
+        8: ("running", live, 3, now - 1, None),       #   stopped (hung, or not the owner): taken
+        9: ("success", dead, 1, None, None),
+        10: ("dead", dead, 3, None, None),
+        11: ("queued", other_host, 0, now + 1000, None),
+        12: ("queued", None, 0, None, None),          # redriven: no owner
+        13: ("failed", live, 1, None, now + 50),      # no lease recorded (an older version): the pid decides
+        14: ("running", other_host, 2, now - 1, None),  # another host, lease expired: taken back
+        15: ("running", other_host, 3, now - 1, None),  # ... on its last attempt: dead
+        16: ("running", other_host, 1, now + 1000, None),  # another host, lease valid: kept
+        17: ("running", reused, 1, now + 1000, None),  # a reused pid: not the owner, which is dead
+    }
+    ids = {}
+    for n, (status, owner, attempts, lease, due) in states.items():
+        row = claim(store, n)
+        ids[n] = row.id
+        set_row(backend, row.id, status=status, owner=owner, attempts=attempts, lease_until=lease,
+                next_attempt_at=due, version=10)
+    before = {r.id: r for r in store.rows()}
+
+    recovered = store.commit(store.recover(max_attempts=3))
+
+    after = {r.id: r for r in store.rows()}
+    runnable = {r.id: r for r in recovered.runnable}
+    assert sorted(runnable) == sorted(ids[n] for n in (1, 2, 3, 7, 12, 14, 17))
+    assert sorted(r.id for r in recovered.dead) == sorted(ids[n] for n in (4, 8, 15))
+    for n, status in ((1, "queued"), (2, "failed"), (3, "queued"), (7, "queued"), (12, "queued"),
+                      (14, "queued"), (17, "queued")):
+        row = after[ids[n]]
+        assert (row.status.value, row.owner, row.version, row.lease_until) == (status, store.owner, 11, now + 30.0)
+        assert runnable[ids[n]] == row
+    assert after[ids[2]].next_attempt_at == now + 50  # a pending retry keeps its due time
+    assert after[ids[3]].attempts == 1 and after[ids[14]].attempts == 2  # attempts were counted at start
+    for n in (4, 8, 15):
+        row = after[ids[n]]
+        assert (row.status, row.error_class, row.attempts) == (TaskStatus.DEAD, "WorkerCrashed", 3)
+    assert sorted(backend.raw("SELECT idempotency_key, error_class, attempts FROM dead_letters")) == sorted(
+        (make_task(n).idempotency_key, WorkerCrashed.__name__, 3) for n in (4, 8, 15))
+    for n in (5, 6, 9, 10, 11, 13, 16):
+        assert after[ids[n]] == before[ids[n]], f"row {n} should be left alone"
+
+
+def test_recover_on_an_empty_store_finds_nothing(store):
+    recovered = store.commit(store.recover(3))
+    assert recovered.runnable == [] and recovered.dead == []
+
+
+def test_renew_extends_the_lease_of_our_open_rows_only(store, backend, fake_clock):
+    ours = [claim(store, n) for n in range(3)]
+    start(store, ours[1])
+    store.commit(store.succeed(ours[1].id, 1, "variants/x.gz", 1))  # finished: no lease to renew
+    other = claim(store, 9)
+    set_row(backend, other.id, owner="elsewhere:1:-:z", lease_until=fake_clock.now + 5)
+    fake_clock.advance(20)
+    assert store.commit(store.renew()) == 2
+    leases = {r.id: r.lease_until for r in store.rows()}
+    assert leases == {ours[0].id: fake_clock.now + 30.0, ours[1].id: None, ours[2].id: fake_clock.now + 30.0,
+                      other.id: fake_clock.now - 15}
+
+
+def test_redrive_resets_attempts_and_removes_the_dead_letter(store, backend):
+    rows = [claim(store, n) for n in (1, 2, 3)]
+    for row in rows:
+        start(store, row)
+    for row in rows[:2]:
+        store.commit(store.dead_letter(row.id, 1, InjectedTransientError("x")))
+    keys = [r.idempotency_key for r in rows]
+
+    assert store.commit(store.redrive([keys[0], keys[2], "no:such"])) == [keys[0]]
+    row = store.get(keys[0])
+    assert (row.status, row.attempts, row.owner, row.redrives, row.version) == (TaskStatus.QUEUED, 0, None, 1, 3)
+    assert backend.raw("SELECT idempotency_key FROM dead_letters") == [(keys[1],)]
+    assert store.get(keys[2]).status is TaskStatus.RUNNING  # not dead: untouched
+
+    assert store.commit(store.redrive()) == [keys[1]]  # all the dead ones
+    assert backend.raw("SELECT COUNT(*) FROM dead_letters") == [(0,)]
+    assert store.commit(store.redrive()) == []
+    # A redriven row has no owner, so recovery takes it over.
+    assert sorted(r.idempotency_key for r in store.commit(store.recover(3)).runnable) == sorted(keys[:2])
+
+
+# -- committing ----------------------------------------------------------------------------------------
+
+def test_ops_handed_over_together_commit_in_one_transaction(store):
+    first = claim(store, 0)
+    commits = store.committer.commits
+    results: list = []
+    along = [store.claim(make_task(n), MAX_ATTEMPTS)._replace(done=lambda r, e: results.append((r, e)))
+             for n in range(1, 21)]
+    started = store.commit(store.start(first.id, 0), along=along)
+    assert started.attempts == 1
+    assert store.committer.commits - commits == 1
+    assert len(results) == 20 and all(r.inserted and e is None for r, e in results)
+
+
+def test_a_failing_op_does_not_sink_the_others_committed_with_it(store, backend):
+    anchor = claim(store, 0)
+    outcomes: list = []
+    along = []
+    for n in range(1, 21):
+        along.append(store.claim(make_task(n), MAX_ATTEMPTS)._replace(done=lambda r, e: outcomes.append(e)))
+        along.append(store.start(anchor.id, 99)._replace(done=lambda r, e: outcomes.append(e)))  # stale
+    with pytest.raises(StaleVersion):
+        store.commit(store.release(12345, 0), along=along)  # no such row
+    assert sum(e is None for e in outcomes) == 20
+    assert sum(isinstance(e, StaleVersion) for e in outcomes) == 20
+    assert backend.raw("SELECT COUNT(*) FROM tasks WHERE status = 'queued'") == [(21,)]
+    assert store.get(anchor.idempotency_key) == anchor
+
+
+def test_post_returns_at_once_and_flush_waits_for_what_was_posted(store, backend):
+    heard = threading.Event()
+    store.post(*[store.claim(make_task(n), MAX_ATTEMPTS) for n in range(9)],
+               store.claim(make_task(9), MAX_ATTEMPTS)._replace(done=lambda r, e: heard.set()))
+    store.flush()
+    assert heard.is_set()
+    assert backend.raw("SELECT COUNT(*) FROM tasks") == [(10,)]
+
+
+def test_close_commits_what_is_pending_and_refuses_new_work(backend):
+    store = backend.make()
+    done = threading.Event()
+    store.post(*[store.claim(make_task(n), MAX_ATTEMPTS) for n in range(49)],
+               store.claim(make_task(49), MAX_ATTEMPTS)._replace(done=lambda r, e: done.set()))
+    store.close()
+    assert done.is_set()
+    assert backend.raw("SELECT COUNT(*) FROM tasks") == [(50,)]
+    store.close()  # idempotent
+    with pytest.raises(StoreClosed):
+        store.commit(store.claim(make_task(99), MAX_ATTEMPTS))
+    with pytest.raises(StoreClosed):
+        store.post(store.claim(make_task(99), MAX_ATTEMPTS))
+    store.flush()  # nothing pending: returns
+
+
+def test_two_stores_on_one_database_keep_one_row_per_key(backend):
+    first, second = backend.make(), backend.make()
+    a = first.commit(first.claim(make_task(1), 3))
+    start(first, a.row)  # running under a live owner: the second store must leave it
+    b = second.commit(second.claim(make_task(1), 3))
+    assert (a.inserted, b.inserted, b.runnable) == (True, False, False) and a.row.id == b.row.id
+    # The second store cannot move a row it read at a version the first one then changed.
+    with pytest.raises(StaleVersion):
+        second.commit(second.start(a.row.id, 0))
+    assert backend.raw("SELECT status, attempts, version FROM tasks") == [("running", 1, 1)]

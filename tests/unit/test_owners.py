@@ -1,0 +1,107 @@
+"""Owner tokens and liveness: who may still be working on a row (taskqueue.store.owners)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from typing import Iterator
+
+import pytest
+
+from taskqueue.store import owners
+from taskqueue.store.owners import Owner, alive, new_token, process_start
+
+HOST = socket.gethostname()
+WAIT_S = 30
+NOW = 1000.0
+LINUX = os.path.exists("/proc/self/stat") and os.path.exists("/proc/sys/kernel/random/boot_id")
+
+
+@pytest.fixture(scope="module")
+def dead_pid() -> int:
+    for _ in range(5):
+        proc = subprocess.Popen([sys.executable, "-c", "pass"])
+        proc.wait(WAIT_S)
+        try:
+            os.kill(proc.pid, 0)
+        except ProcessLookupError:
+            return proc.pid
+    pytest.skip("could not find a pid that stays unused")
+
+
+@pytest.fixture(scope="module")
+def live_pid() -> Iterator[int]:
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    yield proc.pid
+    proc.stdin.close()
+    proc.wait(WAIT_S)
+
+
+def test_a_token_names_host_pid_start_and_a_nonce_and_parses_back():
+    token = new_token()
+    try:
+        parsed = Owner.parse(token)
+        assert (parsed.host, parsed.pid) == (HOST, os.getpid())
+        assert parsed.start == process_start(os.getpid())
+        assert len(parsed.nonce) == 12 and token != new_token()
+    finally:
+        owners.closed(token)
+
+
+def test_tokens_of_earlier_versions_parse_with_an_unknown_start():
+    assert Owner.parse("box:123:abcdef") == Owner("box", 123, None, "abcdef")
+    assert Owner.parse("garbage") == Owner("garbage", None, None, "")
+
+
+@pytest.mark.skipif(not LINUX, reason="process start times come from /proc")
+def test_process_start_is_stable_for_a_process_and_differs_between_processes(live_pid, dead_pid):
+    assert process_start(live_pid) == process_start(live_pid) != process_start(os.getpid())
+    with pytest.raises(ProcessLookupError):
+        process_start(dead_pid)
+
+
+def test_nobody_and_me():
+    me = new_token()
+    try:
+        assert alive(None, None, NOW, me) is False and alive("", NOW + 5, NOW, me) is False
+        assert alive(me, NOW - 1, NOW, me) is True  # our own rows, whatever the lease says
+    finally:
+        owners.closed(me)
+
+
+def test_a_dead_pid_on_this_host_is_dead_and_a_live_one_alive(dead_pid, live_pid):
+    me = "me"
+    assert alive(f"{HOST}:{dead_pid}:-:x", NOW + 100, NOW, me) is False
+    assert alive(f"{HOST}:{live_pid}:-:x", NOW + 100, NOW, me) is True
+    assert alive(f"{HOST}:{live_pid}:x", None, NOW, me) is True  # an old token, no lease: the pid decides
+
+
+@pytest.mark.skipif(not LINUX, reason="process start times come from /proc")
+def test_a_reused_pid_is_not_the_owner(live_pid):
+    """The pid lives, but a process started at another time holds it: the owner is dead."""
+    start = process_start(live_pid)
+    assert alive(f"{HOST}:{live_pid}:{start}:x", NOW + 100, NOW, "me") is True
+    boot, ticks = start.split(".")
+    assert alive(f"{HOST}:{live_pid}:{boot}.{int(ticks) - 1}:x", NOW + 100, NOW, "me") is False
+    assert alive(f"{HOST}:{live_pid}:otherboot.{ticks}:x", NOW + 100, NOW, "me") is False  # before a reboot
+
+
+def test_an_expired_lease_wins_over_a_live_pid(live_pid):
+    """Leases are renewed while their owner lives: one that ran out means a dead or hung owner."""
+    assert alive(f"{HOST}:{live_pid}:-:x", NOW - 0.001, NOW, "me") is False
+
+
+def test_another_host_is_alive_until_its_lease_runs_out(dead_pid):
+    other = f"not-{HOST}.example:{dead_pid}:-:x"
+    assert alive(other, NOW + 1, NOW, "me") is True
+    assert alive(other, None, NOW, "me") is True
+    assert alive(other, NOW - 1, NOW, "me") is False
+
+
+def test_a_token_of_this_process_lives_only_while_its_store_is_open():
+    token = new_token()
+    assert alive(token, NOW + 100, NOW, "me") is True  # another open store of this process
+    owners.closed(token)
+    assert alive(token, NOW + 100, NOW, "me") is False  # an earlier incarnation in this process
