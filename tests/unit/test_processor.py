@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-import taskqueue.processor as processor_module
+import taskqueue.imaging as imaging_module
 from taskqueue.errors import (DependencyMissing, InjectedPermanentError, InjectedTransientError,
                               InvalidParameter, PermanentError, ProcessingTimeout, SourceMissing,
                               TransientError, UnknownVariant, UnsupportedSource)
@@ -228,7 +228,7 @@ def test_truncated_image_is_unsupported(store, make_image, fmt):
 def test_pillow_absent_is_dependency_missing(store, monkeypatch, variant):
     # Runs with or without Pillow installed: the check comes before any decoding.
     store.write("img/src", [b"\x89PNG\r\n\x1a\n never decoded"])
-    monkeypatch.setattr(processor_module, "Image", None)
+    monkeypatch.setattr(imaging_module, "Image", None)
     p = Processor(store)
     p.check(task(variant, "img/src"))  # still a valid task; it just cannot be made here
     with pytest.raises(DependencyMissing, match="Pillow") as info:
