@@ -100,18 +100,19 @@ def prepare(source: BinaryIO, spec: Rendition, *, max_pixels: int, name: str) ->
     """
     with _decoding(name):
         im = _open(source, name, max_pixels)
-        if spec.size is not None:
-            if im.format != "JPEG":
-                im.load()
-                im = _working_mode(im)
+        jpeg = im.format == "JPEG"
+        if spec.size is not None and jpeg:
             # On an unloaded JPEG, thumbnail() drafts (DCT-scaled decode), loads, reduces and resizes.
             im.thumbnail((spec.size, spec.size), Image.Resampling.LANCZOS, reducing_gap=REDUCING_GAP)
-        elif spec.gray and im.format == "JPEG" and not _usable_profile(im):
+        elif spec.gray and jpeg and not _usable_profile(im):
             im.draft("L", None)  # decode luma only: a third of the memory, no colour to convert
         im.load()  # no-op if done; a JPEG already within the box is not loaded by thumbnail()
         orientation = _orientation(im)
     icc = im.info.get("icc_profile") or None
-    im, keep_icc = _to_srgb(_working_mode(im), icc)
+    im = _working_mode(im)
+    if spec.size is not None and not jpeg:  # reduce() by an integer factor first, then Lanczos
+        im.thumbnail((spec.size, spec.size), Image.Resampling.LANCZOS, reducing_gap=REDUCING_GAP)
+    im, keep_icc = _to_srgb(im, icc)
     if im.mode in ("RGBA", "LA") and (spec.format == "jpeg" or spec.background is not None):
         im = _flatten(im, spec.background or WHITE)
     if spec.gray:
@@ -133,8 +134,6 @@ def encode(prepared: Prepared, out: BinaryIO, spec: Rendition) -> None:
     if max(im.size) > limit:
         raise ImageTooLarge(f"the output would be {im.width}x{im.height}; {spec.format} holds at most "
                             f"{limit} pixels per side")
-    if spec.format == "webp" and im.mode in ("L", "LA"):  # WebP has no grayscale mode
-        im = im.convert("RGBA" if im.mode == "LA" else "RGB")
     im.info = {}  # never carry the source's EXIF, XMP, comments or text chunks into the output
     extra = {"icc_profile": prepared.icc_profile} if prepared.icc_profile else {}
     if spec.format == "jpeg":
