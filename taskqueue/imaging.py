@@ -30,6 +30,7 @@ writes it. The steps, in order, and why each is where it is:
    hold alpha (jpeg) or a background was asked for; png and webp keep it.
 6. **Orientation** (EXIF tag 274, values 2-8) is applied last, to the
    smallest image: a transposition commutes with fitting into a square box.
+   (A TIFF is the exception: Pillow's decoder applies its tag while loading.)
 7. **Encode** with fixed options and none of the source's metadata: no EXIF
    (so no GPS and no orientation tag), XMP, comments or text chunks.
 
@@ -107,7 +108,8 @@ def prepare(source: BinaryIO, spec: Rendition, *, max_pixels: int, name: str) ->
         elif spec.gray and jpeg and not _usable_profile(im):
             im.draft("L", None)  # decode luma only: a third of the memory, no colour to convert
         im.load()  # no-op if done; a JPEG already within the box is not loaded by thumbnail()
-        orientation = _orientation(im)
+        # Pillow's TIFF decoder applies the orientation tag itself (10.0 leaves the tag behind).
+        orientation = 1 if im.format == "TIFF" else _orientation(im)
     icc = im.info.get("icc_profile") or None
     im = _working_mode(im)
     if spec.size is not None and not jpeg:  # reduce() by an integer factor first, then Lanczos
@@ -260,7 +262,7 @@ def _orientation(im) -> int:
     """The EXIF orientation (1-8); 1 when absent, invalid or unreadable (the pixels are still good)."""
     try:
         value = im.getexif().get(ORIENTATION_TAG)
-    except (*_MALFORMED, TypeError, OSError):
+    except (*_MALFORMED, TypeError, AttributeError, OSError):  # a broken EXIF block, in Pillow's words
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
