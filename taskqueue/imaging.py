@@ -101,7 +101,7 @@ def prepare(source: BinaryIO, spec: Rendition, *, max_pixels: int, name: str) ->
     """
     with _decoding(name):
         im = _open(source, name, max_pixels)
-        jpeg = im.format == "JPEG"
+        jpeg = im.format in ("JPEG", "MPO")  # MPO: a camera JPEG with extra images (depth, preview)
         if spec.size is not None and jpeg:
             # On an unloaded JPEG, thumbnail() drafts (DCT-scaled decode), loads, reduces and resizes.
             im.thumbnail((spec.size, spec.size), Image.Resampling.LANCZOS, reducing_gap=REDUCING_GAP)
