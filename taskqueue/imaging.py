@@ -110,8 +110,8 @@ def prepare(source: BinaryIO, spec: Rendition, *, max_pixels: int, name: str) ->
         im.load()  # no-op if done; a JPEG already within the box is not loaded by thumbnail()
         # Pillow's TIFF decoder applies the orientation tag itself (10.0 leaves the tag behind).
         orientation = 1 if im.format == "TIFF" else _orientation(im)
-    icc = im.info.get("icc_profile") or None
-    im = _working_mode(im)
+        icc = im.info.get("icc_profile") or None
+        im = _working_mode(im)  # ValueError for a mode Pillow cannot convert: the source's fault
     if spec.size is not None and not jpeg:  # reduce() by an integer factor first, then Lanczos
         im.thumbnail((spec.size, spec.size), Image.Resampling.LANCZOS, reducing_gap=REDUCING_GAP)
     im, keep_icc = _to_srgb(im, icc)
