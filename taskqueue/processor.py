@@ -122,7 +122,8 @@ class Processor:
                  max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
                  sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.perf_counter) -> None:
-        if isinstance(max_image_pixels, bool) or not isinstance(max_image_pixels, int) or max_image_pixels <= 0:
+        if (isinstance(max_image_pixels, bool) or not isinstance(max_image_pixels, int)
+                or max_image_pixels <= 0):
             raise ValueError(f"max_image_pixels must be an integer greater than 0, got {max_image_pixels!r}")
         self.store = store
         self.faults = faults or FaultConfig()

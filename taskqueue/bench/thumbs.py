@@ -190,8 +190,8 @@ def measure_run_rss(*, seed: int, quick: bool, progress: bool = False) -> dict:
             with open(os.path.join(run_dir, "tasks.json"), "w", encoding="utf-8") as f:
                 json.dump(task_list, f)
             if progress:
-                print(f"[rss] run over {len(task_list)} task(s), {workers} worker(s)", end="", file=sys.stderr,
-                      flush=True)
+                print(f"[rss] run over {len(task_list)} task(s), {workers} worker(s)", end="",
+                      file=sys.stderr, flush=True)
             runs.append({"kind": kind, "workers": workers, "tasks": len(task_list),
                          **_run_and_measure(run_dir, workers)})
             if progress:
@@ -266,8 +266,8 @@ def main(argv: list[str]) -> int:
     if len(argv) >= 3 and argv[0] == "peak-rss":
         print(json.dumps(_peak_rss(argv[1], argv[2:])))
         return 0
-    print("usage: python -m taskqueue.bench.thumbs (write-photos ROOT SEED PHOTOS_JSON | peak-rss LOG CMD...)",
-          file=sys.stderr)
+    print("usage: python -m taskqueue.bench.thumbs "
+          "(write-photos ROOT SEED PHOTOS_JSON | peak-rss LOG CMD...)", file=sys.stderr)
     return 2
 
 
@@ -311,13 +311,14 @@ def render(section: dict) -> str:
     elif probe:
         parts = [f"{r['workers']} worker{'s' if r['workers'] > 1 else ''} {r['peak_rss_kib'] / 1024:.1f} MiB "
                  f"({r['wall_s']:.1f} s)" for r in probe["runs"] if r["kind"] == "photos"]
+        quick = " [quick: smaller photos, not a measurement]" if probe["quick"] else ""
         lines.append(f"peak RSS of `task_queue_optimized.py run` over {probe['photos']}, "
-                     f"{' + '.join(probe['variants'])}{' [quick: smaller photos]' if probe['quick'] else ''}:")
+                     f"{' + '.join(probe['variants'])}{quick}:")
         lines.append(f"  floor (one gzip task) {probe['floor_kib'] / 1024:.1f} MiB; " + "; ".join(parts))
         if probe["per_worker_kib"] is not None:
-            lines.append(f"  per worker at 8 workers: (peak - floor) / 8 = {probe['per_worker_kib'] / 1024:.1f} "
-                         f"MiB; each worker beyond the first: (peak 8 - peak 1) / 7 = "
-                         f"{probe['marginal_per_worker_kib'] / 1024:.1f} MiB")
+            lines.append(f"  per worker at 8 workers: (peak - floor) / 8 = "
+                         f"{probe['per_worker_kib'] / 1024:.1f} MiB; each worker beyond the first: "
+                         f"(peak 8 - peak 1) / 7 = {probe['marginal_per_worker_kib'] / 1024:.1f} MiB")
     return "\n".join(lines)
 
 
