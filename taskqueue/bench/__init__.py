@@ -7,8 +7,8 @@ calls :func:`main`. Modules: ``scenarios`` (the loads and their rows),
 process), ``stats`` (exact percentiles), ``report`` (medians, table, JSON,
 CSV), ``svg`` (the chart), ``verdict`` (requirements and targets), ``cli``,
 ``thumbs`` (the opt-in image scenario: rows, worker scaling, peak RSS of
-``run``). Standard library only; ``thumbs`` needs Pillow and is skipped
-without it.
+``run``), ``peakrss`` (a command's peak RSS, measured from a fresh process).
+Standard library only; ``thumbs`` needs Pillow and is skipped without it.
 """
 
 from __future__ import annotations

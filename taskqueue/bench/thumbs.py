@@ -15,7 +15,7 @@ with a one-line note):
 * :func:`measure_run_rss`: the peak RSS of ``python3 task_queue_optimized.py
   run`` over a set of 24 MP photos with 1 and 8 workers, and over a single
   gzip task (the process floor), read from the kernel's accounting of each
-  child (``os.wait4``).
+  run (:mod:`.peakrss`).
 
 The photos are generated at benchmark time from the seed (a few distinct
 ones; every task key is a hard link to one of them, so 100 sources cost the
@@ -29,14 +29,12 @@ import math
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 
 from .. import workload
 from ..objectstore import LocalObjectStore
+from . import peakrss
 from .impls import REPO_ROOT
 from .scenarios import row_spec
 
@@ -52,7 +50,6 @@ WARMUP_TASKS = 2                # per row, on the smallest photo: real photos ma
 RSS_SIZE = workload.PHOTO_SIZES[0]   # 6000 x 4000, 24 MP
 RSS_KEYS, RSS_WORKERS = 8, (1, 8)
 _SCALING_LABEL = re.compile(r"engine-(\d+)w")
-RUN_TIMEOUT_S = 600.0           # guards the probe against a hung `run`; no run comes near it
 
 
 def available() -> bool:
@@ -167,7 +164,7 @@ def measure_run_rss(*, seed: int, quick: bool, progress: bool = False) -> dict:
     over one small gzip task. ``quick`` uses 1600x1200 photos (a smoke run,
     not a measurement). Blocks for the runs (seconds each).
     """
-    if not hasattr(os, "wait4"):
+    if not peakrss.available():
         return {"skipped": "os.wait4 is not available on this platform"}
     size = workload.PHOTO_SIZES[3] if quick else RSS_SIZE
     photos = workload.photo_specs(2, seed=seed, sizes=[size], alpha=False)
@@ -209,14 +206,12 @@ def measure_run_rss(*, seed: int, quick: bool, progress: bool = False) -> dict:
 
 
 def _run_and_measure(run_dir: str, workers: int) -> dict:
-    """Run ``run`` in ``run_dir`` under :func:`_peak_rss`; its wall time and peak RSS. Raises
+    """Run ``run`` in ``run_dir``, measured by :mod:`.peakrss`; its wall time and peak RSS. Raises
     RuntimeError if it fails."""
     cmd = [sys.executable, str(REPO_ROOT / "task_queue_optimized.py"), "run", "--tasks", "tasks.json",
            "--db", "tasks.db", "--store", "store", "--workers", str(workers)]
     log = os.path.join(run_dir, "run.log")
-    # Measured from a fresh, small interpreter: a child's peak RSS starts from the memory image of
-    # the process that started it (see prepare_sources), so this one must not be the parent.
-    result = _child(["peak-rss", log, *cmd], cwd=run_dir)
+    result = peakrss.measure(cmd, log=log, cwd=run_dir)
     if result["exit"] != 0:
         with open(log, encoding="utf-8", errors="replace") as f:
             tail = f.read()[-2000:]
@@ -225,50 +220,18 @@ def _run_and_measure(run_dir: str, workers: int) -> dict:
 
 
 def _write_photos_in_a_child(root: str, photos: list[dict], seed: int) -> None:
-    _child(["write-photos", root, str(seed), json.dumps(photos)])
-
-
-def _child(args: list[str], cwd: str | None = None) -> dict:
-    """Run ``python -m taskqueue.bench.thumbs ARGS`` and return the JSON it prints."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TQ_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.run([sys.executable, "-m", "taskqueue.bench.thumbs", *args], cwd=cwd or str(REPO_ROOT),
-                          env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S + 30)
-    if proc.returncode != 0:
-        raise RuntimeError(f"taskqueue.bench.thumbs {args[0]} exited with {proc.returncode}:\n"
-                           f"{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _peak_rss(log: str, cmd: list[str]) -> dict:
-    """Run ``cmd`` (output to ``log``); its exit code, wall time and ``ru_maxrss`` from ``os.wait4``."""
-    began = time.perf_counter()
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-        guard = threading.Timer(RUN_TIMEOUT_S, proc.kill)
-        guard.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage
-        finally:
-            guard.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    peak = usage.ru_maxrss // 1024 if sys.platform == "darwin" else usage.ru_maxrss
-    return {"exit": proc.returncode, "peak_rss_kib": peak, "wall_s": time.perf_counter() - began}
+    peakrss.python_module(__name__, [root, str(seed), json.dumps(photos)])
 
 
 def main(argv: list[str]) -> int:
-    """``write-photos ROOT SEED PHOTOS_JSON`` or ``peak-rss LOG CMD...``; prints one line of JSON."""
-    if len(argv) == 4 and argv[0] == "write-photos":
-        store = LocalObjectStore(argv[1], fsync=False)
-        written = [workload.write_photo(store, photo, seed=int(argv[2])) for photo in json.loads(argv[3])]
-        print(json.dumps({"bytes": sum(written)}))
-        return 0
-    if len(argv) >= 3 and argv[0] == "peak-rss":
-        print(json.dumps(_peak_rss(argv[1], argv[2:])))
-        return 0
-    print("usage: python -m taskqueue.bench.thumbs "
-          "(write-photos ROOT SEED PHOTOS_JSON | peak-rss LOG CMD...)", file=sys.stderr)
-    return 2
+    """``ROOT SEED PHOTOS_JSON``: write the photos (see :func:`prepare_sources`); prints one line of JSON."""
+    if len(argv) != 3:
+        print("usage: python -m taskqueue.bench.thumbs ROOT SEED PHOTOS_JSON", file=sys.stderr)
+        return 2
+    store = LocalObjectStore(argv[0], fsync=False)
+    written = [workload.write_photo(store, photo, seed=int(argv[1])) for photo in json.loads(argv[2])]
+    print(json.dumps({"bytes": sum(written)}))
+    return 0
 
 
 # -- report ---------------------------------------------------------------------------------------

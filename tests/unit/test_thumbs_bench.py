@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from taskqueue import workload
-from taskqueue.bench import cli, thumbs
+from taskqueue.bench import cli, peakrss, thumbs
 from taskqueue.bench.scenarios import ALL_SCENARIOS, SCENARIOS
 from taskqueue.objectstore import LocalObjectStore
 from taskqueue.processor import Processor
@@ -151,15 +151,15 @@ def test_without_pillow_thumbs_is_skipped_with_one_line(tmp_path, monkeypatch, c
 
 # -- the RSS probe --------------------------------------------------------------------------------------
 
-@pytest.mark.skipif(not hasattr(os, "wait4"), reason="os.wait4 is not available on this platform")
-def test_peak_rss_is_the_childs_own_and_not_its_parents(tmp_path):
+@pytest.mark.skipif(not peakrss.available(), reason="os.wait4 is not available on this platform")
+def test_peak_rss_is_the_commands_own_and_not_its_parents(tmp_path):
     grow = "x = bytearray(96 * 1024 * 1024); x[::4096] = b'1' * (len(x) // 4096)"
-    big = thumbs._child(["peak-rss", str(tmp_path / "big.log"), sys.executable, "-c", grow])
-    small = thumbs._child(["peak-rss", str(tmp_path / "small.log"), sys.executable, "-c", "pass"])
+    big = peakrss.measure([sys.executable, "-c", grow], log=str(tmp_path / "big.log"))
+    small = peakrss.measure([sys.executable, "-c", "pass"], log=str(tmp_path / "small.log"))
     assert big["exit"] == small["exit"] == 0
     assert big["peak_rss_kib"] >= 96 * 1024
-    assert small["peak_rss_kib"] < 48 * 1024  # not the pytest process's memory
-    failing = thumbs._child(["peak-rss", str(tmp_path / "fail.log"), sys.executable, "-c", "raise SystemExit(3)"])
+    assert small["peak_rss_kib"] < 48 * 1024  # not the memory of the pytest process that asked
+    failing = peakrss.measure([sys.executable, "-c", "raise SystemExit(3)"], log=str(tmp_path / "fail.log"))
     assert failing["exit"] == 3
 
 
