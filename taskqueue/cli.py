@@ -116,7 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     handler = logs.configure(config.log_level or ("info" if args.log_file else "warning"), path=args.log_file)
     try:
         objects = LocalObjectStore(config.store, chunk_size=config.chunk_size, fsync=config.fsync_outputs)
-        processor = Processor(objects, config.faults)
+        processor = Processor(objects, config.faults, max_image_pixels=config.max_image_pixels)
         if args.make_sources:
             from .workload import create_sources
             created = create_sources(objects, [t.to_dict() for t in loaded.tasks], seed=config.fault_seed)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from .errors import ConfigError
-from .processor import FaultConfig
+from .processor import DEFAULT_MAX_IMAGE_PIXELS, FaultConfig
 
 ENV_PREFIX = "TQ_"
 
@@ -114,6 +114,9 @@ class Config:
     fsync_outputs: bool = _setting(True, _boolean, "fsync each output and its directory")
     shutdown_grace_s: float = _setting(30.0, _number(0.0), "time in-flight tasks get on SIGINT/SIGTERM")
     max_task_file_bytes: int = _setting(64 * 1024 * 1024, _positive_int, "largest task file accepted")
+    max_image_pixels: int = _setting(DEFAULT_MAX_IMAGE_PIXELS, _positive_int,
+                                     "largest source image accepted, width x height, read from its header "
+                                     "before decoding (larger: ImageTooLarge)")
     retry_seed: int | None = _setting(None, lambda v: None if v is None or (isinstance(v, str) and v.strip().lower()
                                                                                in ("", "none")) else _integer(v),
                                       "seed of the backoff jitter (none: random)")

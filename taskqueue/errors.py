@@ -60,6 +60,10 @@ class UnsupportedSource(PermanentError):
     """The source object cannot be decoded for this variant (e.g. not an image)."""
 
 
+class ImageTooLarge(PermanentError):
+    """The image has more pixels than the limit (checked from its header), or than its output format holds."""
+
+
 class DependencyMissing(PermanentError):
     """An optional dependency needed for this variant (Pillow) is not installed."""
 

@@ -4,14 +4,22 @@ Variants:
 
 * ``gzip`` -- streaming zlib compression of the source (standard library only);
   parameter ``level`` (0-9, default 6).
-* ``thumb_<N>`` -- a JPEG whose longest side is at most N pixels (1-4096);
-  parameter ``quality`` (1-95, default 85). Needs Pillow.
-* ``gray`` -- a grayscale JPEG of the source at full size; parameter
-  ``quality``. Needs Pillow.
+* ``thumb_<N>`` -- the source fitted within N x N pixels (1-4096, never
+  enlarged). Needs Pillow.
+* ``gray`` -- a grayscale image of the source at full size. Needs Pillow.
+
+Image variants take ``format`` (``jpeg``, the default, ``png`` or ``webp``),
+``quality`` (1-95, default 85; jpeg and webp) and ``background`` (``#rrggbb``
+or ``#rgb``: what transparency is flattened over; white by default where the
+format cannot hold alpha). How an image is made (orientation, colour,
+transparency, metadata, limits) is :mod:`taskqueue.imaging`'s business.
 
 Outputs are deterministic (the same source, variant and parameters give the
 same bytes) and live at ``variants/<variant>/<image_key><suffix>``, derived
-from the idempotency key, so a retry or a re-run rewrites the same object.
+from the idempotency key: the suffix follows the format (``.jpg``, ``.png``,
+``.webp``, ``.gz``), and a non-default format is part of the key too (see
+:func:`taskqueue.task.make_idempotency_key`), so a retry or a re-run rewrites
+the same object and two formats never share one.
 
 Fault injection (:class:`FaultConfig`) is decided by a ``random.Random`` seeded
 with ``(seed, idempotency key, attempt)``: any implementation that processes
@@ -29,19 +37,18 @@ import zlib
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+from . import imaging
 from .errors import (DependencyMissing, InjectedPermanentError, InjectedTransientError, InvalidKey,
-                     InvalidParameter, ProcessingTimeout, UnknownVariant, UnsupportedSource)
+                     InvalidParameter, ProcessingTimeout, UnknownVariant)
 from .objectstore import LocalObjectStore, validate_key
-from .task import Task
-
-try:  # Pillow is optional: without it, image variants fail permanently and say why.
-    from PIL import Image, UnidentifiedImageError
-except ImportError:  # pragma: no cover - depends on the environment
-    Image = None
-    UnidentifiedImageError = OSError
+from .task import DEFAULT_OUTPUT_FORMAT, Task
 
 MAX_THUMB_SIZE = 4096
+DEFAULT_MAX_IMAGE_PIXELS = 100_000_000   # TQ_MAX_IMAGE_PIXELS: above a 108 MP camera, below a bomb
+FORMAT_SUFFIXES = {"jpeg": ".jpg", "png": ".png", "webp": ".webp"}
+LOSSLESS_FORMATS = frozenset({"png"})
 _THUMB = re.compile(r"thumb_([1-9][0-9]{0,3})")
+_COLOUR = re.compile(r"#([0-9a-fA-F]{3}|[0-9a-fA-F]{6})")
 
 
 @dataclass(frozen=True)
@@ -105,15 +112,22 @@ class Output:
 class Processor:
     """Makes variants. Thread-safe and stateless between calls; share one across workers.
 
-    ``sleep`` and ``clock`` are injectable so tests can step time without
-    freezing it.
+    ``max_image_pixels`` (width x height) is the largest source image decoded;
+    a larger one fails with :class:`~taskqueue.errors.ImageTooLarge`, found
+    from its header. ``sleep`` and ``clock`` are injectable so tests can step
+    time without freezing it.
     """
 
     def __init__(self, store: LocalObjectStore, faults: FaultConfig | None = None, *,
+                 max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
                  sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.perf_counter) -> None:
+        if (isinstance(max_image_pixels, bool) or not isinstance(max_image_pixels, int)
+                or max_image_pixels <= 0):
+            raise ValueError(f"max_image_pixels must be an integer greater than 0, got {max_image_pixels!r}")
         self.store = store
         self.faults = faults or FaultConfig()
+        self.max_image_pixels = max_image_pixels
         self._sleep = sleep
         self._clock = clock
 
@@ -129,7 +143,7 @@ class Processor:
 
     @staticmethod
     def output_key(task: Task) -> str:
-        return _plan(task).output_key(task)
+        return _plan(task).output_key
 
     # -- work --------------------------------------------------------------------
 
@@ -139,8 +153,8 @@ class Processor:
         Blocks for the injected latency and the I/O. Raises a
         :class:`~taskqueue.errors.TransientError` (injected fault, timeout) or
         a :class:`~taskqueue.errors.PermanentError` (bad variant or parameter,
-        missing or undecodable source, Pillow absent); ``OSError``s from the
-        store propagate wrapped as documented there.
+        missing or undecodable source, image too large, Pillow absent);
+        ``OSError``s from the store propagate wrapped as documented there.
         """
         plan = _plan(task)
         started = self._clock()
@@ -157,7 +171,7 @@ class Processor:
                 raise InjectedPermanentError(f"injected permanent fault on attempt {attempt}")
             if fault == "transient":
                 raise InjectedTransientError(f"injected transient fault on attempt {attempt}")
-        key = plan.output_key(task)
+        key = plan.output_key
         size = plan.run(self, task, key, deadline)
         return Output(key=key, size=size)
 
@@ -171,17 +185,21 @@ class Processor:
 
 # -- variant plans -----------------------------------------------------------------
 
-class _Gzip:
-    suffix = ".gz"
-    params = {"level": (0, 9, 6)}
+OUTPUT_PREFIX = "variants/"
 
-    def output_key(self, task: Task) -> str:
-        return f"{OUTPUT_PREFIX}{task.variant}/{task.image_key}{self.suffix}"
+
+class _Gzip:
+    """``gzip``: the source compressed as it streams past."""
+
+    params = ("level",)
+
+    def __init__(self, task: Task) -> None:
+        self.level = _integer(task, "level", 0, 9, 6)
+        self.output_key = _output_key(task, ".gz")
 
     def run(self, processor: Processor, task: Task, key: str, deadline: float | None) -> int:
-        level = _param(task, "level", self.params)
         # wbits=31: a gzip container whose header has no name and mtime 0, so output is deterministic.
-        compressor = zlib.compressobj(level, zlib.DEFLATED, 31)
+        compressor = zlib.compressobj(self.level, zlib.DEFLATED, 31)
         with contextlib.closing(processor.store.read_chunks(task.image_key)) as source:
 
             def compressed() -> Iterator[bytes]:
@@ -195,61 +213,47 @@ class _Gzip:
 
 
 class _Image:
-    suffix = ".jpg"
-    params = {"quality": (1, 95, 85)}
+    """``thumb_<N>`` (``size`` N) and ``gray`` (``size`` None): a Pillow rendition, see :mod:`.imaging`."""
 
-    def __init__(self, size: int | None) -> None:
-        self.size = size  # None: keep full size, make it grayscale
+    params = ("format", "quality", "background")
 
-    def output_key(self, task: Task) -> str:
-        return f"{OUTPUT_PREFIX}{task.variant}/{task.image_key}{self.suffix}"
+    def __init__(self, task: Task, size: int | None) -> None:
+        fmt = task.params.get("format", DEFAULT_OUTPUT_FORMAT)
+        if not isinstance(fmt, str) or fmt not in FORMAT_SUFFIXES:
+            raise InvalidParameter(f"field 'params.format': {fmt!r} is not an output format "
+                                   f"(one of: {', '.join(FORMAT_SUFFIXES)})")
+        if fmt in LOSSLESS_FORMATS and "quality" in task.params:
+            raise InvalidParameter(f"field 'params.quality': format {fmt!r} is lossless and takes no "
+                                   f"quality (quality applies to jpeg and webp)")
+        self.rendition = imaging.Rendition(size=size, gray=size is None, format=fmt,
+                                           quality=_integer(task, "quality", 1, 95, 85),
+                                           background=_colour(task, "background"))
+        self.output_key = _output_key(task, FORMAT_SUFFIXES[fmt])
 
     def run(self, processor: Processor, task: Task, key: str, deadline: float | None) -> int:
-        if Image is None:
+        if imaging.Image is None:
             raise DependencyMissing(f"variant {task.variant!r} needs Pillow, which is not installed "
                                     f"(pip install pillow)")
-        quality = _param(task, "quality", self.params)
         with processor.store.open_read(task.image_key) as source:
-            try:
-                image = Image.open(source)
-                if self.size is not None and image.format == "JPEG":
-                    image.draft("RGB", (self.size, self.size))  # decode at reduced scale
-                image.load()
-            except (UnidentifiedImageError, Image.DecompressionBombError, SyntaxError, ValueError) as exc:
-                raise UnsupportedSource(f"object {task.image_key!r} is not a decodable image: {exc}") \
-                    from exc
-            except OSError as exc:
-                if exc.errno is not None:  # a real I/O error (EIO, EAGAIN...): retry.classify decides
-                    raise
-                # Pillow's own decode failures ("image file is truncated") carry no errno.
-                raise UnsupportedSource(f"object {task.image_key!r} is not a decodable image: {exc}") \
-                    from exc
-        if self.size is not None:
-            image = image.convert("RGB")
-            image.thumbnail((self.size, self.size), Image.Resampling.LANCZOS
-                            if hasattr(Image, "Resampling") else Image.LANCZOS)
-        else:
-            image = image.convert("L")
+            prepared = imaging.prepare(source, self.rendition, max_pixels=processor.max_image_pixels,
+                                       name=task.image_key)
         if deadline is not None and processor._clock() > deadline:
             raise ProcessingTimeout(f"processing passed its {processor.faults.timeout_s:.3f}s timeout")
         with processor.store.open_write(key) as out:
-            image.save(out, format="JPEG", quality=quality, optimize=False)
-            size = out.tell()
-        return size
+            imaging.encode(prepared, out, self.rendition)
+            return out.tell()
 
 
-OUTPUT_PREFIX = "variants/"
-
-
-def _plan(task: Task):
+def _plan(task: Task) -> _Gzip | _Image:
+    """The plan for ``task``, its parameters parsed; raises :class:`InvalidTask` naming the field."""
     if task.image_key.startswith(OUTPUT_PREFIX):
         raise InvalidParameter(f"field 'image_key': {task.image_key[:80]!r} is under {OUTPUT_PREFIX!r}, "
                                f"which is reserved for outputs (a task could overwrite another's output)")
     variant = task.variant
     if variant == "gzip":
-        plan = _Gzip()
+        kind, size = _Gzip, None
     elif variant == "gray":
-        plan = _Image(None)
+        kind, size = _Image, None
     else:
         match = _THUMB.fullmatch(variant)
         if match is None:
@@ -262,24 +266,41 @@ def _plan(task: Task):
         if size > MAX_THUMB_SIZE:
             raise InvalidParameter(f"field 'variant': {variant!r} asks for {size} px, "
                                    f"at most {MAX_THUMB_SIZE}")
-        plan = _Image(size)
+        kind = _Image
     for name in task.params:
-        if name not in plan.params:
+        if name not in kind.params:
             raise InvalidParameter(f"field 'params.{name}': unknown parameter for variant "
-                                   f"{variant!r} (allowed: {', '.join(plan.params) or 'none'})")
-    for name in plan.params:
-        _param(task, name, plan.params)
+                                   f"{variant!r} (allowed: {', '.join(kind.params)})")
+    plan = _Gzip(task) if kind is _Gzip else _Image(task, size)
     try:
-        validate_key(plan.output_key(task))
+        validate_key(plan.output_key)
     except InvalidKey as exc:
         raise InvalidParameter(f"field 'image_key': too long for its output key: {exc}") from None
     return plan
 
 
-def _param(task: Task, name: str, spec: dict) -> int:
-    low, high, default = spec[name]
+def _output_key(task: Task, suffix: str) -> str:
+    return f"{OUTPUT_PREFIX}{task.variant}/{task.image_key}{suffix}"
+
+
+def _integer(task: Task, name: str, low: int, high: int, default: int) -> int:
     value = task.params.get(name, default)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise InvalidParameter(f"field 'params.{name}': {value!r} is not an integer "
                                f"from {low} to {high}")
     return value
+
+
+def _colour(task: Task, name: str) -> tuple[int, int, int] | None:
+    """``#rrggbb`` or ``#rgb`` (hex, either case) as an RGB tuple; None when absent."""
+    if name not in task.params:
+        return None
+    value = task.params[name]
+    match = _COLOUR.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise InvalidParameter(f"field 'params.{name}': {value!r} is not a colour: expected '#rrggbb' "
+                               f"or '#rgb' in hex, e.g. '#ffffff'")
+    digits = match.group(1)
+    if len(digits) == 3:
+        digits = "".join(d * 2 for d in digits)
+    return tuple(int(digits[i:i + 2], 16) for i in (0, 2, 4))

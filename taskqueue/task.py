@@ -1,9 +1,11 @@
 """The task model: what a client submits, the states a task moves through, what it gets back.
 
 A task asks for one *variant* of one source object. Its idempotency key is
-``image_key + ":" + variant``; variants are ``[a-z][a-z0-9_]*`` and never contain
-``":"``, so the key splits back unambiguously at its last colon whatever the
-image key holds.
+``image_key + ":" + variant``, plus ``"." + format`` when the task's ``format``
+parameter names an output format other than the default ``jpeg`` (see
+:func:`make_idempotency_key`). Variants are ``[a-z][a-z0-9_]*`` and never
+contain ``":"`` or ``"."``, so the key splits back unambiguously at its last
+colon, then at the first dot after it, whatever the image key holds.
 """
 
 from __future__ import annotations
@@ -44,9 +46,21 @@ class TaskStatus(str, enum.Enum):
         return self in (TaskStatus.SUCCESS, TaskStatus.DEAD)
 
 
-def make_idempotency_key(image_key: str, variant: str) -> str:
-    """The deduplication key: one per (source object, variant)."""
-    return f"{image_key}:{variant}"
+DEFAULT_OUTPUT_FORMAT = "jpeg"  # what every image variant wrote before the ``format`` parameter existed
+
+
+def make_idempotency_key(image_key: str, variant: str, output_format: object = None) -> str:
+    """The deduplication key: one per (source object, variant, output format).
+
+    Two tasks that differ only in ``format`` make two different objects, so
+    they get two keys. The default format adds nothing, so every key of a task
+    without ``format`` (all keys made before it existed) is unchanged, and
+    ``format: "jpeg"`` is the same task as no format at all.
+    """
+    key = f"{image_key}:{variant}"
+    if output_format is None or output_format == DEFAULT_OUTPUT_FORMAT:
+        return key
+    return f"{key}.{output_format}"
 
 
 @dataclass(frozen=True)
@@ -78,7 +92,7 @@ class Task:
 
     @property
     def idempotency_key(self) -> str:
-        return make_idempotency_key(self.image_key, self.variant)
+        return make_idempotency_key(self.image_key, self.variant, self.params.get("format"))
 
     @classmethod
     def from_dict(cls, obj: Any) -> "Task":

@@ -221,6 +221,78 @@ def _noise(rng: random.Random, width: int, height: int, block: int, resample: in
     return noise if (w, h) == (width, height) else noise.resize((width, height), resample)
 
 
+# -- photographs ------------------------------------------------------------------
+#
+# For the benchmark's ``thumbs`` scenario: sources shaped like what a photo site receives (camera
+# and phone sizes up to 24 MP, some stored sideways with an EXIF orientation, some cut-outs with
+# alpha), generated from a seed at benchmark time, never committed.
+
+PHOTO_SIZES = ((6000, 4000), (4032, 3024), (3000, 2000), (1600, 1200), (800, 600))  # 24, 12, 6, 1.9, 0.5 MP
+ALPHA_MAX_PIXELS = 2_000_000   # cut-outs with alpha are PNGs, at web-graphic sizes
+MAX_PHOTO_SIDE = 16384
+EXIF_ORIENTATION = 0x0112
+
+
+def photo_specs(count: int, *, seed: int, sizes: Sequence[tuple[int, int]] = PHOTO_SIZES,
+                alpha: bool = True, prefix: str = "photos") -> list[dict]:
+    """Descriptions of ``count`` distinct photos: ``{"key", "width", "height", "orientation", "alpha"}``.
+
+    Sizes cycle through ``sizes`` (width, height; default :data:`PHOTO_SIZES`,
+    largest first). With ``alpha``, on every second pass through the sizes,
+    photos of at most :data:`ALPHA_MAX_PIXELS` are PNG cut-outs with alpha;
+    every other photo is a JPEG, and one in three of those is stored landscape
+    with EXIF orientation 6 or 8 (a phone held upright). Pure function of the
+    arguments.
+    """
+    count, seed = _count(count), _seed(seed)
+    if not sizes or any(not isinstance(size, (tuple, list)) or len(size) != 2
+                        or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_PHOTO_SIDE
+                               for v in size) for size in sizes):
+        raise ValueError(f"sizes must be (width, height) pairs of integers from 1 to {MAX_PHOTO_SIDE}, "
+                         f"got {sizes!r}")
+    specs = []
+    for i in range(count):
+        width, height = sizes[i % len(sizes)]
+        cut_out = alpha and (i // len(sizes)) % 2 == 1 and width * height <= ALPHA_MAX_PIXELS
+        orientation = 1 if cut_out else (1, 6, 1, 8, 1, 1)[i % 6]
+        name = f"p{i:03d}-{width}x{height}" + (f"-o{orientation}" if orientation != 1 else "")
+        specs.append({"key": f"{prefix}/s{seed}/{name}{'.png' if cut_out else '.jpg'}", "width": width,
+                      "height": height, "orientation": orientation, "alpha": cut_out})
+    return specs
+
+
+def write_photo(store: LocalObjectStore, spec: Mapping[str, Any], *, seed: int) -> int:
+    """Write the photo ``spec`` describes (see :func:`photo_specs`); return its size in bytes.
+
+    Smooth gradients, soft blobs and per-pixel sensor noise, so decoders and
+    encoders do the work a real photograph makes them do: a JPEG (quality 90,
+    with the EXIF orientation when not 1) or a PNG cut-out with a soft-edged
+    alpha. The content depends only on ``seed`` and the key. Needs Pillow.
+    """
+    if Image is None:
+        raise DependencyMissing("photos need Pillow, which is not installed (pip install pillow)")
+    key, width, height = spec["key"], spec["width"], spec["height"]
+    rng = random.Random(f"{seed}:{key}")
+    resampling = getattr(Image, "Resampling", Image)
+    red = Image.linear_gradient("L").rotate(rng.choice((0, 90, 180, 270))).resize((width, height))
+    green = Image.radial_gradient("L").resize((width, height))
+    blue = _noise(rng, width, height, 64, resampling.BICUBIC)
+    sensor = _noise(rng, width, height, 1, resampling.NEAREST)
+    image = Image.blend(Image.merge("RGB", (red, green, blue)), Image.merge("RGB", (sensor,) * 3), 0.1)
+    with store.open_write(key) as out:
+        if spec["alpha"]:
+            # A soft-edged ellipse: opaque inside, transparent outside (a product shot cut out).
+            ramp = bytes(255 if v < 96 else 0 if v > 144 else (144 - v) * 255 // 48 for v in range(256))
+            image.putalpha(Image.radial_gradient("L").resize((width, height)).point(list(ramp)))
+            image.save(out, format="PNG", compress_level=3)
+        else:
+            exif = Image.Exif()
+            if spec["orientation"] != 1:
+                exif[EXIF_ORIENTATION] = spec["orientation"]
+            image.save(out, format="JPEG", quality=90, exif=exif.tobytes())
+        return out.tell()
+
+
 # -- validation --------------------------------------------------------------------
 
 def _count(value: Any) -> int:

@@ -5,8 +5,10 @@ calls :func:`main`. Modules: ``scenarios`` (the loads and their rows),
 ``impls`` (the three implementations behind one interface), ``clients``
 (closed- and open-loop load threads), ``runner`` (one row in a fresh
 process), ``stats`` (exact percentiles), ``report`` (medians, table, JSON,
-CSV), ``svg`` (the chart), ``verdict`` (requirements and targets), ``cli``.
-Standard library only.
+CSV), ``svg`` (the chart), ``verdict`` (requirements and targets), ``cli``,
+``thumbs`` (the opt-in image scenario: rows, worker scaling, peak RSS of
+``run``), ``peakrss`` (a command's peak RSS, measured from a fresh process).
+Standard library only; ``thumbs`` needs Pillow and is skipped without it.
 """
 
 from __future__ import annotations

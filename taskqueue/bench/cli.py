@@ -19,9 +19,9 @@ import tempfile
 import time
 from datetime import datetime, timezone
 
-from . import report, runner, svg, verdict
+from . import report, runner, svg, thumbs, verdict
 from .impls import REPO_ROOT
-from .scenarios import QUEUE_SIZE, SCENARIOS, VARIANT, WARMUP_TASKS, WORKERS, row_spec
+from .scenarios import ALL_SCENARIOS, QUEUE_SIZE, SCENARIOS, VARIANT, WARMUP_TASKS, WORKERS, row_spec
 
 DEFAULT_REPEAT = 3
 DEFAULT_SEED = 42
@@ -46,11 +46,13 @@ def _positive_int(text: str) -> int:
 
 
 def _scenario_names(text: str) -> list[str]:
+    if text.strip() == "all":
+        return list(ALL_SCENARIOS)
     names = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = [n for n in names if n not in SCENARIOS]
+    unknown = [n for n in names if n not in ALL_SCENARIOS]
     if not names or unknown:
         raise argparse.ArgumentTypeError(f"unknown scenario {unknown[0] if unknown else text!r} "
-                                         f"(known: {', '.join(SCENARIOS)})")
+                                         f"(known: {', '.join(ALL_SCENARIOS)})")
     return names
 
 
@@ -61,7 +63,8 @@ def parser() -> argparse.ArgumentParser:
                     "ThreadPoolExecutor; prints a table and the requirements' verdict and writes "
                     "benchmark.json, benchmark.csv and benchmark.svg.")
     p.add_argument("--scenarios", type=_scenario_names, default=list(SCENARIOS),
-                   help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all)")
+                   help=f"comma-separated subset of {','.join(ALL_SCENARIOS)}, or all (default: "
+                        f"{','.join(SCENARIOS)}; thumbs is opt-in: real image work, needs Pillow)")
     p.add_argument("--clients", type=_positive_ints, default=None,
                    help="comma-separated client counts for every scenario "
                         "(default: 50,100 for io and overhead, 100 for burst)")
@@ -89,10 +92,14 @@ def repeats(args: argparse.Namespace, scenario) -> int:
 def plan(args: argparse.Namespace) -> list[dict]:
     """Every row spec to run, repeat-major (a scenario with fewer repeats drops out of later rounds)."""
     specs = []
-    for index in range(max(repeats(args, SCENARIOS[name]) for name in args.scenarios)):
+    for index in range(max(repeats(args, ALL_SCENARIOS[name]) for name in args.scenarios)):
         for name in args.scenarios:
-            scenario = SCENARIOS[name]
+            scenario = ALL_SCENARIOS[name]
             if index >= repeats(args, scenario):
+                continue
+            if name == thumbs.NAME:
+                specs += thumbs.specs(scenario, clients=args.clients, tasks=args.tasks, quick=args.quick,
+                                      seed=args.seed, repeat=index, record_outputs=args.record_outputs)
                 continue
             sizes = [(args.tasks, scenario.rows)] if args.tasks else scenario.sizes(args.quick)
             for tasks, rows in sizes:
@@ -146,7 +153,7 @@ def _settings(args: argparse.Namespace, specs: list[dict]) -> dict:
     return {"seed": args.seed, "repeat": max(s["repeat"] for s in specs) + 1, "quick": args.quick,
             "workers": WORKERS, "queue_size": QUEUE_SIZE, "warmup_tasks": WARMUP_TASKS,
             "variant": VARIANT, "fsync_outputs": True,
-            "scenarios": {name: {**SCENARIOS[name].describe(),
+            "scenarios": {name: {**ALL_SCENARIOS[name].describe(),
                                  "clients_run": sorted({s["clients"] for s in specs if s["scenario"] == name}),
                                  "tasks_run": sorted({s["tasks"] for s in specs if s["scenario"] == name}),
                                  "repeat_run": max(s["repeat"] for s in specs if s["scenario"] == name) + 1}
@@ -182,6 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; 0 when every row ran (whatever the verdict), 1 if a row failed."""
     arg_list = sys.argv[1:] if argv is None else list(argv)
     args = parser().parse_args(arg_list)
+    if thumbs.NAME in args.scenarios and not thumbs.available():
+        print("thumbs: skipped: Pillow is not installed (pip install pillow)")
+        args.scenarios = [name for name in args.scenarios if name != thumbs.NAME]
+        if not args.scenarios:
+            return 0
     specs = plan(args)
     progress = sys.stderr.isatty()
     machine = _machine()
@@ -189,6 +201,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tq-bench-sources-") as cache_dir:
         prepare_sources(specs, cache_dir)
         runs, failures = _run_all(specs, progress)
+    probe = None
+    if thumbs.NAME in args.scenarios:
+        try:
+            probe = thumbs.measure_run_rss(seed=args.seed, quick=args.quick, progress=progress)
+        except (RuntimeError, OSError, ValueError) as exc:
+            failures.append(str(exc))
+            print(f"\nbenchmark: peak RSS probe failed: {exc}", file=sys.stderr)
     wall = time.perf_counter() - began
     machine["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
@@ -199,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = _settings(args, specs)
     doc = report.document(rows, verdict=result, settings=settings, machine=machine, wall_s=wall,
                           created=created, command=command)
+    thumbs_section = thumbs.summary(rows, probe) if thumbs.NAME in args.scenarios else None
+    if thumbs_section is not None:
+        doc["thumbs"] = thumbs_section
     os.makedirs(args.out, exist_ok=True)
     paths = {ext: os.path.join(args.out, f"benchmark.{ext}") for ext in ("json", "csv", "svg")}
     report.write_json(paths["json"], doc)
@@ -215,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     burst = report.burst_table(rows)
     if burst:
         print("\n" + burst)
+    if thumbs_section is not None:
+        print("\n" + thumbs.render(thumbs_section))
     print("\n" + verdict.render(result))
     print("\nwrote " + ", ".join(paths.values()))
     if failures:

@@ -26,7 +26,7 @@ from .. import workload
 from ..objectstore import LocalObjectStore
 from ..processor import FaultConfig, Processor
 from ..task import Task
-from . import clients, stats
+from . import clients, stats, thumbs
 from .impls import TimedProcessor, make_impl
 from .sampling import SAMPLE_INTERVAL_S, Sampler, peak_rss_kib
 
@@ -35,6 +35,8 @@ WARMUP_SEED_OFFSET = 1_000_003  # warm-up keys embed their seed, so they never m
 
 def task_lists(spec: dict) -> tuple[list[dict], list[dict]]:
     """The row's timed task dicts and its warm-up task dicts: pure functions of the spec."""
+    if spec.get("photos"):
+        return thumbs.task_lists(spec)
     seed = spec["seed"]
     raw = workload.generate_tasks(spec["tasks"], seed=seed, variants=spec["variant"],
                                   duplicate_fraction=spec["duplicate_fraction"])
@@ -45,6 +47,8 @@ def task_lists(spec: dict) -> tuple[list[dict], list[dict]]:
 
 def sources_key(spec: dict) -> str:
     """Rows with equal keys need byte-identical source objects (so the parent can make them once)."""
+    if spec.get("photos"):
+        return thumbs.sources_key(spec)
     return json.dumps([spec[k] for k in ("seed", "tasks", "variant", "duplicate_fraction", "warmup_tasks")])
 
 
@@ -53,6 +57,8 @@ def prepare_sources(root: str, spec: dict) -> int:
 
     Sources are set-up, not the measured work: written without fsync.
     """
+    if spec.get("photos"):
+        return thumbs.prepare_sources(root, spec)
     raw, warm = task_lists(spec)
     return workload.create_sources(LocalObjectStore(root, fsync=False), raw + warm, seed=spec["seed"])
 

@@ -112,3 +112,17 @@ def row_spec(scenario: Scenario, impl: str, on_full: str, *, clients: int, tasks
         # The runner dumps its threads' stacks and exits if the row takes longer than this.
         "watchdog_s": 60.0 + 0.05 * tasks,
     }
+
+
+# Opt-in scenarios (``--scenarios thumbs`` or ``all``), outside SCENARIOS so the default run keeps
+# its two minutes. thumbs is real image work (thumb_256 and gray of photo-like sources up to
+# 24 MP) and needs Pillow; its rows, the worker-scaling rows and the RSS probe come from
+# taskqueue/bench/thumbs.py.
+OPT_IN_SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
+    Scenario("thumbs", "thumb_256 and gray of photo-like sources (0.5-24 MP, some with EXIF orientation, "
+                       "some PNG with alpha); no injected latency, faults or duplicates; closed loop; "
+                       "needs Pillow",
+             open_loop=False, latency_s=0.0, jitter_s=0.0, transient_rate=0.0, permanent_rate=0.0,
+             duplicate_fraction=0.0, tasks=200, quick_tasks=24, clients=(50, 100)),
+)}
+ALL_SCENARIOS: dict[str, Scenario] = {**SCENARIOS, **OPT_IN_SCENARIOS}

@@ -12,7 +12,7 @@ from taskqueue.errors import PermanentError, TaskQueueError, TransientError
 
 TRANSIENT = {"ProcessingTimeout", "InjectedTransientError", "StorageBusy"}
 PERMANENT = {"InvalidTask", "UnknownVariant", "InvalidParameter", "InvalidKey", "SourceMissing",
-             "UnsupportedSource", "DependencyMissing", "InjectedPermanentError", "WorkerCrashed"}
+             "UnsupportedSource", "ImageTooLarge", "DependencyMissing", "InjectedPermanentError", "WorkerCrashed"}
 # Neither kind: queue control, concurrency control, configuration, and OutputWriteError,
 # whose kind retry.classify() derives from its __cause__.
 NEITHER = {"StorageError", "OutputWriteError", "SourceReadError", "QueueFull", "QueueShutDown", "ClaimedElsewhere", "StaleVersion",

@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-import taskqueue.processor as processor_module
+import taskqueue.imaging as imaging_module
 from taskqueue.errors import (DependencyMissing, InjectedPermanentError, InjectedTransientError,
                               InvalidParameter, PermanentError, ProcessingTimeout, SourceMissing,
                               TransientError, UnknownVariant, UnsupportedSource)
@@ -160,6 +160,7 @@ def test_a_checked_task_has_a_valid_output_key(image_key):
 
 # -- images ----------------------------------------------------------------------------------------
 
+@needs_pillow
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
 @pytest.mark.parametrize("size, source_dims, expected", [
     (128, (300, 200), (128, 85)),
@@ -179,6 +180,7 @@ def test_thumb_longest_side_is_n(store, make_image, fmt, size, source_dims, expe
     assert out.size == store.size(out.key)
 
 
+@needs_pillow
 def test_thumb_and_gray_are_deterministic(store, make_image):
     store.write("img/src", [make_image(320, 240)])
     for variant in ("thumb_100", "gray"):
@@ -187,6 +189,7 @@ def test_thumb_and_gray_are_deterministic(store, make_image):
         assert first == second
 
 
+@needs_pillow
 def test_quality_changes_the_jpeg(store, make_image):
     store.write("img/src", [make_image(320, 240)])
     low = read(store, Processor(store).process(task("thumb_200", "img/src", quality=5)).key)
@@ -194,6 +197,7 @@ def test_quality_changes_the_jpeg(store, make_image):
     assert len(low) < len(high)
 
 
+@needs_pillow
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "L", "CMYK"])
 def test_gray_is_mode_l_at_full_size(store, make_image, mode):
     fmt = "JPEG" if mode == "CMYK" else "PNG"
@@ -215,6 +219,7 @@ def test_non_image_source_is_unsupported(store, variant, payload):
     assert not store.exists(Processor.output_key(task(variant, "img/bad")))
 
 
+@needs_pillow
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
 def test_truncated_image_is_unsupported(store, make_image, fmt):
     data = make_image(200, 200, format=fmt)
@@ -228,7 +233,7 @@ def test_truncated_image_is_unsupported(store, make_image, fmt):
 def test_pillow_absent_is_dependency_missing(store, monkeypatch, variant):
     # Runs with or without Pillow installed: the check comes before any decoding.
     store.write("img/src", [b"\x89PNG\r\n\x1a\n never decoded"])
-    monkeypatch.setattr(processor_module, "Image", None)
+    monkeypatch.setattr(imaging_module, "Image", None)
     p = Processor(store)
     p.check(task(variant, "img/src"))  # still a valid task; it just cannot be made here
     with pytest.raises(DependencyMissing, match="Pillow") as info:
@@ -494,6 +499,7 @@ def test_a_fast_stream_under_a_timeout_succeeds(store, source, fake_clock):
     assert gzip.decompress(read(store, p.process(task()).key)) == source
 
 
+@needs_pillow
 @pytest.mark.parametrize("variant", ["gray", "thumb_32"])
 def test_slow_image_decode_past_the_deadline_times_out(store, make_image, fake_clock, variant):
     store.write("img/src", [make_image(64, 64)])

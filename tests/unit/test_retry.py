@@ -137,6 +137,7 @@ ERROR_KINDS = {
     "InvalidKey": PERMANENT,
     "SourceMissing": PERMANENT,
     "UnsupportedSource": PERMANENT,
+    "ImageTooLarge": PERMANENT,
     "DependencyMissing": PERMANENT,
     "InjectedPermanentError": PERMANENT,
     "WorkerCrashed": PERMANENT,
