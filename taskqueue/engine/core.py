@@ -50,7 +50,7 @@ class TaskQueue:
     ``db`` is the task store: a SQLite path, or any :class:`TaskStore`
     (which the queue then owns and closes). ``store`` is the object store (or
     its root directory). ``processor`` defaults to
-    ``Processor(store, config.faults)``. ``rng`` draws the backoff jitter
+    ``Processor(store, config.faults, max_image_pixels=...)`` from ``config``. ``rng`` draws the backoff jitter
     (default ``random.Random(config.retry_seed)``). ``metrics_out``, if
     given, receives the final metrics as JSON at shutdown.
 
@@ -67,7 +67,7 @@ class TaskQueue:
         if not isinstance(store, LocalObjectStore):
             store = LocalObjectStore(store, chunk_size=config.chunk_size, fsync=config.fsync_outputs)
         self.objects = store
-        self.processor = processor or Processor(store, config.faults)
+        self.processor = processor or Processor(store, config.faults, max_image_pixels=config.max_image_pixels)
         self.policy = RetryPolicy(config.max_attempts, config.retry_base_s, config.retry_cap_s)
         self._rng = rng or random.Random(config.retry_seed)
         self._wall = wall_clock

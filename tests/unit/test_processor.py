@@ -148,14 +148,20 @@ def test_output_keys_differ_across_variants_and_sources():
 
 
 @pytest.mark.parametrize("image_key", ["s" * 199, "/".join(["k" * 100] * 5) + "/" + "z" * 7],
-                         ids=["long-segment", "long-key"])
+                         ids=["segment-too-long-with-suffix", "key-too-long-with-prefix"])
+def test_a_source_key_whose_output_key_would_be_invalid_is_refused_at_check_time(image_key):
+    """Valid as a source key, but ``variants/gzip/<key>.gz`` would break the key limits."""
+    validate_key(image_key)
+    with pytest.raises(InvalidParameter, match="field 'image_key'.*output key"):
+        Processor(NoIO()).check(task("gzip", image_key))
+
+
+@pytest.mark.parametrize("image_key", ["s" * 197, "/".join(["k" * 100] * 4) + "/" + "z" * 90],
+                         ids=["longest-segment", "long-key"])
 def test_a_checked_task_has_a_valid_output_key(image_key):
     t = task("gzip", image_key)
-    try:
-        Processor(NoIO()).check(t)
-    except PermanentError:
-        return  # refusing at check time is a correct answer
-    validate_key(Processor.output_key(t))
+    Processor(NoIO()).check(t)
+    assert validate_key(Processor.output_key(t)) == Processor.output_key(t)
 
 
 # -- images ----------------------------------------------------------------------------------------
