@@ -24,6 +24,8 @@ from .impls import REPO_ROOT
 from .scenarios import ALL_SCENARIOS, QUEUE_SIZE, SCENARIOS, VARIANT, WARMUP_TASKS, WORKERS, row_spec
 
 DEFAULT_REPEAT = 3
+FULL_REPEAT = 5        # --full: repeats of the timed (io, overhead) rows
+FULL_FACTOR = 4        # --full: their duration, times the scenario's default
 DEFAULT_SEED = 42
 ROW_TIMEOUT_GRACE_S = 30.0  # beyond the runner's own watchdog: guards against a hung interpreter
 
@@ -43,6 +45,16 @@ def _positive_int(text: str) -> int:
     if len(values) != 1 or "," in text:
         raise argparse.ArgumentTypeError(f"expected one integer greater than 0, got {text!r}")
     return values[0]
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds greater than 0, got {text!r}")
+    return value
 
 
 def _scenario_names(text: str) -> list[str]:
@@ -77,6 +89,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=DEFAULT_SEED,
                    help=f"seed of tasks, sources, faults and backoff jitter (default {DEFAULT_SEED})")
     p.add_argument("--out", default="reports", help="directory for the report files (default reports/)")
+    p.add_argument("--duration", type=_positive_float, default=None,
+                   help="seconds each io and overhead row runs over its task stream (default 2; with "
+                        f"--full {2 * FULL_FACTOR:g}); ignored with --tasks or --quick")
+    p.add_argument("--full", action="store_true",
+                   help=f"the run the README quotes: io and overhead rows run {FULL_FACTOR}x longer and "
+                        f"{FULL_REPEAT} times each (about 12 minutes)")
     p.add_argument("--quick", action="store_true",
                    help="tiny sizes and one repeat: a smoke run of a few seconds, not a measurement")
     p.add_argument("--record-outputs", action="store_true",
@@ -86,7 +104,17 @@ def parser() -> argparse.ArgumentParser:
 
 def repeats(args: argparse.Namespace, scenario) -> int:
     """Runs of each row of ``scenario``: ``--repeat``, else 1 with --quick, else the scenario's default."""
-    return args.repeat or (1 if args.quick else scenario.repeat or DEFAULT_REPEAT)
+    full = FULL_REPEAT if getattr(args, "full", False) and duration(args, scenario) else DEFAULT_REPEAT
+    return args.repeat or (1 if args.quick else scenario.repeat or full)
+
+
+def duration(args: argparse.Namespace, scenario) -> float | None:
+    """Seconds each row of ``scenario`` runs, or None for a fixed number of tasks."""
+    if scenario.duration_s is None or args.quick or args.tasks:
+        return None
+    if getattr(args, "duration", None):
+        return args.duration
+    return scenario.duration_s * (FULL_FACTOR if getattr(args, "full", False) else 1)
 
 
 def plan(args: argparse.Namespace) -> list[dict]:
@@ -101,13 +129,14 @@ def plan(args: argparse.Namespace) -> list[dict]:
                 specs += thumbs.specs(scenario, clients=args.clients, tasks=args.tasks, quick=args.quick,
                                       seed=args.seed, repeat=index, record_outputs=args.record_outputs)
                 continue
-            sizes = [(args.tasks, scenario.rows)] if args.tasks else scenario.sizes(args.quick)
+            seconds = duration(args, scenario)
+            sizes = [(args.tasks, scenario.rows)] if args.tasks else scenario.sizes(args.quick, seconds)
             for tasks, rows in sizes:
                 for clients in args.clients or scenario.clients:
                     for impl, on_full in rows:
                         specs.append(row_spec(scenario, impl, on_full, clients=clients, tasks=tasks,
                                               seed=args.seed, repeat=index,
-                                              record_outputs=args.record_outputs))
+                                              record_outputs=args.record_outputs, duration_s=seconds))
     return specs
 
 

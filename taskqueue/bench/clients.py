@@ -128,8 +128,11 @@ class LoadResult:
     ``output_key`` is None unless the run kept outputs).
     """
 
-    def __init__(self, recorder: _Recorder, wall_s: float, submit_phase_s: float) -> None:
+    def __init__(self, recorder: _Recorder, wall_s: float, submit_phase_s: float, *, dealt: int | None = None,
+                 ran_out: bool = False) -> None:
         self._rec = recorder
+        self.dealt = len(recorder.ids) if dealt is None else dealt  # tasks handed to clients
+        self.ran_out = ran_out  # a timed load that used up its task list before its deadline
         self.wall_s = wall_s
         self.submit_phase_s = submit_phase_s   # longest time any client took to submit all its tasks
         self.recorded_twice = len(recorder.twice)
@@ -176,14 +179,16 @@ class LoadResult:
 
     @property
     def unsettled(self) -> int:
-        return self._rec.state.count(_PENDING)
+        """Dealt tasks without an outcome (a timed load never deals the rest of its list)."""
+        return self._rec.state[:self.dealt].count(_PENDING)
 
 
 class _Clients:
     """Shared state of one load run: the task iterator, the barrier, the recorder, the timings."""
 
     def __init__(self, tasks: Sequence[dict], clients: int, *, keep_outputs: bool,
-                 on_start: Callable[[], None] | None) -> None:
+                 on_start: Callable[[], None] | None, duration_s: float | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         if isinstance(clients, bool) or not isinstance(clients, int) or clients <= 0:
             raise ValueError(f"clients must be an integer greater than 0, got {clients!r}")
         self.clients = clients
@@ -197,12 +202,19 @@ class _Clients:
         self.finished: list[float] = []       # list.append is atomic: no lock needed
         self.submit_phases: list[float] = []
         self.crashed: list[BaseException] = []
+        self.duration_s = duration_s          # deal no task once this long has passed since the start
+        self.deadline = float("inf")
+        self._clock = clock                   # the deadline's clock (injectable for tests)
+        self.ran_out = False                  # the list ended before the deadline
 
     def next_task(self) -> tuple[int, Task] | None:
         """The next task to submit and its index, or None when all have been dealt."""
         with self._tasks_lock:
             index = self._next
             if index >= len(self._tasks_list):
+                self.ran_out = self.duration_s is not None
+                return None
+            if self._clock() >= self.deadline:
                 return None
             self._next = index + 1
         return index, Task.from_dict(self._tasks_list[index])
@@ -237,6 +249,8 @@ class _Clients:
             if self._on_start is not None:
                 self._on_start()
             self.started.append(time.perf_counter())
+            if self.duration_s is not None:
+                self.deadline = self._clock() + self.duration_s
 
         def thread_main(fn, args, finishes: bool) -> None:
             try:
@@ -271,19 +285,26 @@ class _Clients:
             raise RuntimeError(f"{len(self.recorder.twice)} task(s) recorded twice, e.g. "
                                f"{self.recorder.ids[self.recorder.twice[0]]!r}")
         result = LoadResult(self.recorder, max(self.finished) - self.started[0],
-                            max(self.submit_phases, default=0.0))
+                            max(self.submit_phases, default=0.0), dealt=self._next, ran_out=self.ran_out)
         if result.unsettled:
             raise RuntimeError(f"{result.unsettled} task(s) have no outcome after the load")
         return result
 
 
 def closed_loop(impl, tasks: Sequence[dict], clients: int, *, keep_outputs: bool = True,
-                on_start: Callable[[], None] | None = None) -> LoadResult:
+                on_start: Callable[[], None] | None = None, duration_s: float | None = None,
+                clock: Callable[[], float] = time.perf_counter) -> LoadResult:
     """Each client: take a task, submit it, wait for its outcome, repeat until none are left.
 
-    ``on_start`` is called once when every client is ready, just before the clock starts.
+    With ``duration_s``, no task is dealt once that long has passed since the
+    start: every implementation runs for the same time over the same task
+    stream (the fast ones further down it), then its clients finish the task
+    each holds; the list must be long enough for the fastest. ``on_start`` is
+    called once when every client is ready, just before the clock starts.
+    ``clock`` reads the time for the deadline.
     """
-    shared = _Clients(tasks, clients, keep_outputs=keep_outputs, on_start=on_start)
+    shared = _Clients(tasks, clients, keep_outputs=keep_outputs, on_start=on_start, duration_s=duration_s,
+                      clock=clock)
     rec = shared.recorder
 
     def body() -> None:

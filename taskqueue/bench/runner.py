@@ -87,6 +87,7 @@ def run_row(spec: dict) -> dict:
             Task.from_dict(item)  # fail before any timing if the generator produced a bad task
 
         impl = _warmed_up(spec, processor, store, workdir, warm_raw)
+        timed = {"duration_s": spec["duration_s"]} if spec.get("duration_s") else {}
         drive = clients.open_loop if spec["open_loop"] else clients.closed_loop
         processor.reset()
         gc.collect()
@@ -94,7 +95,7 @@ def run_row(spec: dict) -> dict:
             with Sampler(impl.depth, impl.held) as sampler:
                 cpu0 = time.process_time()
                 load = drive(impl, raw, spec["clients"], keep_outputs=bool(spec.get("record_outputs")),
-                             on_start=sampler.mark)
+                             on_start=sampler.mark, **timed)
                 cpu_s = time.process_time() - cpu0
             metrics = impl.metrics()
         finally:
@@ -154,6 +155,9 @@ def _measurements(spec: dict, load: clients.LoadResult, metrics: dict, processor
     return {
         **{k: spec[k] for k in ("scenario", "label", "impl", "on_full", "clients", "tasks", "seed",
                                 "repeat")},
+        "duration_s": spec.get("duration_s"),
+        "dealt": load.dealt,
+        "ran_out": load.ran_out,
         "completed": load.completed,
         "succeeded": load.completed - load.failed,
         "failed": load.failed,

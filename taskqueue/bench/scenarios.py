@@ -42,14 +42,20 @@ class Scenario:
     repeat: int | None = None     # default repeats of this scenario (None: the CLI's default)
     probe_tasks: int | None = None        # a second, smaller size (PROBE_ROWS), for growth per task
     quick_probe_tasks: int | None = None  # the same with --quick
+    duration_s: float | None = None       # closed loop: every row runs this long (None: until `tasks` are done)
+    max_rate: int = 0                     # tasks/s no implementation reaches here: sizes a timed row's list
+
+    def timed_tasks(self, duration_s: float) -> int:
+        """Tasks in the list of a row that runs ``duration_s``: more than the fastest can take."""
+        return max(self.tasks, int(self.max_rate * duration_s))
 
     @property
     def rows(self) -> tuple[tuple[str, str], ...]:
         return BURST_ROWS if self.open_loop else CLOSED_ROWS
 
-    def sizes(self, quick: bool) -> list[tuple[int, tuple[tuple[str, str], ...]]]:
-        """``(tasks, rows)`` to run by default, smaller size first."""
-        main = self.quick_tasks if quick else self.tasks
+    def sizes(self, quick: bool, duration_s: float | None = None) -> list[tuple[int, tuple[tuple[str, str], ...]]]:
+        """``(tasks, rows)`` to run by default, smaller size first (a timed row: its list's size)."""
+        main = self.quick_tasks if quick else self.timed_tasks(duration_s) if duration_s else self.tasks
         probe = self.quick_probe_tasks if quick else self.probe_tasks
         return ([(probe, PROBE_ROWS)] if probe else []) + [(main, self.rows)]
 
@@ -57,9 +63,12 @@ class Scenario:
         return asdict(self)
 
 
-# Task counts are chosen for time, not for results: the baseline processes one
-# task at a time (~7 ms each in io, ~2 ms in overhead and burst on a local SSD
-# with fsync), and the whole default run has to finish in about two minutes.
+# io and overhead rows run for a fixed time (duration_s; --full makes it longer and repeats
+# more), each implementation going as far down the same seeded task stream as it can: the
+# fast ones get enough tasks for a stable figure, and the baseline -- one task at a time,
+# ~7 ms each in io, ~2 ms in overhead on a local SSD with fsync -- does not stretch the run.
+# Their lists hold max_rate tasks per second of the row (more than any implementation
+# completes here). The whole default run has to finish in about two minutes.
 #
 # burst runs at two sizes, 1000 and 4000 tasks, because "RSS flat while the
 # baseline's grows" is a statement about growth *per task*: each row's RSS
@@ -78,11 +87,12 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
                    "faults, 10 % duplicate keys; closed loop",
              open_loop=False, latency_s=0.005, jitter_s=0.001, transient_rate=0.02,
              permanent_rate=0.005, duplicate_fraction=0.10, tasks=400, quick_tasks=60,
-             clients=(50, 100)),
+             clients=(50, 100), duration_s=2.0, max_rate=1100),
     Scenario("overhead", "no injected latency, no faults, no duplicates: what the queue itself "
                          "costs around real gzip + fsync work; closed loop",
              open_loop=False, latency_s=0.0, jitter_s=0.0, transient_rate=0.0, permanent_rate=0.0,
-             duplicate_fraction=0.0, tasks=600, quick_tasks=80, clients=(50, 100)),
+             duplicate_fraction=0.0, tasks=600, quick_tasks=80, clients=(50, 100), duration_s=2.0,
+             max_rate=1300),
     Scenario("burst", "open loop: every client submits all its tasks without waiting, then waits "
                       "for them all; no injected latency or faults",
              open_loop=True, latency_s=0.0, jitter_s=0.0, transient_rate=0.0, permanent_rate=0.0,
@@ -97,7 +107,7 @@ def row_label(impl: str, on_full: str) -> str:
 
 
 def row_spec(scenario: Scenario, impl: str, on_full: str, *, clients: int, tasks: int, seed: int,
-             repeat: int, record_outputs: bool = False) -> dict:
+             repeat: int, record_outputs: bool = False, duration_s: float | None = None) -> dict:
     """Everything the runner needs for one row, as plain JSON data."""
     return {
         "scenario": scenario.name, "impl": impl, "on_full": on_full,
@@ -108,7 +118,7 @@ def row_spec(scenario: Scenario, impl: str, on_full: str, *, clients: int, tasks
         "duplicate_fraction": scenario.duplicate_fraction, "workers": WORKERS,
         "queue_size": QUEUE_SIZE, "retry_base_s": scenario.retry_base_s,
         "retry_cap_s": scenario.retry_cap_s, "max_attempts": scenario.max_attempts,
-        "warmup_tasks": WARMUP_TASKS, "record_outputs": record_outputs,
+        "warmup_tasks": WARMUP_TASKS, "record_outputs": record_outputs, "duration_s": duration_s,
         # The runner dumps its threads' stacks and exits if the row takes longer than this.
         "watchdog_s": 60.0 + 0.05 * tasks,
     }

@@ -175,6 +175,50 @@ def test_load_clients_deal_every_task_once_and_count_outcomes(drive):
     assert load.wall_s >= max(load.latencies)
 
 
+class _Ticking(_Instant):
+    """Each outcome moves a stepped clock one second on: time passes only as tasks complete."""
+
+    def __init__(self):
+        super().__init__()
+        self.now = 0.0
+
+    def clock(self):
+        return self.now
+
+    def result(self, task):
+        self.now += 1.0
+        return super().result(task)
+
+
+def test_a_timed_closed_loop_deals_no_task_after_its_deadline():
+    impl = _Ticking()
+    load = clients.closed_loop(impl, _tasks(100), 1, duration_s=10.0, clock=impl.clock)
+    assert impl.seen == [t["id"] for t in _tasks(10)]  # the next one would start at t=10: not dealt
+    assert (load.dealt, load.completed, load.unsettled, load.ran_out) == (10, 10, 0, False)
+    assert len(load.outcomes) == 10
+
+
+def test_a_timed_closed_loop_whose_list_runs_out_says_so():
+    impl = _Ticking()
+    load = clients.closed_loop(impl, _tasks(20), 3, duration_s=1e9, clock=impl.clock)
+    assert sorted(impl.seen) == [t["id"] for t in _tasks(20)]
+    assert (load.dealt, load.completed, load.ran_out) == (20, 20, True)
+
+
+def test_timed_rows_in_the_plan(tmp_path):
+    from taskqueue.bench import cli as bench_cli
+    plan = bench_cli.plan(bench_cli.parser().parse_args(["--scenarios", "io,burst"]))
+    io_rows = [s for s in plan if s["scenario"] == "io"]
+    assert {s["duration_s"] for s in io_rows} == {SCENARIOS["io"].duration_s}
+    assert {s["tasks"] for s in io_rows} == {SCENARIOS["io"].timed_tasks(SCENARIOS["io"].duration_s)}
+    assert {s["duration_s"] for s in plan if s["scenario"] == "burst"} == {None}  # open loop: all its tasks
+    full = bench_cli.plan(bench_cli.parser().parse_args(["--scenarios", "io", "--full"]))
+    assert {s["duration_s"] for s in full} == {SCENARIOS["io"].duration_s * bench_cli.FULL_FACTOR}
+    assert len(full) == len(io_rows) // 3 * bench_cli.FULL_REPEAT
+    fixed = bench_cli.plan(bench_cli.parser().parse_args(["--scenarios", "io", "--tasks", "50"]))
+    assert {(s["duration_s"], s["tasks"]) for s in fixed} == {(None, 50)}
+
+
 def test_load_clients_reject_a_bad_client_count():
     with pytest.raises(ValueError):
         clients.closed_loop(_Instant(), _tasks(1), 0)
