@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import signal
-import sqlite3
 import sys
 import threading
 import time
@@ -23,7 +22,7 @@ from .config import Config
 from .errors import ClaimedElsewhere, ConfigError, InvalidTask, QueueFull, QueueShutDown, TaskQueueError
 from .objectstore import LocalObjectStore
 from .processor import Processor
-from .store import SQLiteReader, SQLiteStore, check_database
+from .store import check_database, is_url, open_reader, open_store, store_errors
 from .taskfile import ON_INVALID, load_tasks
 
 EXIT_OK, EXIT_UNFINISHED, EXIT_USAGE = 0, 1, 2
@@ -38,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (ConfigError, InvalidTask, NotADirectoryError, IsADirectoryError, FileNotFoundError,
-            FileExistsError, PermissionError, sqlite3.Error) as exc:
+            FileExistsError, PermissionError, *store_errors()) as exc:
         print(f"error: {exc}", file=sys.stderr)
         if getattr(exc, "error_count", 0):
             print("hint: --invalid dead-letter records the bad items as dead letters and runs the rest",
@@ -89,11 +88,14 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("--all", action="store_true")
     group.add_argument("keys", nargs="*", default=[], metavar="KEY")
     redrive.set_defaults(handler=cmd_dlq_redrive)
+
+    from . import scaleout
+    scaleout.add_commands(sub, _store_flags)
     return parser
 
 
 def _store_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", help="SQLite file of task rows (TQ_DB, default ./tasks.db)")
+    parser.add_argument("--db", help="SQLite file of task rows, or a postgresql:// URL (TQ_DB, default ./tasks.db)")
 
 
 def _config(args: argparse.Namespace, *names: str) -> Config:
@@ -112,7 +114,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Everything that can refuse the run does so before anything is created.
     loaded = load_tasks(args.tasks, max_bytes=config.max_task_file_bytes, check=Processor.check,
                         on_invalid=args.invalid)
-    check_database(config.db)
+    if not is_url(config.db):
+        check_database(config.db)
     handler = logs.configure(config.log_level or ("info" if args.log_file else "warning"), path=args.log_file)
     try:
         objects = LocalObjectStore(config.store, chunk_size=config.chunk_size, fsync=config.fsync_outputs)
@@ -128,7 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                        metrics_out=args.metrics_out)
         try:
             return _drive(tq, loaded, config, started, swept, args.metrics_out)
-        except (sqlite3.Error, TaskQueueError, OSError) as exc:  # mid-run: some work may be done
+        except (*store_errors(), TaskQueueError, OSError) as exc:  # mid-run: some work may be done
             print(f"error: the run stopped: {exc}\nwhat finished is recorded; run again to finish the rest "
                   f"(nothing is done twice)", file=sys.stderr)
             return EXIT_UNFINISHED
@@ -141,9 +144,10 @@ def _check_paths(config: Config, args: argparse.Namespace) -> None:
     """Refuse paths that cannot work before anything is created or processed."""
     if os.path.lexists(config.store) and not os.path.isdir(config.store):  # lexists: a dangling link too
         raise NotADirectoryError(f"store {config.store!r} is not a directory")
-    if os.path.isdir(config.db):
+    local_db = None if is_url(config.db) else config.db
+    if local_db and os.path.isdir(local_db):
         raise IsADirectoryError(f"db {config.db!r} is a directory, not a database file")
-    for flag, path in (("--db", config.db), ("--metrics-out", args.metrics_out), ("--log-file", args.log_file)):
+    for flag, path in (("--db", local_db), ("--metrics-out", args.metrics_out), ("--log-file", args.log_file)):
         if path:
             parent = os.path.dirname(os.path.abspath(path))
             if not os.path.isdir(parent):
@@ -349,13 +353,15 @@ def _render(summary: dict) -> str:
 # -- status and dlq ------------------------------------------------------------------------
 
 def _existing_db(config: Config) -> str:
+    if is_url(config.db):
+        return config.db
     if not os.path.isfile(config.db):
         raise FileNotFoundError(f"no database at {config.db!r} (set --db or TQ_DB)")
     return config.db
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    reader = SQLiteReader(_existing_db(_config(args)))
+    reader = open_reader(_existing_db(_config(args)))
     counts = reader.counts()
     failures = reader.recent_failures()
     if args.json:
@@ -370,7 +376,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq_list(args: argparse.Namespace) -> int:
-    rows = SQLiteReader(_existing_db(_config(args))).dead_letters()
+    rows = open_reader(_existing_db(_config(args))).dead_letters()
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
@@ -386,7 +392,7 @@ def cmd_dlq_redrive(args: argparse.Namespace) -> int:
         print("error: give --all or one or more idempotency keys", file=sys.stderr)
         return EXIT_USAGE
     config = _config(args)
-    store = SQLiteStore(_existing_db(config), busy_timeout_ms=config.busy_timeout_ms)
+    store = open_store(_existing_db(config), busy_timeout_ms=config.busy_timeout_ms)
     try:
         done = store.commit(store.redrive(None if args.all else args.keys))
     finally:

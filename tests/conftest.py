@@ -141,3 +141,16 @@ def make_image():
         return buf.getvalue()
 
     return make
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server for the whole session (see ``tests/pgserver.py``); skips if unavailable."""
+    import pgserver
+
+    why = pgserver.unavailable()
+    if why:
+        pytest.skip(why)
+    server = pgserver.PostgresServer()
+    yield server
+    server.stop()

@@ -35,7 +35,7 @@ from ..objectstore import LocalObjectStore, atomic_write_text
 from ..processor import Processor
 from ..retry import RetryPolicy
 from ..scheduler import RetryScheduler
-from ..store import Recovered, Row, SQLiteStore, TaskStore
+from ..store import Recovered, Row, TaskStore, open_store
 from ..task import Task, TaskResult, TaskStatus
 from .inflight import InFlight, WorkItem
 from .leases import Heartbeat
@@ -47,22 +47,25 @@ _live_queues: "weakref.WeakSet[TaskQueue]" = weakref.WeakSet()
 class TaskQueue:
     """A durable, bounded, idempotent task queue running ``config.workers`` worker threads.
 
-    ``db`` is the task store: a SQLite path, or any :class:`TaskStore`
-    (which the queue then owns and closes). ``store`` is the object store (or
+    ``db`` is the task store: a SQLite path, a ``postgresql://`` URL, or any
+    :class:`TaskStore` (which the queue then owns and closes). ``store`` is the object store (or
     its root directory). ``processor`` defaults to
     ``Processor(store, config.faults, max_image_pixels=...)`` from ``config``. ``rng`` draws the backoff jitter
     (default ``random.Random(config.retry_seed)``). ``metrics_out``, if
     given, receives the final metrics as JSON at shutdown.
 
     Construction takes over the open rows nobody runs (:meth:`recover_orphans`);
-    they run again without being submitted. Use as a context manager, or call
+    they run again without being submitted. A ``worker`` passes
+    ``recover_unowned=False``: it takes over only what dead processes held,
+    and leaves rows nobody has held yet to its feeder. Use as a context manager, or call
     :meth:`shutdown`.
     """
 
     def __init__(self, db: str | os.PathLike | TaskStore, store: LocalObjectStore | str | os.PathLike, *,
                  config: Config | None = None, processor: Processor | None = None,
                  rng: random.Random | None = None, metrics_out: str | None = None,
-                 wall_clock: Callable[[], float] = time.time, sample_interval_s: float = 0.05) -> None:
+                 wall_clock: Callable[[], float] = time.time, sample_interval_s: float = 0.05,
+                 recover_unowned: bool = True) -> None:
         self.config = config = config or Config()
         if not isinstance(store, LocalObjectStore):
             store = LocalObjectStore(store, chunk_size=config.chunk_size, fsync=config.fsync_outputs)
@@ -74,8 +77,8 @@ class TaskQueue:
         self._metrics_out = metrics_out
         self._log = logging.getLogger(LOGGER_NAME)
         self.metrics = Metrics(workers=config.workers, queue_capacity=config.queue_size)
-        self.store: TaskStore = db if not isinstance(db, (str, os.PathLike)) else SQLiteStore(
-            db, synchronous=config.db_synchronous, busy_timeout_ms=config.busy_timeout_ms,
+        self.store: TaskStore = db if not isinstance(db, (str, os.PathLike)) else open_store(
+            os.fspath(db), synchronous=config.db_synchronous, busy_timeout_ms=config.busy_timeout_ms,
             lease_s=config.lease_s, clock=wall_clock)
         self._queue: queue.Queue = queue.Queue(maxsize=config.queue_size)
         self.inflight = InFlight()
@@ -87,7 +90,7 @@ class TaskQueue:
         self._executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="tq-worker")
         self._workers = [self._executor.submit(work, self, index) for index in range(config.workers)]
         _live_queues.add(self)
-        self.recovered = self.recover_orphans()
+        self.recovered = self.recover_orphans(recover_unowned)
 
     # -- intake ------------------------------------------------------------------------------
 
@@ -201,14 +204,16 @@ class TaskQueue:
 
     # -- other processes ----------------------------------------------------------------------------
 
-    def recover_orphans(self) -> Recovered:
+    def recover_orphans(self, unowned: bool = True) -> Recovered:
         """Take over the open rows nobody runs, and run them here (see ``TaskStore.recover``).
 
         Done once at construction; call again to take over from a process
         that died while this one runs. Blocks for one commit. Only rows whose
         commit succeeded are scheduled (recovery is one atomic operation).
+        ``unowned=False`` (a worker) leaves rows no process has held yet to
+        the feeder, which claims them a batch at a time.
         """
-        recovered = self.store.commit(self.store.recover(self.config.max_attempts))
+        recovered = self.store.commit(self.store.recover(self.config.max_attempts, unowned))
         now = self._wall()
         for row in recovered.runnable:
             item = self.inflight.adopt(row)
@@ -216,16 +221,46 @@ class TaskQueue:
                 continue
             if not self._scheduler.schedule(max(0.0, (row.next_attempt_at or now) - now), item):
                 self._abandon(item)
-        for row in recovered.dead:
-            self.metrics.incr("dead_lettered")
-            self._log.warning("task dead-lettered at recovery", extra={
-                "event": "dead_lettered", "task_id": row.task_id, "idempotency_key": row.idempotency_key,
-                "error_class": row.error_class, "error": row.last_error, "attempt": row.attempts})
+        self._report_dead(recovered.dead)
         if recovered.runnable or recovered.dead:
             self._log.info("recovered open tasks", extra={
                 "event": "recovered", "task_id": None, "idempotency_key": None,
                 "runnable": len(recovered.runnable), "dead": len(recovered.dead)})
         return recovered
+
+    def claim_due(self, limit: int) -> int:
+        """Take up to ``limit`` rows a worker may run now (see ``TaskStore.claim_due``) and queue them.
+
+        For a ``worker`` process, whose tasks come from the store rather than
+        from ``submit()``. Blocks for one commit, then while the queue is full.
+        Returns how many rows were taken (dead-lettered ones included). A row
+        whose stored task no longer validates is dead-lettered, not run.
+        """
+        found = self.store.commit(self.store.claim_due(limit, self.config.max_attempts))
+        for row in found.runnable:
+            try:
+                task = row.task()
+                self.processor.check(task)
+            except errors.InvalidTask as exc:
+                self.store.commit(self.store.reject(row.id, row.version, exc))
+                self.metrics.incr("dead_lettered")
+                self._log.warning("stored task is invalid: dead-lettered", extra={
+                    "event": "dead_lettered", "task_id": row.task_id, "idempotency_key": row.idempotency_key,
+                    "error_class": type(exc).__name__, "error": str(exc)})
+                continue
+            item = self.inflight.adopt(row, task)
+            if item is not None:
+                self._requeue(item)
+        self._report_dead(found.dead)
+        return len(found.runnable) + len(found.dead)
+
+    def _report_dead(self, rows: list[Row]) -> None:
+        """Count and log rows taken over on their last attempt (their process died mid-attempt)."""
+        for row in rows:
+            self.metrics.incr("dead_lettered")
+            self._log.warning("task dead-lettered: its last attempt never finished", extra={
+                "event": "dead_lettered", "task_id": row.task_id, "idempotency_key": row.idempotency_key,
+                "error_class": row.error_class, "error": row.last_error, "attempt": row.attempts})
 
     def await_elsewhere(self, tasks: Iterable[Task], pause: Callable[[float], bool]
                         ) -> Iterator[tuple[Task, Future]]:
@@ -286,6 +321,12 @@ class TaskQueue:
                 self._abandon(item)
             self._sampler.stop()
             self._heartbeat.stop()
+            try:  # the waiting rows we still hold (cancelled at shutdown): others may take them at once
+                self.store.commit(self.store.disown())
+            except Exception as exc:  # noqa: BLE001 - they are freed anyway when our leases run out
+                self._log.warning("could not give up waiting rows at shutdown", extra={
+                    "event": "disown_failed", "task_id": None, "idempotency_key": None,
+                    "error_class": type(exc).__name__, "error": str(exc)})
             self.store.close()
             self.final_metrics = self.snapshot()
             if self._metrics_out:

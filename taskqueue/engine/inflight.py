@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import Future, InvalidStateError
+from typing import Callable
 
 from ..errors import QueueShutDown
 from ..store import Row
@@ -68,12 +69,13 @@ class InFlight:
             self._unfinished += 1
             return item, True
 
-    def adopt(self, row: Row) -> WorkItem | None:
-        """A new item for a row recovery took over, or None if a submit holds its key already."""
+    def adopt(self, row: Row, task: Task | None = None) -> WorkItem | None:
+        """A new item for a row taken over (recovery, a worker's claim), or None if a submit holds its
+        key already. ``task`` is the row's task when the caller has decoded it already."""
         with self._lock:
             if row.idempotency_key in self._items:
                 return None
-            item = self._items[row.idempotency_key] = WorkItem(row.task()).bind(row)
+            item = self._items[row.idempotency_key] = WorkItem(task or row.task()).bind(row)
             self._unfinished += 1
             return item
 
@@ -117,10 +119,17 @@ class InFlight:
             already, self._closed = self._closed, True
             return not already
 
-    def wait_settled(self, seen: int, timeout: float | None = None) -> bool:
-        """Block until more than ``seen`` items have settled; False on timeout."""
+    def wait_settled(self, seen: int, timeout: float | None = None,
+                     also: Callable[[], bool] | None = None) -> bool:
+        """Block until more than ``seen`` items have settled (or ``also()`` is true after a
+        :meth:`poke`); False on timeout."""
         with self._settled:
-            return self._settled.wait_for(lambda: self.settled > seen, timeout)
+            return self._settled.wait_for(lambda: self.settled > seen or (also is not None and also()), timeout)
+
+    def poke(self) -> None:
+        """Wake every :meth:`wait_settled` to look at its ``also`` again."""
+        with self._settled:
+            self._settled.notify_all()
 
     def join(self, timeout: float | None = None) -> bool:
         """Block until no item is unfinished; False if ``timeout`` passed first."""

@@ -50,13 +50,16 @@ class Op(NamedTuple):
     returns the op's result (or raises). ``atomic`` says the op writes at
     most one statement, so it needs no savepoint and may run in autocommit.
     ``done(result, error)``, if set, is called once the op is committed (or
-    has failed), in the committing thread.
+    has failed), in the committing thread. ``wakes``: committing it may give
+    waiting workers something to do (the committer's ``notify`` runs once in
+    its transaction).
     """
 
     fn: Callable[..., Any]
     args: tuple = ()
     atomic: bool = True
     done: Callable[[Any, BaseException | None], None] | None = None
+    wakes: bool = False
 
 
 class _Call:
@@ -77,15 +80,21 @@ class Committer:
 
     ``begin(conn)`` opens a write transaction (``BEGIN IMMEDIATE`` on SQLite).
     ``conn`` must be in autocommit mode and usable from any thread; the
-    committer alone uses it, under its lock. Thread-safe.
+    committer alone uses it, under its lock. ``autocommit_max``: batches of
+    at most this many atomic ops run without BEGIN/COMMIT (0: never).
+    ``notify(conn)`` runs once in a transaction holding an op that ``wakes``
+    (PostgreSQL: NOTIFY). Thread-safe.
     """
 
     direct = True
 
     def __init__(self, conn: Any, *, begin: Callable[[Any], None], max_batch: int = 512,
+                 autocommit_max: int = AUTOCOMMIT_MAX, notify: Callable[[Any], None] | None = None,
                  name: str = "tq-store-writer") -> None:
         self._conn = conn
         self._begin = begin
+        self._autocommit_max = autocommit_max
+        self._notify = notify
         self._max_batch = max_batch
         self._conn_lock = threading.Lock()  # held by whichever thread is running ops on the connection
         self._state = threading.Lock()  # guards _closed and the order of hand-overs against close()
@@ -198,7 +207,8 @@ class Committer:
             return [(None, StoreBroken(f"the task store's connection failed: {self._broken}"))] * len(ops)
         conn = self._conn
         self.operations += len(ops)
-        if len(ops) <= AUTOCOMMIT_MAX and all(op.atomic for op in ops):
+        wakes = self._notify is not None and any(op.wakes for op in ops)
+        if len(ops) <= self._autocommit_max and not wakes and all(op.atomic for op in ops):
             self.commits += len(ops)
             return [_run_op(conn, op) for op in ops]
         results: list = []
@@ -209,6 +219,8 @@ class Committer:
                     results.append(_run_op(conn, op))
                 else:
                     results.append(_run_in_savepoint(conn, op))
+            if wakes:
+                self._notify(conn)
             conn.execute("COMMIT")
         except Exception as exc:  # BEGIN or COMMIT failed: nothing of the batch is committed
             self._rollback()

@@ -139,8 +139,9 @@ class TaskStore(Protocol):
         """Delete a ``queued`` row this store inserted but could not enqueue -> None."""
     def record_invalid(self, task_id: str, idempotency_key: str, payload: str, error: BaseException) -> Op:
         """Dead-letter an item that failed validation -> True if recorded (False: key already there)."""
-    def recover(self, max_attempts: int) -> Op:
-        """Take over every open row nobody runs -> :class:`Recovered`."""
+    def recover(self, max_attempts: int, unowned: bool = True) -> Op:
+        """Take over every open row nobody runs -> :class:`Recovered`. ``unowned=False`` leaves the rows
+        no process has held yet (enqueued, redriven) to ``claim_due``: only a dead owner's are taken."""
     def redrive(self, keys: Iterable[str] | None) -> Op:
         """``dead`` -> ``queued`` with a fresh attempt budget (all when None) -> keys redriven."""
     def renew(self, done: Done | None = None) -> Op:

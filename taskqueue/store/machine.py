@@ -2,10 +2,11 @@
 
 :class:`StateMachine` implements the :class:`~taskqueue.store.contract.TaskStore`
 contract on top of a :class:`~taskqueue.store.committer.Committer`; a backend
-(``sqlite.py``, ``postgres.py``) supplies the connection, the schema, the
-placeholder style and its read connections. The statements below are
-written with ``?`` placeholders; a backend using ``%s`` gets them rewritten
-once, when the class is defined.
+(``sqlite.py``, ``postgres.py``) supplies the connection, the schema, its
+read connections and its dialect: the statements below are written with
+``?`` placeholders and a ``{lock}`` where a row-locking clause goes
+(``FOR UPDATE SKIP LOCKED`` on PostgreSQL, nothing on SQLite, whose writer
+holds the whole database); :func:`dialect` rewrites them once per backend.
 """
 
 from __future__ import annotations
@@ -56,6 +57,21 @@ SQL = {
                " WHERE idempotency_key = ? AND status = 'dead'",
     "undead": "DELETE FROM dead_letters WHERE idempotency_key = ?",
     "renew": f"UPDATE tasks SET lease_until = ? WHERE owner = ? AND status IN {_OPEN_SQL}",
+    "enqueue": "INSERT INTO tasks (task_id, idempotency_key, payload, status, created_at, updated_at)"
+               " VALUES (?, ?, ?, 'queued', ?, ?) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+    "expired": f"SELECT {COLUMNS} FROM tasks WHERE status = 'running' AND lease_until < ? ORDER BY id LIMIT ?"
+               "{lock}",
+    "claim_due": "UPDATE tasks SET owner = ?, lease_until = ?, updated_at = ?, version = version + 1"
+                 " WHERE id IN (SELECT id FROM tasks WHERE status IN ('queued', 'failed')"
+                 " AND (next_attempt_at IS NULL OR next_attempt_at <= ?) AND (owner IS NULL OR lease_until < ?)"
+                 " ORDER BY id LIMIT ?{lock})"
+                 f" RETURNING {COLUMNS}",
+    "disown": "UPDATE tasks SET owner = NULL, lease_until = NULL, updated_at = ?, version = version + 1"
+              " WHERE owner = ? AND status IN ('queued', 'failed')",
+    "open_count": f"SELECT COUNT(*) FROM tasks WHERE status IN {_OPEN_SQL}",
+    "wake_at": "SELECT MIN(CASE WHEN status = 'running' OR (owner IS NOT NULL AND lease_until >= ?)"
+               " THEN lease_until ELSE next_attempt_at END)"
+               f" FROM tasks WHERE status IN {_OPEN_SQL} AND (owner IS NULL OR owner <> ?)",
     "all_rows": f"SELECT {COLUMNS} FROM tasks ORDER BY id",
     "counts": "SELECT status, COUNT(*) FROM tasks GROUP BY status",
     "recent_failures": "SELECT idempotency_key, task_id, status, attempts, error_class, last_error, updated_at"
@@ -65,10 +81,16 @@ SQL = {
 }
 
 
+def dialect(statements: dict[str, str], *, placeholder: str = "?", lock: str = "") -> dict[str, str]:
+    """``statements`` with every ``?`` written as ``placeholder`` (none occurs inside a literal) and
+    every ``{lock}`` as ``lock``."""
+    return {name: text.replace("?", placeholder).replace("{lock}", lock) for name, text in statements.items()}
+
+
 class Reads:
     """The reads ``status`` and ``dlq`` need, on connections from :meth:`reader` (never the write one)."""
 
-    sql = SQL
+    sql = dialect(SQL)
 
     def reader(self) -> contextlib.AbstractContextManager:
         """A context manager yielding a read connection."""
@@ -85,6 +107,22 @@ class Reads:
     def rows(self) -> list[Row]:
         with self.reader() as conn:
             return [Row.from_db(v) for v in conn.execute(self.sql["all_rows"]).fetchall()]
+
+    def open_count(self) -> int:
+        """Rows some process still has to finish (queued, running or waiting for a retry)."""
+        with self.reader() as conn:
+            return conn.execute(self.sql["open_count"]).fetchone()[0]
+
+    def listener(self, on_notify: Callable[[], None]):
+        """Call ``on_notify()`` whenever another process says rows may be claimable; returns something
+        to ``close()``, or None where processes cannot notify each other (SQLite)."""
+        return None
+
+    def wake_at(self, now: float, me: str) -> float | None:
+        """The earliest time a row not held by ``me`` may become claimable: a retry falls due, or
+        another owner's lease runs out. None if no such row."""
+        with self.reader() as conn:
+            return conn.execute(self.sql["wake_at"], (now, me)).fetchone()[0]
 
     def counts(self) -> dict[str, int]:
         counts = {status.value: 0 for status in TaskStatus}
@@ -149,7 +187,7 @@ class StateMachine(Reads):
     def succeed(self, row_id: int, version: int, output_key: str, output_bytes: int,
                 done: Done | None = None) -> Op:
         return Op(self._finish, (row_id, version, "success", output_key, output_bytes, None, None, None),
-                  done=done)
+                  done=done, wakes=True)
 
     def fail(self, row_id: int, version: int, error: BaseException, next_attempt_at: float,
              done: Done | None = None) -> Op:
@@ -158,7 +196,11 @@ class StateMachine(Reads):
 
     def dead_letter(self, row_id: int, version: int, error: BaseException, done: Done | None = None) -> Op:
         return Op(self._dead, (row_id, version, type(error).__name__, error_text(error), "running"),
-                  atomic=False, done=done)
+                  atomic=False, done=done, wakes=True)
+
+    def reject(self, row_id: int, version: int, error: BaseException) -> Op:
+        """A waiting row that cannot run at all (its stored task fails validation) -> dead, never started."""
+        return Op(self._reject, (row_id, version, type(error).__name__, error_text(error)), atomic=False)
 
     def release(self, row_id: int, version: int, done: Done | None = None) -> Op:
         return Op(self._release, (row_id, version), done=done)
@@ -166,14 +208,37 @@ class StateMachine(Reads):
     def record_invalid(self, task_id: str, idempotency_key: str, payload: str, error: BaseException) -> Op:
         return Op(self._record_invalid, (task_id, idempotency_key, payload, error), atomic=False)
 
-    def recover(self, max_attempts: int) -> Op:
-        return Op(self._recover, (max_attempts,), atomic=False)
+    def recover(self, max_attempts: int, unowned: bool = True) -> Op:
+        return Op(self._recover, (max_attempts, unowned), atomic=False)
 
     def redrive(self, keys: Iterable[str] | None = None) -> Op:
-        return Op(self._redrive, (None if keys is None else list(keys),), atomic=False)
+        return Op(self._redrive, (None if keys is None else list(keys),), atomic=False, wakes=True)
 
     def renew(self, done: Done | None = None) -> Op:
         return Op(self._renew, done=done)
+
+    def enqueue(self, tasks: list[Task]) -> Op:
+        """Insert ``tasks`` as ``queued`` rows nobody owns yet (a producer's batch) -> keys added.
+
+        One operation: all of the batch or none of it. Keys already present are left alone.
+        """
+        return Op(self._enqueue, ([(t.id, t.idempotency_key, task_payload(t)) for t in tasks],), atomic=False,
+                  wakes=True)
+
+    def claim_due(self, limit: int, max_attempts: int) -> Op:
+        """Take up to ``limit`` rows a worker may run now -> :class:`Recovered`.
+
+        Waiting rows that are due and that nobody holds (no owner, or an
+        expired lease), and running rows whose lease expired (their worker
+        died or hung: the attempt stays counted, a last one is dead-lettered
+        with :class:`WorkerCrashed`). Rows another process is claiming at the
+        same moment are skipped, never waited for (PostgreSQL: ``SKIP LOCKED``).
+        """
+        return Op(self._claim_due, (limit, max_attempts), atomic=False)
+
+    def disown(self) -> Op:
+        """Give up the waiting rows this store holds (shutdown): others may take them at once -> rows."""
+        return Op(self._disown, wakes=True)
 
     # -- what the ops run (on the write connection, in whichever thread commits) ----------------
 
@@ -263,13 +328,13 @@ class StateMachine(Reads):
         self._dead(conn, values[0], 0, type(error).__name__, error_text(error), "queued")
         return True
 
-    def _recover(self, conn: Any, max_attempts: int) -> Recovered:
+    def _recover(self, conn: Any, max_attempts: int, unowned: bool) -> Recovered:
         now = self._clock()
         runnable, dead = [], []
         for values in conn.execute(self.sql["open_rows"]).fetchall():
             row = Row.from_db(values)
-            if row.owner == self.owner or not self._orphaned(row, now):
-                continue  # ours (in flight here), or a live owner's
+            if row.owner == self.owner or not self._orphaned(row, now) or (row.owner is None and not unowned):
+                continue  # ours (in flight here), a live owner's, or one nobody has held (left to claim_due)
             claim = self._take_over(conn, row, now, max_attempts)
             (runnable if claim.runnable else dead).append(claim.row)
         return Recovered(runnable, dead)
@@ -287,14 +352,35 @@ class StateMachine(Reads):
     def _renew(self, conn: Any) -> int:
         return conn.execute(self.sql["renew"], (self._clock() + self.lease_s, self.owner)).rowcount
 
+    def _enqueue(self, conn: Any, items: list[tuple[str, str, str]]) -> list[str]:
+        now = self._clock()
+        return [key for task_id, key, payload in items
+                if conn.execute(self.sql["enqueue"], (task_id, key, payload, now, now)).fetchone() is not None]
+
+    def _claim_due(self, conn: Any, limit: int, max_attempts: int) -> Recovered:
+        now = self._clock()
+        runnable, dead = [], []
+        for values in conn.execute(self.sql["expired"], (now, limit)).fetchall():
+            claim = self._take_over(conn, Row.from_db(values), now, max_attempts)
+            (runnable if claim.runnable else dead).append(claim.row)
+        if len(runnable) < limit:
+            runnable += [Row.from_db(v) for v in conn.execute(
+                self.sql["claim_due"], (self.owner, now + self.lease_s, now, now, now,
+                                        limit - len(runnable))).fetchall()]
+        return Recovered(runnable, dead)
+
+    def _disown(self, conn: Any) -> int:
+        return conn.execute(self.sql["disown"], (self._clock(), self.owner)).rowcount
+
+    def _reject(self, conn: Any, row_id: int, version: int, error_class: str, message: str) -> int:
+        row = self._select(conn, "by_id", row_id)
+        if row is None or row.version != version:
+            raise StaleVersion(row)
+        return self._dead(conn, row_id, version, error_class, message, row.status.value)
+
     def _one(self, conn: Any, cursor: Any, row_id: int) -> None:
         if cursor.rowcount != 1:
             raise StaleVersion(self._select(conn, "by_id", row_id))
-
-def with_placeholder(statements: dict[str, str], mark: str) -> dict[str, str]:
-    """``statements`` with every ``?`` placeholder written as ``mark`` (none occurs inside a literal)."""
-    return {name: text.replace("?", mark) for name, text in statements.items()}
-
 
 def _dicts(cursor: Any) -> list[dict]:
     names = [d[0] for d in cursor.description]

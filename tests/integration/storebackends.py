@@ -46,12 +46,42 @@ class SQLiteBackend:
         assert self.raw("PRAGMA integrity_check") == [("ok",)]
 
 
-BACKENDS = {"sqlite": lambda tmp_path: SQLiteBackend(tmp_path / "tasks.db")}
+class PostgresBackend:
+    name = "postgres"
+
+    def __init__(self, server) -> None:
+        self.url = server.new_database()
+        self.stores: list = []
+
+    def make(self, *, clock: Callable[[], float] | None = None, lease_s: float = 30.0):
+        from taskqueue.store.postgres import PostgresStore
+
+        kwargs: dict[str, Any] = {"lease_s": lease_s}
+        if clock is not None:
+            kwargs["clock"] = clock
+        store = PostgresStore(self.url, **kwargs)
+        self.stores.append(store)
+        return store
+
+    def raw(self, sql: str, params: tuple = ()) -> list[tuple]:
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            cursor = conn.execute(sql.replace("?", "%s"), params)
+            return cursor.fetchall() if cursor.description else []
+
+    def close(self) -> None:
+        for store in self.stores:
+            store.close()
 
 
-@pytest.fixture(params=sorted(BACKENDS))
-def backend(request, tmp_path: Path) -> Iterator[SQLiteBackend]:
-    made = BACKENDS[request.param](tmp_path)
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request, tmp_path: Path):
+    """A fresh database on each backend; PostgreSQL's comes from the session's real server."""
+    if request.param == "postgres":
+        made = PostgresBackend(request.getfixturevalue("postgres_server"))
+    else:
+        made = SQLiteBackend(tmp_path / "tasks.db")
     yield made
     made.close()
 

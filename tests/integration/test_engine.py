@@ -520,7 +520,7 @@ def test_shutdown_is_idempotent_and_writes_final_metrics(make_queue, objects, tm
     written = json.loads(out.read_text(encoding="utf-8"))
     assert written == json.loads(json.dumps(tq.final_metrics))
     assert written["counters"]["succeeded"] == written["counters"]["enqueued"] == 5
-    assert written["store"]["operations"] == 3 * 5 + 1  # claim, start, succeed each; one recover
+    assert written["store"]["operations"] == 3 * 5 + 2  # claim, start, succeed each; one recover, one disown
     assert written["config"]["workers"] == 2
 
 

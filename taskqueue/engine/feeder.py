@@ -1,0 +1,99 @@
+"""The feeder of a ``worker`` process: claims due rows from the store into the bounded queue.
+
+In ``run`` the producer and the workers share a process and tasks arrive
+through ``submit()``. A ``worker`` has no producer: its feeder takes rows
+that some ``enqueue`` (or a dead worker, or a retry falling due) left in the
+store, a small batch at a time, and only as many as there is room for: the
+bounded queue's size bounds what one worker process holds, so many workers
+share the work instead of one hoarding it.
+
+When nothing is due the feeder waits for the first of: a notification from
+another process (PostgreSQL ``LISTEN``), the earliest moment a row may become
+claimable (a retry falls due, another worker's lease runs out), or a stop
+request. SQLite cannot notify across processes, so there the feeder looks
+again after a bounded backoff (20 ms doubling to 1 s) -- the honest way
+without a broker, and the same as ``run`` waiting on another ``run``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .core import TaskQueue
+
+BACKOFF_MIN_S, BACKOFF_MAX_S = 0.02, 1.0
+
+
+class Feeder:
+    """Claims due rows into ``tq``'s queue until stopped, or until no row is open anywhere.
+
+    ``batch``: rows per claim. ``exit_when_idle``: return once nothing is
+    queued, waiting for a retry or running in any process (rows other workers
+    run are waited for, and taken over if their lease runs out).
+
+    Every wait is one ``InFlight.wait_settled`` with a predicate, so it wakes
+    on whichever comes first: a stop, a notification (a listener thread pokes
+    it), one of our tasks settling when that matters, or a timeout (the next
+    due moment; on SQLite also the backoff).
+    """
+
+    def __init__(self, tq: "TaskQueue", *, batch: int = 16, exit_when_idle: bool = False) -> None:
+        if batch <= 0:
+            raise ValueError(f"batch must be greater than 0, got {batch!r}")
+        self._tq = tq
+        self._batch = batch
+        self._exit_when_idle = exit_when_idle
+        self._capacity = tq.config.queue_size  # items held here at once: queued, running, awaiting commit
+        self._stopped = False
+        self._notified = False  # set by the listener thread; read and cleared by run()
+        self._listener = tq.store.listener(self._on_notify)
+        self.claimed = 0
+
+    def _on_notify(self) -> None:
+        self._notified = True
+        self._tq.inflight.poke()
+
+    def run(self) -> str:
+        """Feed until stopped (``"stopped"``) or, with ``exit_when_idle``, idle everywhere (``"idle"``)."""
+        tq, backoff = self._tq, BACKOFF_MIN_S
+        try:
+            while not self._stopped:
+                room = self._capacity - len(tq.inflight)
+                if room <= 0:  # hold no more than the queue's size: wait for one of ours to settle
+                    tq.inflight.wait_settled(tq.settled, None, also=lambda: self._stopped)
+                    continue
+                self._notified = False
+                found = tq.claim_due(min(self._batch, room))
+                self.claimed += found
+                if found:
+                    backoff = BACKOFF_MIN_S
+                    continue
+                if self._exit_when_idle and len(tq.inflight) == 0 and tq.store.open_count() == 0:
+                    return "idle"
+                backoff = self._wait(backoff)
+            return "stopped"
+        finally:
+            if self._listener is not None:
+                self._listener.close()
+
+    def _wait(self, backoff: float) -> float:
+        """Wait until rows may be claimable; return the next backoff (SQLite's only)."""
+        tq = self._tq
+        now = tq._wall()
+        due = tq.store.wake_at(now, tq.store.owner)
+        timeout = None if due is None else max(0.0, due - now)
+        if self._listener is None:  # SQLite: nobody can tell us; look again after the backoff
+            timeout = backoff if timeout is None else min(timeout, backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+        seen = tq.settled
+        # One of our own tasks settling matters only when it may leave us idle everywhere.
+        ours = self._exit_when_idle and len(tq.inflight) > 0
+        tq.inflight.wait_settled(seen if ours else float("inf"), timeout,
+                                 also=lambda: self._stopped or self._notified)
+        return backoff
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return, waking it wherever it waits. Callable from any thread."""
+        self._stopped = True
+        self._tq.inflight.poke()

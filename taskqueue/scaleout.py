@@ -1,0 +1,160 @@
+"""``enqueue`` and ``worker``: producers and workers apart, on one SQLite file or one PostgreSQL database.
+
+``enqueue`` validates a task file exactly as ``run`` does and inserts its
+tasks as ``queued`` rows nobody owns yet (duplicates deduplicated by the
+UNIQUE key); it processes nothing. ``worker`` is the engine without a
+producer: its feeder (:mod:`taskqueue.engine.feeder`) claims due rows into
+the bounded queue and the same workers, retries and dead letters as ``run``
+process them. Many workers -- processes, machines -- share one database and
+one object store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+
+from . import logs
+from .config import Config
+from .objectstore import LocalObjectStore
+from .processor import Processor
+from .store import check_database, is_url, open_store
+from .taskfile import ON_INVALID, load_tasks
+
+ENQUEUE_BATCH = 500  # tasks per transaction: all of a batch or none of it
+
+
+def add_commands(sub: argparse._SubParsersAction, store_flags) -> None:
+    enqueue = sub.add_parser("enqueue", help="validate a task file and add its tasks to the queue (no processing)")
+    enqueue.add_argument("--tasks", required=True, help="JSON array of tasks")
+    store_flags(enqueue)
+    enqueue.add_argument("--invalid", choices=ON_INVALID, default="reject",
+                         help="bad items: refuse the whole file (default) or dead-letter them and add the rest")
+    enqueue.set_defaults(handler=cmd_enqueue)
+
+    worker = sub.add_parser("worker", help="process queued tasks until stopped (or idle, with --exit-when-idle)")
+    store_flags(worker)
+    worker.add_argument("--store", help="object store root directory (TQ_STORE, default ./store)")
+    worker.add_argument("--workers", type=int)
+    worker.add_argument("--queue-size", type=int, help="tasks this process holds at most (TQ_QUEUE_SIZE)")
+    worker.add_argument("--max-attempts", type=int)
+    worker.add_argument("--lease-s", type=float, help="seconds a claim lasts unless renewed (TQ_LEASE_S)")
+    worker.add_argument("--grace", type=float, dest="shutdown_grace_s",
+                        help="seconds in-flight tasks get after SIGINT/SIGTERM")
+    worker.add_argument("--exit-when-idle", action="store_true",
+                        help="exit 0 once no task is queued, waiting for a retry or running anywhere")
+    worker.add_argument("--metrics-out", help="write the final metrics here as JSON")
+    worker.add_argument("--log-file", help="append JSON-lines logs here (INFO); default: warnings to stderr")
+    worker.add_argument("--log-level", help="debug | info | warning | error")
+    worker.set_defaults(handler=cmd_worker)
+
+
+def _check_db(config: Config) -> None:
+    if is_url(config.db):
+        return
+    if os.path.isdir(config.db):
+        raise IsADirectoryError(f"db {config.db!r} is a directory, not a database file")
+    parent = os.path.dirname(os.path.abspath(config.db))
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"--db {config.db!r}: directory {parent!r} does not exist")
+    check_database(config.db)
+
+
+# -- enqueue ---------------------------------------------------------------------------------
+
+def cmd_enqueue(args: argparse.Namespace) -> int:
+    from .cli import EXIT_OK, _config
+
+    config = _config(args)
+    _check_db(config)
+    loaded = load_tasks(args.tasks, max_bytes=config.max_task_file_bytes, check=Processor.check,
+                        on_invalid=args.invalid)
+    store = open_store(config.db, lease_s=config.lease_s, synchronous=config.db_synchronous,
+                       busy_timeout_ms=config.busy_timeout_ms)
+    try:
+        added = 0
+        for start in range(0, len(loaded.tasks), ENQUEUE_BATCH):
+            added += len(store.commit(store.enqueue(loaded.tasks[start:start + ENQUEUE_BATCH])))
+        invalid = sum(bool(store.commit(store.record_invalid(*item.dead_letter()))) for item in loaded.invalid)
+    finally:
+        store.close()
+    present = len(loaded.tasks) - added
+    print(f"enqueued {added} task(s) into {store.location}; {present} already there (not added again)")
+    if loaded.invalid:
+        print(f"invalid items dead-lettered: {invalid} ({len(loaded.invalid) - invalid} recorded before)")
+    if loaded.duplicates_dropped:
+        print(f"identical duplicates in the file dropped: {loaded.duplicates_dropped}")
+    return EXIT_OK
+
+
+# -- worker -----------------------------------------------------------------------------------
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .cli import EXIT_OK, _config, _install
+    from .engine import TaskQueue
+    from .engine.feeder import Feeder
+
+    config = _config(args, "workers", "queue_size", "max_attempts", "lease_s", "shutdown_grace_s", "log_level")
+    if os.path.lexists(config.store) and not os.path.isdir(config.store):
+        raise NotADirectoryError(f"store {config.store!r} is not a directory")
+    for flag, path in (("--metrics-out", args.metrics_out), ("--log-file", args.log_file)):
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise FileNotFoundError(f"{flag} {path!r}: directory {os.path.dirname(os.path.abspath(path))!r} "
+                                    f"does not exist")
+    _check_db(config)
+    handler = logs.configure(config.log_level or ("info" if args.log_file else "warning"), path=args.log_file)
+    try:
+        objects = LocalObjectStore(config.store, chunk_size=config.chunk_size, fsync=config.fsync_outputs)
+        processor = Processor(objects, config.faults, max_image_pixels=config.max_image_pixels)
+        started = time.perf_counter()
+        tq = TaskQueue(config.db, objects, config=config, processor=processor, metrics_out=args.metrics_out,
+                       recover_unowned=False)
+        feeder = Feeder(tq, batch=min(16, config.queue_size), exit_when_idle=args.exit_when_idle)
+        signals = [0]
+
+        def on_signal(signum, _frame):
+            signals[0] += 1
+            if signals[0] > 1:
+                os._exit(128 + signum)  # second signal: at once; the store and published outputs stay consistent
+            print(f"\n{signal.Signals(signum).name}: no more claims, finishing in-flight tasks "
+                  f"(up to {config.shutdown_grace_s:g}s; again to exit at once)", file=sys.stderr)
+            feeder.stop()
+
+        outcome: dict = {}
+
+        def feed() -> None:  # in a thread of its own: the signal handler never interrupts a held lock
+            try:
+                outcome["value"] = feeder.run()
+            except BaseException as exc:  # re-raised in the main thread
+                outcome["error"] = exc
+
+        previous = _install(on_signal)
+        try:
+            runner = threading.Thread(target=feed, name="tq-feeder")
+            runner.start()
+            runner.join()
+        finally:
+            _install(previous)
+        stopped = outcome.get("value") != "idle"
+        finished = tq.shutdown(wait=True, cancel_futures=stopped,
+                               timeout=config.shutdown_grace_s if stopped else None)
+        if "error" in outcome:
+            raise outcome["error"]
+        snap = tq.final_metrics or tq.snapshot()
+        counters = snap["counters"]
+        elapsed = time.perf_counter() - started
+        done = counters["succeeded"] + counters["dead_lettered"]
+        print(f"worker {tq.store.owner}: {'idle everywhere' if not stopped else 'stopped'}; claimed {feeder.claimed}, "
+              f"{counters['succeeded']} succeeded, {counters['dead_lettered']} dead-lettered, "
+              f"{counters['retried']} retries; {elapsed:.1f}s, {done / elapsed if elapsed else 0:.1f} tasks/s")
+        if not finished:  # grace ran out: running rows are taken over once their lease expires
+            sys.stdout.flush()
+            os._exit(EXIT_OK)
+        return EXIT_OK
+    finally:
+        logs.logging.getLogger(logs.LOGGER_NAME).removeHandler(handler)
+        handler.close()

@@ -1,0 +1,203 @@
+"""The backend for many machines: task rows in PostgreSQL (``postgresql://`` URLs).
+
+The same schema, transitions and SQL as SQLite (:mod:`.machine`), through
+psycopg 3, which is imported only here: the default path needs nothing
+outside the standard library. Differences that matter:
+
+* Several processes write at once, row by row: ``claim_due`` takes rows with
+  ``FOR UPDATE SKIP LOCKED``, so workers never wait on each other's rows; every
+  transition is still version-checked.
+* Every group commit is a transaction (``autocommit_max=0``), the default
+  READ COMMITTED isolation.
+* A worker waiting for work listens (``LISTEN taskqueue``): ops that make rows
+  claimable ``NOTIFY`` in their transaction, delivered at commit. No polling.
+* The schema is created under an advisory lock (many processes may start at
+  once); a ``tasks`` table that is not this queue's is refused untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from typing import Any, Callable, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+from ..errors import ConfigError
+from .committer import Committer
+from .machine import SQL, Reads, StateMachine, dialect
+
+CHANNEL = "taskqueue"
+MARK = "taskqueue task rows, schema 1"  # the tasks table's comment: this queue's table, not someone else's
+_SCHEMA_LOCK = 0x54517565  # advisory lock key while creating the schema
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS tasks (
+    id              BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,  -- never reused
+    task_id         TEXT    NOT NULL,
+    idempotency_key TEXT    NOT NULL UNIQUE,
+    payload         TEXT    NOT NULL,
+    status          TEXT    NOT NULL CHECK (status IN ('queued','running','success','failed','dead')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    created_at      DOUBLE PRECISION NOT NULL,
+    updated_at      DOUBLE PRECISION NOT NULL,
+    next_attempt_at DOUBLE PRECISION,
+    lease_until     DOUBLE PRECISION,
+    owner           TEXT,
+    output_key      TEXT,
+    output_bytes    BIGINT,
+    last_error      TEXT,
+    error_class     TEXT,
+    redrives        INTEGER NOT NULL DEFAULT 0,
+    version         INTEGER NOT NULL DEFAULT 0
+);
+COMMENT ON TABLE tasks IS '{MARK}';
+CREATE INDEX IF NOT EXISTS tasks_waiting ON tasks (id) WHERE status IN ('queued','failed');
+CREATE TABLE IF NOT EXISTS dead_letters (
+    idempotency_key TEXT    PRIMARY KEY,
+    task_id         TEXT    NOT NULL,
+    payload         TEXT    NOT NULL,
+    attempts        INTEGER NOT NULL,
+    error_class     TEXT    NOT NULL,
+    last_error      TEXT    NOT NULL,
+    created_at      DOUBLE PRECISION NOT NULL,
+    dead_at         DOUBLE PRECISION NOT NULL
+);
+"""
+PG_SQL = dialect(SQL, placeholder="%s", lock=" FOR UPDATE SKIP LOCKED")
+
+
+def is_url(db: str) -> bool:
+    return db.startswith(("postgresql://", "postgres://"))
+
+
+def redact(url: str) -> str:
+    """``url`` without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def driver():
+    """The psycopg module; ConfigError saying how to install it when it is missing."""
+    try:
+        import psycopg
+    except ImportError:
+        raise ConfigError('a postgresql:// database needs the psycopg driver: pip install "psycopg[binary]"') \
+            from None
+    return psycopg
+
+
+def _check_table(conn: Any, url: str) -> None:
+    """Refuse a database whose ``tasks`` table is someone else's (before creating anything)."""
+    found = conn.execute("SELECT obj_description(to_regclass('tasks'), 'pg_class'), to_regclass('tasks')"
+                         " IS NOT NULL").fetchone()
+    comment, exists = found
+    if exists and comment != MARK:
+        raise driver().DatabaseError(f"database {redact(url)} has a table 'tasks' that is not this queue's "
+                                     f"(comment {comment!r}); refusing to modify it")
+
+
+class PostgresStore(StateMachine):
+    """The task store in PostgreSQL (see :mod:`taskqueue.store.contract` for the contract).
+
+    Raises ``psycopg.Error`` naming the database if it cannot be reached or
+    its schema created; :class:`ConfigError` if psycopg is not installed.
+    """
+
+    sql = PG_SQL
+
+    def __init__(self, url: str, *, lease_s: float = 300.0, clock: Callable[[], float] = time.time,
+                 max_batch: int = 512, connect_timeout_s: float = 10.0) -> None:
+        psycopg = driver()
+        self.url = url
+        self._connect_timeout = connect_timeout_s
+        conn = self._connect(psycopg)
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                _check_table(conn, url)
+                conn.execute(SCHEMA)
+        except BaseException:
+            conn.close()
+            raise
+        super().__init__(location=redact(url), lease_s=lease_s, clock=clock)
+        self.committer = Committer(conn, begin=lambda c: c.execute("BEGIN"), max_batch=max_batch,
+                                   autocommit_max=0, notify=lambda c: c.execute(f"NOTIFY {CHANNEL}"))
+
+    def _connect(self, psycopg=None):
+        psycopg = psycopg or driver()
+        try:
+            return psycopg.connect(self.url, autocommit=True, connect_timeout=self._connect_timeout)
+        except psycopg.Error as exc:
+            raise type(exc)(f"database {redact(self.url)}: {exc}") from None
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[Any]:
+        conn = self._connect()
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def listener(self, on_notify: Callable[[], None]) -> "Listener":
+        return Listener(self.url, on_notify, self._connect_timeout)
+
+
+class PostgresReader(Reads):
+    """Reads of an existing queue database (``status``, ``dlq list``); creates nothing."""
+
+    sql = PG_SQL
+
+    def __init__(self, url: str, *, connect_timeout_s: float = 10.0) -> None:
+        driver()
+        self.url = url
+        self.location = redact(url)
+        self._connect_timeout = connect_timeout_s
+        with self.reader() as conn:
+            found = conn.execute("SELECT obj_description(to_regclass('tasks'), 'pg_class')").fetchone()[0]
+        if found != MARK:
+            raise driver().DatabaseError(f"database {self.location} holds no task queue (no tasks table of ours)")
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[Any]:
+        psycopg = driver()
+        try:
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=self._connect_timeout)
+        except psycopg.Error as exc:
+            raise type(exc)(f"database {self.location}: {exc}") from None
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+
+class Listener:
+    """Calls ``on_notify()`` each time another process NOTIFYs that rows may be claimable.
+
+    Its own connection LISTENing on :data:`CHANNEL`, read by a daemon thread
+    that blocks on the socket (no polling). :meth:`close` closes the
+    connection, which ends the thread.
+    """
+
+    def __init__(self, url: str, on_notify: Callable[[], None], connect_timeout_s: float) -> None:
+        self._conn = driver().connect(url, autocommit=True, connect_timeout=connect_timeout_s)
+        self._conn.execute(f"LISTEN {CHANNEL}")
+        self._on_notify = on_notify
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="tq-listener", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for _notification in self._conn.notifies():
+                self._on_notify()
+        except Exception:  # noqa: BLE001 - closed by close(), or the server went away
+            if not self._closed:
+                self._on_notify()  # let the feeder look (its next query reports a lost server)
+
+    def close(self) -> None:
+        self._closed = True
+        self._conn.close()
+        self._thread.join()
