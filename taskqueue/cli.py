@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 
-from . import logs
+from . import logs, watch
 from .config import Config
 from .errors import ClaimedElsewhere, ConfigError, InvalidTask, QueueFull, QueueShutDown
 from .objectstore import LocalObjectStore
@@ -69,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-out", help="write the final metrics here as JSON")
     run.add_argument("--log-file", help="append JSON-lines logs here (INFO); default: warnings to stderr")
     run.add_argument("--log-level", help="debug | info | warning | error")
+    watch.add_flags(run)  # --no-progress, --metrics-port, --metrics-host, --metrics-interval
     run.set_defaults(handler=cmd_run)
 
     status = sub.add_parser("status", help="counts by status and recent failures")
@@ -112,6 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     loaded = load_tasks(args.tasks, max_bytes=config.max_task_file_bytes, check=Processor.check,
                         on_invalid=args.invalid)
     check_database(config.db)
+    watcher = watch.Watch.from_args(args)  # binds --metrics-port: a port in use refuses the run here
     handler = logs.configure(args.log_level or ("info" if args.log_file else "warning"), path=args.log_file)
     try:
         objects = LocalObjectStore(config.store, chunk_size=config.chunk_size, fsync=config.fsync_outputs)
@@ -125,8 +127,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         tq = TaskQueue(config.db, objects, config=config, processor=processor,
                        metrics_out=args.metrics_out)
-        return _drive(tq, loaded, config, started, swept, args.metrics_out)
+        watcher.start(tq, total=len(loaded.tasks) + len(loaded.invalid) + len(tq.recovered.runnable)
+                      + len(tq.recovered.dead))
+        return _drive(tq, loaded, config, started, swept, args.metrics_out, on_finished=watcher.stop)
     finally:
+        watcher.stop()
         logs.logging.getLogger(logs.LOGGER_NAME).removeHandler(handler)
         handler.close()
 
@@ -180,7 +185,8 @@ class _Waiter:
             self._changed.wait_for(lambda: self.stopping, seconds)
 
 
-def _drive(tq, loaded, config: Config, started: float, swept: int, metrics_out: str | None) -> int:
+def _drive(tq, loaded, config: Config, started: float, swept: int, metrics_out: str | None,
+           on_finished=lambda: None) -> int:
     """Submit every task, wait for all outcomes (or a signal), shut down, summarise.
 
     The work runs in a thread of its own; the main thread only waits for it,
@@ -213,6 +219,7 @@ def _drive(tq, loaded, config: Config, started: float, swept: int, metrics_out: 
         runner.join()
     finally:
         _install(previous)
+        on_finished()  # the progress line ends and the metrics file is final before the summary prints
     if "error" in outcome:
         raise outcome["error"]
     submitted, rejected_offers, finished = outcome["value"]
