@@ -47,7 +47,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="task_queue_optimized.py",
         description="Durable in-process task queue. `--benchmark [options]` runs the load benchmark "
                     "(see `--benchmark --help`).")
     sub = parser.add_subparsers(dest="command", required=True)
