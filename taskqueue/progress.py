@@ -96,7 +96,9 @@ class ProgressLine:
         self._clock = clock
         self._columns = columns or self._terminal_columns
         self._rate = RateWindow()
-        self._drawing = threading.Lock()  # guards: writes to the stream, _frame, _midline
+        # Guards writes to the stream, _frame and _midline. Reentrant: a signal handler in the main
+        # thread may print to stderr while the main thread is drawing the final frame.
+        self._drawing = threading.RLock()
         self._frame = ""
         self._midline = False  # something above the line was written without its newline yet
         self._stopped = threading.Event()
