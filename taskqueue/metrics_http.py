@@ -136,6 +136,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if send_body:
             self.wfile.write(body)
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's signature
+    def log_message(self, format: str, *args) -> None:  # the base class names it `format`
         _log.debug("metrics server: " + format, *args,
                    extra={"event": "metrics_http", "task_id": None, "idempotency_key": None})

@@ -96,8 +96,8 @@ class ProgressLine:
         self._clock = clock
         self._columns = columns or self._terminal_columns
         self._rate = RateWindow()
-        # Guards writes to the stream, _frame and _midline. Reentrant: a signal handler in the main
-        # thread may print to stderr while the main thread is drawing the final frame.
+        # Guards writes to the stream, _frame, _midline, _first and _rate. Reentrant: a signal
+        # handler in the main thread may print to stderr while that thread draws the final frame.
         self._drawing = threading.RLock()
         self._frame = ""
         self._midline = False  # something above the line was written without its newline yet
@@ -142,10 +142,11 @@ class ProgressLine:
     def refresh(self) -> None:
         """Draw one frame from a fresh snapshot (skipped while a partial line is being written above)."""
         snap = self._snapshot()
-        now, done = self._clock(), done_count(snap)
-        if self._first is None:
-            self._first = (now, done)
-        self._draw(format_status(snap, self.total, self._rate.add(now, done)), final=False)
+        with self._drawing:  # also guards _first and the rate window
+            now, done = self._clock(), done_count(snap)
+            if self._first is None:
+                self._first = (now, done)
+            self._draw(format_status(snap, self.total, self._rate.add(now, done)), final=False)
 
     # -- drawing ------------------------------------------------------------------------------
 

@@ -78,7 +78,7 @@ def render(snap: dict, *, version: str | None = None, prefix: str = "taskqueue")
 
 def _histogram(out: "_Families", name: str, help_text: str, buckets: dict) -> None:
     out.family(name, "histogram", help_text)
-    for le, cumulative in zip(buckets["le"], buckets["cumulative"]):
+    for le, cumulative in zip(buckets["le"], buckets["cumulative"], strict=True):
         out.sample(f"{name}_bucket", cumulative, le=_number(float(le)))
     out.sample(f"{name}_bucket", buckets["count"], le="+Inf")
     out.sample(f"{name}_sum", float(buckets["sum"]))
