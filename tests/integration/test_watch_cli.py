@@ -12,14 +12,12 @@ then releases the held task and checks the end. No sleep decides anything.
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import re
 import struct
 import subprocess
 import sys
-import termios
 import threading
 import time
 import urllib.error
@@ -32,6 +30,9 @@ import taskqueue
 from prometheus_text import parse, values
 from taskqueue.objectstore import LocalObjectStore
 from taskqueue.workload import create_sources, generate_tasks
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo") or not hasattr(os, "openpty"),
+                                reason="needs a named pipe and a pseudo-terminal (POSIX)")
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "task_queue_optimized.py"
@@ -253,6 +254,8 @@ def screen(raw: str) -> list[str]:
 
 def run_on_a_pty(held: dict, *extra: str) -> tuple[subprocess.Popen, Reader, int]:
     """``run`` with stdout and stderr on one pseudo-terminal, as in a user's shell."""
+    import fcntl  # POSIX only, like os.openpty
+    import termios
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 200, 0, 0))
     proc = subprocess.Popen(run_args(held, *extra), cwd=held["work"], env=env(), stdin=subprocess.DEVNULL,
