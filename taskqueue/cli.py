@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 
-from . import logs
+from . import logs, watch
 from .config import Config
 from .errors import ClaimedElsewhere, ConfigError, InvalidTask, QueueFull, QueueShutDown, TaskQueueError
 from .objectstore import LocalObjectStore
@@ -47,7 +47,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="task_queue_optimized.py",
         description="Durable in-process task queue. `--benchmark [options]` runs the load benchmark "
                     "(see `--benchmark --help`).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -69,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-out", help="write the final metrics here as JSON")
     run.add_argument("--log-file", help="append JSON-lines logs here (INFO); default: warnings to stderr")
     run.add_argument("--log-level", help="debug | info | warning | error")
+    watch.add_flags(run)  # --no-progress, --metrics-port, --metrics-host, --metrics-interval
     run.set_defaults(handler=cmd_run)
 
     status = sub.add_parser("status", help="counts by status and recent failures")
@@ -116,6 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                         on_invalid=args.invalid)
     if not is_url(config.db):
         check_database(config.db)
+    watcher = watch.Watch.from_args(args)  # binds --metrics-port: a port in use refuses the run here
     handler = logs.configure(config.log_level or ("info" if args.log_file else "warning"), path=args.log_file)
     try:
         objects = LocalObjectStore(config.store, chunk_size=config.chunk_size, fsync=config.fsync_outputs)
@@ -129,13 +130,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         tq = TaskQueue(config.db, objects, config=config, processor=processor,
                        metrics_out=args.metrics_out)
+        watcher.start(tq, total=len(loaded.tasks) + len(loaded.invalid) + len(tq.recovered.runnable)
+                      + len(tq.recovered.dead))
         try:
-            return _drive(tq, loaded, config, started, swept, args.metrics_out)
+            return _drive(tq, loaded, config, started, swept, args.metrics_out, on_finished=watcher.stop)
         except (*store_errors(), TaskQueueError, OSError) as exc:  # mid-run: some work may be done
             print(f"error: the run stopped: {exc}\nwhat finished is recorded; run again to finish the rest "
                   f"(nothing is done twice)", file=sys.stderr)
             return EXIT_UNFINISHED
     finally:
+        watcher.stop()
         logs.logging.getLogger(logs.LOGGER_NAME).removeHandler(handler)
         handler.close()
 
@@ -190,7 +194,8 @@ class _Waiter:
             self._changed.wait_for(lambda: self.stopping, seconds)
 
 
-def _drive(tq, loaded, config: Config, started: float, swept: int, metrics_out: str | None) -> int:
+def _drive(tq, loaded, config: Config, started: float, swept: int, metrics_out: str | None,
+           on_finished=lambda: None) -> int:
     """Submit every task, wait for all outcomes (or a signal), shut down, summarise.
 
     The work runs in a thread of its own; the main thread only waits for it,
@@ -223,6 +228,7 @@ def _drive(tq, loaded, config: Config, started: float, swept: int, metrics_out: 
         runner.join()
     finally:
         _install(previous)
+        on_finished()  # the progress line ends and the metrics file is final before the summary prints
     if "error" in outcome:
         raise outcome["error"]
     submitted, rejected_offers, finished = outcome["value"]

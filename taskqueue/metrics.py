@@ -1,7 +1,8 @@
 """Metrics: thread-safe counters, bounded-memory latency histograms, queue depth, utilisation.
 
 ``Metrics.snapshot()`` returns a plain dict (see ``SNAPSHOT_KEYS``);
-``to_json()`` and ``to_prometheus()`` are two renderings of it.
+``to_json()`` and ``to_prometheus()`` (see :mod:`taskqueue.prometheus`) are
+two renderings of it.
 
 Latency quantiles come from :class:`LatencyHistogram`, a log-bucketed
 histogram (the DDSketch construction): with relative accuracy ``alpha`` every
@@ -9,10 +10,15 @@ reported quantile is within ``alpha * true value`` of the exact nearest-rank
 quantile of the recorded samples (default alpha = 1 %). Memory is bounded by
 the number of buckets between ``min_value`` and ``max_value``: about 1,200 for
 1 us .. 1 day at 1 %, however many samples are recorded.
+
+Processing times are also counted exactly into a few fixed buckets
+(``DURATION_BUCKETS_S``), the Prometheus histogram of a task attempt's
+duration: quantiles cannot be added up across processes, bucket counts can.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import threading
@@ -21,8 +27,10 @@ from typing import Callable
 
 COUNTERS = ("enqueued", "dequeued", "deduplicated", "rejected", "succeeded", "failed", "retried",
             "dead_lettered")
-SNAPSHOT_KEYS = ("counters", "rates", "latency_s", "queue_wait_s", "processing_s", "queue_depth",
-                 "queue_depth_sampled", "workers", "elapsed_s")
+SNAPSHOT_KEYS = ("counters", "rates", "latency_s", "queue_wait_s", "processing_s", "task_duration_s",
+                 "queue_depth", "queue_depth_sampled", "workers", "elapsed_s")
+# Upper bounds (inclusive, seconds) of the processing-time buckets; +Inf is implied.
+DURATION_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 class LatencyHistogram:
@@ -149,6 +157,7 @@ class Metrics:
         self._sampled = DepthStats(queue_capacity)
         self._busy = [0.0] * workers
         self._tasks_per_worker = [0] * workers
+        self._duration_counts = [0] * (len(DURATION_BUCKETS_S) + 1)  # per bucket, the last one is +Inf
 
     def incr(self, name: str, n: int = 1) -> None:
         with self._lock:
@@ -174,6 +183,7 @@ class Metrics:
             self._busy[worker] += busy_s
             self._tasks_per_worker[worker] += 1
             self.processing.record(busy_s)
+            self._duration_counts[bisect.bisect_left(DURATION_BUCKETS_S, busy_s)] += 1
 
     def on_outcome(self, counter: str, latency_s: float | None) -> None:
         """Count a terminal outcome or a retry, and record the submit-to-outcome latency."""
@@ -195,6 +205,7 @@ class Metrics:
                 "latency_s": self.latency.summary(),
                 "queue_wait_s": self.queue_wait.summary(),
                 "processing_s": self.processing.summary(),
+                "task_duration_s": self._duration_buckets(),
                 "queue_depth": self._depth.summary(),
                 "queue_depth_sampled": self._sampled.summary(),
                 "workers": {"count": len(busy), "busy_s": busy,
@@ -203,29 +214,22 @@ class Metrics:
                 "elapsed_s": elapsed,
             }
 
+    def _duration_buckets(self) -> dict:
+        """Cumulative counts per upper bound ``le`` (the caller holds the lock); ``count`` is the +Inf bucket."""
+        cumulative, seen = [], 0
+        for n in self._duration_counts[:-1]:
+            seen += n
+            cumulative.append(seen)
+        return {"le": list(DURATION_BUCKETS_S), "cumulative": cumulative,
+                "count": seen + self._duration_counts[-1], "sum": self.processing.total}
+
     def to_json(self, **kwargs) -> str:
         return json.dumps(self.snapshot(), **kwargs)
 
-    def to_prometheus(self, prefix: str = "taskqueue") -> str:
-        """The snapshot in Prometheus text exposition format."""
-        snap = self.snapshot()
-        lines = []
-        for name, value in snap["counters"].items():
-            lines += [f"# TYPE {prefix}_{name}_total counter", f"{prefix}_{name}_total {value}"]
-        for name in ("latency_s", "queue_wait_s", "processing_s"):
-            summary = snap[name]
-            lines.append(f"# TYPE {prefix}_{name} summary")
-            for q in ("p50", "p95", "p99"):
-                if summary[q] is not None:
-                    lines.append(f'{prefix}_{name}{{quantile="0.{q[1:]}"}} {summary[q]:.6g}')
-            lines += [f"{prefix}_{name}_count {summary['count']}",
-                      f"{prefix}_{name}_sum {(summary['mean'] or 0.0) * summary['count']:.6g}"]
-        depth = snap["queue_depth"]
-        lines += [f"# TYPE {prefix}_queue_depth gauge", f"{prefix}_queue_depth {depth['current']}",
-                  f"{prefix}_queue_depth_max {depth['max']}",
-                  f"# TYPE {prefix}_worker_utilisation gauge",
-                  f"{prefix}_worker_utilisation {snap['workers']['utilisation']:.6g}"]
-        return "\n".join(lines) + "\n"
+    def to_prometheus(self) -> str:
+        """The snapshot in the Prometheus text exposition format (see :mod:`taskqueue.prometheus`)."""
+        from .prometheus import render
+        return render(self.snapshot())
 
 
 class DepthSampler:

@@ -1,16 +1,19 @@
-"""Metrics: counters, the latency histogram's error bound, exact depth statistics, renderings, the sampler."""
+"""Metrics: counters, the latency histogram's error bound, exact depth statistics, duration buckets, the sampler.
+
+The Prometheus rendering is tested in test_prometheus.py.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import random
-import re
 import threading
 
 import pytest
 
-from taskqueue.metrics import COUNTERS, SNAPSHOT_KEYS, DepthSampler, DepthStats, LatencyHistogram, Metrics
+from taskqueue.metrics import (COUNTERS, DURATION_BUCKETS_S, SNAPSHOT_KEYS, DepthSampler, DepthStats,
+                               LatencyHistogram, Metrics)
 
 WAIT_S = 30  # hang guard only
 QUANTILES = (0.5, 0.9, 0.95, 0.99, 1.0)
@@ -197,6 +200,8 @@ def test_snapshot_schema():
         assert set(snap[name]) == {"current", "max", "mean", "p95", "observations", "capacity"}
         assert snap[name]["capacity"] == 16
     assert set(snap["workers"]) == {"count", "busy_s", "tasks", "utilisation"}
+    assert set(snap["task_duration_s"]) == {"le", "cumulative", "count", "sum"}
+    assert snap["task_duration_s"]["count"] == 1 and snap["task_duration_s"]["sum"] == 0.5
     assert snap["workers"]["count"] == 3
     assert snap["workers"]["busy_s"] == [0.0, 0.5, 0.0] and snap["workers"]["tasks"] == [0, 1, 0]
     assert snap["elapsed_s"] == 2.0
@@ -264,32 +269,17 @@ def test_unknown_counter_is_an_error():
         Metrics(workers=1, queue_capacity=1).incr("no_such_counter")
 
 
-def test_prometheus_text_has_every_counter_and_parses():
-    clock = SteppedClock()
-    metrics = Metrics(workers=2, queue_capacity=4, clock=clock)
-    for name, n in zip(COUNTERS, range(1, len(COUNTERS) + 1)):
-        metrics.incr(name, n)
-    metrics.on_outcome("succeeded", 0.125)
-    metrics.on_put(3)
-    clock.now += 1.0
-    text = metrics.to_prometheus()
-    assert text.endswith("\n")
-    samples = {}
-    sample = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[a-z]+="[^"]*"\})?) (\S+)$')
-    for line in text.splitlines():
-        if line.startswith("# TYPE "):
-            assert line.split()[3] in ("counter", "gauge", "summary")
-            continue
-        match = sample.match(line)
-        assert match, f"not a Prometheus sample line: {line!r}"
-        samples[match.group(1)] = float(match.group(2))
-    snap = metrics.snapshot()
-    for name in COUNTERS:
-        assert samples[f"taskqueue_{name}_total"] == snap["counters"][name]
-    assert samples["taskqueue_latency_s_count"] == 1
-    assert samples['taskqueue_latency_s{quantile="0.99"}'] == pytest.approx(0.125, rel=0.01)
-    assert samples["taskqueue_queue_depth"] == 3 and samples["taskqueue_queue_depth_max"] == 3
-    assert "taskqueue_worker_utilisation" in samples
+def test_duration_buckets_in_the_snapshot_are_cumulative_and_json_safe():
+    metrics = Metrics(workers=1, queue_capacity=1, clock=SteppedClock())
+    for busy in (0.0005, 0.001, 0.02, 0.02, 7.0, 100.0):
+        metrics.on_processed(0, busy)
+    buckets = metrics.snapshot()["task_duration_s"]
+    assert buckets["le"] == list(DURATION_BUCKETS_S)
+    assert dict(zip(buckets["le"], buckets["cumulative"]))[0.001] == 2  # le is inclusive
+    assert dict(zip(buckets["le"], buckets["cumulative"]))[0.025] == 4
+    assert buckets["cumulative"][-1] == 5 and buckets["count"] == 6  # 100 s only in +Inf
+    assert buckets["sum"] == pytest.approx(0.0005 + 0.001 + 0.02 + 0.02 + 7.0 + 100.0)
+    assert json.loads(json.dumps(buckets)) == buckets  # no inf in the JSON
 
 
 # -- DepthSampler -----------------------------------------------------------------------------------

@@ -1,0 +1,141 @@
+"""Serve live metrics over HTTP: ``GET /metrics`` (Prometheus text 0.0.4) and ``GET /healthz``.
+
+:class:`MetricsServer` binds its socket when constructed, so a port in use
+is refused before the caller creates anything, and serves from a daemon
+thread between :meth:`~MetricsServer.start` and :meth:`~MetricsServer.stop`.
+The thread waits in a selector on the listening socket and on a wake-up
+socket pair, so ``stop()`` returns at once instead of after a poll interval;
+each request is answered in a daemon thread of its own (a slow client holds
+up no scrape). Standard library only: ``http.server``.
+"""
+
+from __future__ import annotations
+
+import http.server
+import logging
+import selectors
+import socket
+import socketserver
+import threading
+from typing import Callable
+
+from .errors import ConfigError
+from .logs import LOGGER_NAME
+from .prometheus import CONTENT_TYPE
+
+_log = logging.getLogger(LOGGER_NAME)
+
+
+class MetricsServer:
+    """An HTTP server of ``render()`` at ``/metrics`` on ``host:port`` (port 0: any free port).
+
+    Raises :class:`~taskqueue.errors.ConfigError` naming the address when it
+    cannot listen there (in use, no such address, not permitted).
+    ``render`` is called once per scrape in a request thread; it must be
+    thread-safe. An exception from it answers 500 and is logged.
+    """
+
+    def __init__(self, render: Callable[[], str], *, host: str = "127.0.0.1", port: int = 0) -> None:
+        server_class = _Server6 if ":" in host else _Server
+        try:
+            self._httpd = server_class((host, port), _Handler)
+        except (OSError, OverflowError) as exc:  # OverflowError: a port outside 0..65535
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ConfigError(f"cannot serve metrics on {host}:{port}: {reason}") from exc
+        self._httpd.render = render
+        self.host = host
+        self.port = self._httpd.server_address[1]
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
+
+    def start(self) -> None:
+        """Start answering requests (those made since construction wait in the backlog until now)."""
+        if self._thread is None and not self._stopped:
+            self._thread = threading.Thread(target=self._serve, name="tq-metrics-http", daemon=True)
+            self._thread.start()
+
+    def _serve(self) -> None:
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._httpd.socket, selectors.EVENT_READ)
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            while True:
+                ready = {key.fileobj for key, _ in selector.select()}
+                if self._wake_r in ready:
+                    return
+                try:
+                    self._httpd.handle_request()  # accepts the connection; a thread answers it
+                except Exception:  # never die silently: log and keep serving
+                    _log.exception("metrics server: could not accept a connection",
+                                   extra={"event": "metrics_http_error", "task_id": None, "idempotency_key": None})
+
+    def stop(self) -> None:
+        """Stop serving and close the socket; returns once the serving thread is gone. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._thread is not None:
+            self._wake_w.send(b"x")
+            self._thread.join()
+        self._httpd.server_close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_port = False  # never share the port with another listener: in use means refused
+    timeout = None  # handle_request() is only called once the socket is readable
+    render: Callable[[], str]
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind also resolves socket.getfqdn(host), a DNS look-up that can stall
+        # start-up; the name is only used in CGI environments.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: _Server
+    timeout = 10  # seconds a client may take to send its request
+
+    def do_GET(self) -> None:
+        self._answer(send_body=True)
+
+    def do_HEAD(self) -> None:
+        self._answer(send_body=False)
+
+    def _answer(self, send_body: bool) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            try:
+                status, body, content_type = 200, self.server.render().encode("utf-8"), CONTENT_TYPE
+            except Exception as exc:
+                _log.exception("metrics server: rendering failed", extra={
+                    "event": "metrics_http_error", "task_id": None, "idempotency_key": None})
+                status, body = 500, f"rendering the metrics failed: {type(exc).__name__}\n".encode()
+                content_type = "text/plain; charset=utf-8"
+        elif path == "/healthz":
+            status, body, content_type = 200, b"ok\n", "text/plain; charset=utf-8"
+        else:
+            status, body, content_type = 404, b"not found: try /metrics or /healthz\n", "text/plain; charset=utf-8"
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if send_body:
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args) -> None:  # the base class names it `format`
+        _log.debug("metrics server: " + format, *args,
+                   extra={"event": "metrics_http", "task_id": None, "idempotency_key": None})

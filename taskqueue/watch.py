@@ -1,0 +1,121 @@
+"""What an operator watches while a queue runs: the progress line, live metrics over HTTP, a metrics file.
+
+One object, :class:`Watch`, for a command that drives a
+:class:`~taskqueue.engine.TaskQueue` (``run`` today, a long-lived worker
+tomorrow)::
+
+    add_flags(parser)                    # --no-progress, --metrics-port/-host, --metrics-interval
+    watch = Watch.from_args(args)        # validates, binds the port: refuses before anything is created
+    ...create the TaskQueue...
+    watch.start(tq, total=N)             # total None: open-ended, no percent or ETA
+    ...run...
+    watch.stop()                         # before printing the summary; idempotent
+
+* the progress line (:mod:`taskqueue.progress`) shows on stderr only when
+  it is a terminal and ``--no-progress`` is not given;
+* ``--metrics-port`` serves ``/metrics`` and ``/healthz``
+  (:mod:`taskqueue.metrics_http`) on ``--metrics-host`` (127.0.0.1);
+* ``--metrics-out`` is rewritten every ``--metrics-interval`` seconds
+  (:mod:`taskqueue.metrics_writer`); the engine still writes it at shutdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from typing import Any, TextIO
+
+from .errors import ConfigError
+from .metrics_http import MetricsServer
+from .metrics_writer import PeriodicMetricsWriter
+from .progress import ProgressLine
+from .prometheus import render
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_INTERVAL_S = 10.0
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no live status line on stderr (shown only when stderr is a terminal)")
+    parser.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="serve GET /metrics (Prometheus text) and /healthz on this port while the run "
+                             "lasts; 0 picks a free port (announced on stderr)")
+    parser.add_argument("--metrics-host", default=DEFAULT_HOST, metavar="HOST",
+                        help=f"address for --metrics-port (default {DEFAULT_HOST})")
+    parser.add_argument("--metrics-interval", type=float, default=DEFAULT_INTERVAL_S, metavar="SECONDS",
+                        help=f"rewrite --metrics-out this often during the run (default {DEFAULT_INTERVAL_S:g})")
+
+
+class Watch:
+    """The progress line, the metrics server and the metrics file writer of one run; each optional."""
+
+    def __init__(self, *, progress: bool = False, port: int | None = None, host: str = DEFAULT_HOST,
+                 metrics_out: str | None = None, interval_s: float = DEFAULT_INTERVAL_S,
+                 stream: TextIO | None = None) -> None:
+        if port is not None and not 0 <= port <= 65535:
+            raise ConfigError(f"--metrics-port: must be within [0, 65535], got {port!r}")
+        if not (math.isfinite(interval_s) and interval_s > 0):
+            raise ConfigError(f"--metrics-interval: must be a number of seconds greater than 0, got {interval_s!r}")
+        self._stream = stream or sys.stderr
+        self._progress_wanted = progress
+        self._metrics_out = metrics_out
+        self._interval = interval_s
+        self._tq: Any = None
+        self.progress: ProgressLine | None = None
+        self.writer: PeriodicMetricsWriter | None = None
+        # Bound now, served from start(): a port in use refuses the run before anything exists.
+        self.server = None if port is None else MetricsServer(self._render, host=host, port=port)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, stream: TextIO | None = None) -> "Watch":
+        stream = stream or sys.stderr
+        on_terminal = _is_terminal(stream) and os.environ.get("TERM") != "dumb"
+        return cls(progress=on_terminal and not args.no_progress, port=args.metrics_port,
+                   host=args.metrics_host, metrics_out=args.metrics_out, interval_s=args.metrics_interval,
+                   stream=stream)
+
+    def start(self, tq: Any, total: int | None) -> None:
+        """Start watching ``tq`` (anything with ``snapshot()``; ``final_metrics`` is used once set)."""
+        self._tq = tq
+        if self.server is not None:
+            self.server.start()
+            print(f"serving metrics on {self.server.url} (and /healthz)", file=self._stream, flush=True)
+        if self._metrics_out:
+            self.writer = PeriodicMetricsWriter(self._metrics_out, self.snapshot, interval_s=self._interval)
+            self.writer.start()
+        if self._progress_wanted:
+            self.progress = ProgressLine(self.snapshot, total=total, stream=self._stream)
+            self.progress.start()
+
+    def snapshot(self) -> dict:
+        """The queue's final metrics once it has shut down, else a fresh snapshot."""
+        return getattr(self._tq, "final_metrics", None) or self._tq.snapshot()
+
+    def _render(self) -> str:
+        if self._tq is None:  # a request accepted before start(): nothing to report yet
+            raise RuntimeError("the run has not started")
+        return render(self.snapshot())
+
+    def stop(self) -> None:
+        """End the progress line, write the final metrics file, stop serving. Idempotent; never raises
+        for one part failing before the others are stopped."""
+        try:
+            if self.progress is not None:
+                self.progress.stop()
+        finally:
+            try:
+                if self.writer is not None:
+                    self.writer.stop()
+            finally:
+                if self.server is not None:
+                    self.server.stop()
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False

@@ -1,0 +1,363 @@
+"""Watching a real `run` subprocess: /metrics scraped while it runs, the metrics file rewritten during
+the run, the progress line on a pseudo-terminal, and start-up refusals.
+
+To look at a run *while* it runs without racing it, the task file starts
+with a task whose source object is a named pipe (FIFO): the worker that
+takes it blocks opening the pipe until the test writes to it. So the test
+waits (polling, with a timeout that is only a hang guard) until every other
+task is done, checks what a watcher sees with the run provably still going,
+then releases the held task and checks the end. No sleep decides anything.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import taskqueue
+from prometheus_text import parse, values
+from taskqueue.objectstore import LocalObjectStore
+from taskqueue.workload import create_sources, generate_tasks
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo") or not hasattr(os, "openpty"),
+                                reason="needs a named pipe and a pseudo-terminal (POSIX)")
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "task_queue_optimized.py"
+HANG_S = 60  # hang guard only
+SUMMARY = re.compile(r"tasks (\d+): (\d+) succeeded, (\d+) already done \(deduplicated\), "
+                     r"(\d+) dead-lettered, (\d+) unfinished")
+ANNOUNCE = re.compile(r"serving metrics on (http://127\.0\.0\.1:(\d+)/metrics) \(and /healthz\)")
+FRAME = re.compile(r"(\d+)/(\d+) done \((\d+\.\d)%\) \| (?:--|\d+\.\d) tasks/s \| ETA (?:--:--|\d+(?::\d\d)+) "
+                   r"\| retries (\d+) \| dead (\d+) \| queue (\d+)/(\d+)")
+
+
+def env() -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TQ_")}
+    clean["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), clean.get("PYTHONPATH")]))
+    clean["TERM"] = "xterm"
+    return clean
+
+
+def wait_until(predicate, what: str, proc: subprocess.Popen):
+    """Poll ``predicate()`` until it returns a true value; fail if ``proc`` exits first or on the hang guard."""
+    deadline = time.monotonic() + HANG_S
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if proc.poll() is not None:
+            raise AssertionError(f"process exited ({proc.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"hang guard: still waiting for {what}")
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def held(tmp_path: Path) -> dict:
+    """A task file whose first task is held on a FIFO, then 10 gzip tasks (2 repeat a key), then one
+    whose source is missing (a dead letter, logged as a warning)."""
+    tasks = generate_tasks(10, seed=7, duplicate_fraction=0.2, variants="gzip")
+    store = tmp_path / "store"
+    create_sources(LocalObjectStore(store, fsync=False), tasks, seed=7)
+    fifo = store / "hold" / "pipe.txt"
+    fifo.parent.mkdir(parents=True)
+    os.mkfifo(fifo)
+    tasks = [{"id": "held", "image_key": "hold/pipe.txt", "variant": "gzip"}] + tasks + [
+        {"id": "lost", "image_key": "missing/never.txt", "variant": "gzip"}]
+    path = tmp_path / "tasks.json"
+    path.write_text(json.dumps(tasks), encoding="utf-8")
+    pairs = len({(t["image_key"], t["variant"]) for t in tasks})
+    work = tmp_path / "work"
+    work.mkdir()
+    return {"file": path, "store": store, "db": tmp_path / "tasks.db", "fifo": fifo, "work": work,
+            "total": len(tasks), "succeeded": pairs - 2, "dedup": len(tasks) - pairs}  # not held, not lost
+
+
+def run_args(w: dict, *extra: str) -> list[str]:
+    return [sys.executable, str(SCRIPT), "run", "--tasks", str(w["file"]), "--db", str(w["db"]),
+            "--store", str(w["store"]), "--workers", "2", *extra]
+
+
+def release(fifo: Path, proc: subprocess.Popen) -> None:
+    """Let the held task finish: open the pipe for writing once its reader is there, write, close."""
+    def opened():
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # no reader yet
+                return None
+            raise
+    fd = wait_until(opened, "the worker to open the held task's pipe", proc)
+    try:
+        os.set_blocking(fd, True)
+        os.write(fd, b"released\n")
+    finally:
+        os.close(fd)
+
+
+class Reader:
+    """Reads a file descriptor (a pipe or a pty master) in a thread until EOF; ``wait_for`` a regex."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._data = bytearray()
+        self._grew = threading.Condition()
+        self._done = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self._fd, 65536)
+            except OSError:  # EIO: the pty's other side is closed
+                chunk = b""
+            with self._grew:
+                if not chunk:
+                    self._done = True
+                    self._grew.notify_all()
+                    return
+                self._data += chunk
+                self._grew.notify_all()
+
+    @property
+    def text(self) -> str:
+        with self._grew:
+            return self._data.decode("utf-8", errors="replace")
+
+    def wait_for(self, pattern: re.Pattern | str) -> re.Match:
+        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+        with self._grew:
+            found = self._grew.wait_for(
+                lambda: regex.search(self._data.decode("utf-8", "replace")) or self._done, HANG_S)
+            match = regex.search(self._data.decode("utf-8", "replace"))
+        assert match, f"never saw {regex.pattern!r} (found={found!r}) in:\n{self.text}"
+        return match
+
+    def finish(self) -> str:
+        self._thread.join(HANG_S)
+        assert not self._thread.is_alive(), "the reader never reached end of file"
+        return self.text
+
+
+def scrape(url: str) -> tuple[int, dict, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=HANG_S) as response:
+            return response.status, dict(response.headers), response.read().decode("utf-8")
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read().decode("utf-8")
+
+
+# -- live metrics over HTTP, and the metrics file during the run ------------------------------------
+
+def test_metrics_are_scraped_during_a_real_run_and_the_file_is_rewritten_while_it_lasts(held, tmp_path):
+    metrics_out = tmp_path / "metrics.json"
+    proc = subprocess.Popen(run_args(held, "--metrics-port", "0", "--metrics-out", str(metrics_out),
+                                     "--metrics-interval", "0.05", "--log-file", str(tmp_path / "run.log")),
+                            cwd=held["work"], env=env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        err = Reader(proc.stderr.fileno())
+        url = err.wait_for(ANNOUNCE).group(1)
+        base = url.rsplit("/", 1)[0]
+        assert scrape(base + "/healthz")[::2] == (200, "ok\n")
+        assert scrape(base + "/nothing-here")[0] == 404
+
+        scrapes: list[dict[str, float]] = []
+        processed = held["succeeded"] + 1  # the dead letter is processed too; the held task never ends
+
+        def all_but_the_held_task_done() -> bool:
+            status, headers, body = scrape(url)
+            assert status == 200
+            assert headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+            flat = values(parse(body))  # every scrape must be valid exposition text
+            scrapes.append(flat)
+            outcome = {o: flat[f'taskqueue_tasks_total{{outcome="{o}"}}']
+                       for o in ("succeeded", "dead_lettered", "deduplicated")}
+            # Counted by the threads that did the work, each a moment after it: wait for all of them.
+            return outcome == {"succeeded": held["succeeded"], "dead_lettered": 1, "deduplicated": held["dedup"]} \
+                and flat["taskqueue_enqueued_total"] == flat["taskqueue_dequeued_total"] == processed + 1 \
+                and flat["taskqueue_task_duration_seconds_count"] == processed
+
+        wait_until(all_but_the_held_task_done, "every task but the held one to finish", proc)
+        for earlier, later in zip(scrapes, scrapes[1:]):  # counters only ever grow
+            for name, value in earlier.items():
+                if name.startswith(("taskqueue_tasks_total", "taskqueue_enqueued", "taskqueue_dequeued")) \
+                        or "_bucket" in name or name.endswith("_count"):
+                    assert later[name] >= value, name
+        flat = scrapes[-1]
+        assert flat[f'taskqueue_info{{version="{taskqueue.__version__}"}}'] == 1
+        assert flat['taskqueue_tasks_total{outcome="failed"}'] == 1  # the dead letter's one attempt
+        assert flat['taskqueue_tasks_total{outcome="retried"}'] == 0
+        assert flat['taskqueue_tasks_total{outcome="rejected"}'] == 0
+        assert 0 <= flat["taskqueue_queue_depth"] <= flat["taskqueue_queue_capacity"] == 128
+        assert flat['taskqueue_task_duration_seconds_bucket{le="+Inf"}'] == processed
+        assert flat["taskqueue_task_duration_seconds_sum"] > 0
+        assert flat["taskqueue_workers"] == 2 and 0 <= flat["taskqueue_worker_utilisation_ratio"] <= 1
+
+        def file_caught_up() -> dict | None:
+            try:
+                data = json.loads(metrics_out.read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                return None
+            counters = data["counters"]
+            # The same state the last scrape showed (a write may come from a moment before it).
+            caught_up = (counters["succeeded"], counters["dead_lettered"], counters["deduplicated"]) == \
+                (held["succeeded"], 1, held["dedup"])
+            return data if caught_up else None
+
+        during = wait_until(file_caught_up, "the metrics file to be rewritten during the run", proc)
+        assert proc.poll() is None  # the held task holds the run open: this was written during it
+        assert during["config"]["workers"] == 2 and during["task_duration_s"]["count"] == processed
+
+        release(held["fifo"], proc)
+        stdout, _ = proc.communicate(timeout=HANG_S)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, err.finish()
+    assert SUMMARY.search(stdout.decode()).groups() == (
+        str(held["total"]), str(held["succeeded"] + 1), str(held["dedup"]), "1", "0")
+    final = json.loads(metrics_out.read_text(encoding="utf-8"))
+    assert final["counters"]["succeeded"] == held["succeeded"] + 1
+    assert final["processing_s"]["count"] == final["task_duration_s"]["count"] == processed + 1
+    assert "Traceback" not in err.finish()
+
+
+# -- the progress line on a terminal ---------------------------------------------------------------
+
+def screen(raw: str) -> list[str]:
+    """What a terminal shows for ``raw``: \\r returns to column 0, ESC[K erases to the end of the
+    line, \\n starts a new line, text overwrites (lines never wrap: the frames are cut to fit)."""
+    lines, row, col = [[]], 0, 0
+    for token in re.findall(r"\x1b\[K|\r|\n|[^\r\n\x1b]+|\x1b", raw):
+        line = lines[row]
+        if token == "\r":
+            col = 0
+        elif token == "\n":
+            row, col = row + 1, 0
+            lines.append([])
+        elif token == "\x1b[K":
+            del line[col:]
+        else:
+            assert token != "\x1b", f"an escape sequence other than ESC[K in {raw!r}"
+            line[col:col + len(token)] = list(token)
+            col += len(token)
+    return ["".join(line) for line in lines]
+
+
+def run_on_a_pty(held: dict, *extra: str) -> tuple[subprocess.Popen, Reader, int]:
+    """``run`` with stdout and stderr on one pseudo-terminal, as in a user's shell."""
+    import fcntl  # POSIX only, like os.openpty
+    import termios
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 200, 0, 0))
+    proc = subprocess.Popen(run_args(held, *extra), cwd=held["work"], env=env(), stdin=subprocess.DEVNULL,
+                            stdout=slave, stderr=slave)
+    os.close(slave)
+    return proc, Reader(master), master
+
+
+def test_the_progress_line_updates_live_keeps_logs_above_it_and_ends_with_the_final_state(held):
+    proc, tty, master = run_on_a_pty(held)
+    try:
+        total = held["total"]
+        tty.wait_for(rf"\r{total - 1}/{total} done \(")  # a live frame while the held task runs
+        assert proc.poll() is None
+        release(held["fifo"], proc)
+        proc.wait(timeout=HANG_S)
+        raw = tty.finish().replace("\r\n", "\n")  # the pty turns \n into \r\n
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(master)
+    assert proc.returncode == 0, raw
+
+    frames = [FRAME.fullmatch(f) for f in re.findall(r"\r([^\r\n\x1b]*)\x1b\[K", raw) if "done (" in f]
+    assert frames and all(frames), raw
+    done = [int(m.group(1)) for m in frames]
+    assert done == sorted(done) and done[0] < total - 1 <= done[-2] and done[-1] == total
+
+    shown = [line for line in screen(raw) if line]
+    summary = shown[-3:]  # the summary is unchanged, on lines of its own under the last frame
+    assert SUMMARY.fullmatch(summary[0]).groups() == (
+        str(total), str(held["succeeded"] + 1), str(held["dedup"]), "1", "0"), shown
+    assert summary[1].startswith("retries 0, rejected offers 0") and summary[2].startswith("elapsed "), shown
+    final = FRAME.fullmatch(shown[-4])
+    assert final, shown  # the last frame stays on screen, complete...
+    assert final.group(1, 2, 3) == (str(total), str(total), "100.0") and final.group(5) == "1"
+    assert not [line for line in shown[:-4] if "done (" in line]  # ...and no earlier frame scrolled up
+    logs = [json.loads(line) for line in shown if line.startswith("{")]
+    assert [(r["event"], r["task_id"]) for r in logs] == [("dead_lettered", "lost")]  # printed whole, above
+    assert all(line.startswith("{") for line in shown[:-4]), shown  # nothing but log lines above the frame
+
+
+def test_no_progress_line_with_no_progress_or_off_a_terminal(held, tmp_path):
+    proc, tty, master = run_on_a_pty(held, "--no-progress")
+    try:
+        release(held["fifo"], proc)
+        proc.communicate(timeout=HANG_S)
+        raw = tty.finish()
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(master)
+    assert proc.returncode == 0, raw
+    assert not FRAME.search(raw) and "\x1b" not in raw and '"dead_lettered"' in raw
+    assert SUMMARY.search(raw)
+
+    held["db"] = tmp_path / "second.db"  # a fresh database: the held task is held again
+    proc = subprocess.Popen(run_args(held), cwd=held["work"], env=env(), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        release(held["fifo"], proc)
+        _, stderr = proc.communicate(timeout=HANG_S)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0
+    assert not FRAME.search(stderr.decode()) and b"\x1b" not in stderr and b'"dead_lettered"' in stderr
+
+
+# -- refused at start-up ------------------------------------------------------------------------------
+
+def test_a_metrics_port_in_use_exits_2_before_anything_is_created(held):
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(run_args(held, "--metrics-port", str(port)), cwd=held["work"], env=env(),
+                                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=HANG_S)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ") and f"127.0.0.1:{port}" in result.stderr
+    assert "in use" in result.stderr and "Traceback" not in result.stderr
+    assert not held["db"].exists() and list(held["work"].iterdir()) == []
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["--metrics-port", "65536"], "--metrics-port"),
+    (["--metrics-port", "http"], "--metrics-port"),
+    (["--metrics-interval", "0"], "--metrics-interval"),
+    (["--metrics-interval", "-5"], "--metrics-interval"),
+    (["--metrics-port", "0", "--metrics-host", "no-such-host.invalid"], "no-such-host.invalid"),
+])
+def test_bad_watch_flags_exit_2_naming_them(held, extra, named):
+    result = subprocess.run(run_args(held, *extra), cwd=held["work"], env=env(), stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True, timeout=HANG_S)
+    assert result.returncode == 2, result.stderr
+    assert named in result.stderr and "Traceback" not in result.stderr
+    assert not held["db"].exists()

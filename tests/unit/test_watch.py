@@ -1,0 +1,261 @@
+"""The metrics HTTP server, the periodic metrics writer and the Watch bundle, in-process on loopback.
+
+A real run scraped over HTTP is in tests/integration/test_watch_cli.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import socket
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+
+from prometheus_text import parse, values
+from taskqueue.errors import ConfigError
+from taskqueue.metrics import Metrics
+from taskqueue.metrics_http import MetricsServer
+from taskqueue.metrics_writer import PeriodicMetricsWriter
+from taskqueue.watch import Watch, add_flags
+
+WAIT_S = 30  # hang guard only
+
+
+def get(url: str) -> tuple[int, dict, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=WAIT_S) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+@pytest.fixture
+def served():
+    """A MetricsServer on a free loopback port rendering a live Metrics; yields (server, metrics)."""
+    metrics = Metrics(workers=2, queue_capacity=4)
+    server = MetricsServer(metrics.to_prometheus, port=0)
+    server.start()
+    yield server, metrics
+    server.stop()
+
+
+# -- MetricsServer ----------------------------------------------------------------------------------
+
+def test_metrics_are_served_live_in_the_0_0_4_format(served):
+    server, metrics = served
+    status, headers, body = get(server.url)
+    assert status == 200
+    assert headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert int(headers["Content-Length"]) == len(body)
+    assert values(parse(body.decode()))['taskqueue_tasks_total{outcome="succeeded"}'] == 0
+    metrics.on_outcome("succeeded", 0.01)
+    metrics.on_processed(0, 0.003)
+    flat = values(parse(get(server.url)[2].decode()))  # every scrape renders anew
+    assert flat['taskqueue_tasks_total{outcome="succeeded"}'] == 1
+    assert flat['taskqueue_task_duration_seconds_bucket{le="0.005"}'] == 1
+
+
+def test_healthz_404_and_query_strings(served):
+    server, _ = served
+    base = f"http://127.0.0.1:{server.port}"
+    assert get(base + "/healthz")[:1] == (200,) and get(base + "/healthz")[2] == b"ok\n"
+    assert get(base + "/metrics?name=x")[0] == 200
+    for path in ("/", "/metric", "/metrics/extra", "/favicon.ico"):
+        assert get(base + path)[0] == 404, path
+    request = urllib.request.Request(base + "/metrics", method="HEAD")
+    with urllib.request.urlopen(request, timeout=WAIT_S) as response:
+        assert response.status == 200 and response.read() == b""
+    request = urllib.request.Request(base + "/metrics", data=b"x", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=WAIT_S)
+    assert refused.value.code == 501
+
+
+def test_a_port_in_use_is_a_config_error_naming_the_address():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"127.0.0.1:{port}.*in use"):
+            MetricsServer(lambda: "", port=port)
+
+
+@pytest.mark.parametrize("host, port", [("127.0.0.1", 70000), ("no-such-host.invalid", 0)])
+def test_an_address_that_cannot_be_bound_is_a_config_error(host, port):
+    with pytest.raises(ConfigError, match="cannot serve metrics"):
+        MetricsServer(lambda: "", host=host, port=port)
+
+
+def test_a_failing_render_answers_500_and_the_server_keeps_serving(caplog):
+    calls = {"n": 0}
+
+    def flaky() -> str:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("boom")
+        return "# HELP x_total X.\n# TYPE x_total counter\nx_total 1\n"
+
+    server = MetricsServer(flaky, port=0)
+    server.start()
+    try:
+        with caplog.at_level(logging.ERROR, logger="taskqueue"):
+            assert get(server.url)[0] == 500
+        assert any("rendering failed" in r.getMessage() for r in caplog.records)
+        status, _, body = get(server.url)
+        assert status == 200 and values(parse(body.decode())) == {"x_total": 1}
+    finally:
+        server.stop()
+
+
+def test_stop_closes_the_port_and_is_idempotent():
+    server = MetricsServer(lambda: "", port=0)
+    server.start()
+    port = server.port
+    server.stop()
+    server.stop()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=WAIT_S).close()
+    MetricsServer(lambda: "", port=port).stop()  # the port is free again; never started is fine too
+
+
+def test_ipv6_loopback_when_the_machine_has_it():
+    try:
+        server = MetricsServer(lambda: "# HELP x_total X.\n# TYPE x_total counter\nx_total 2\n", host="::1", port=0)
+    except ConfigError:
+        pytest.skip("no IPv6 loopback here")
+    server.start()
+    try:
+        assert server.url.startswith("http://[::1]:")
+        assert values(parse(get(server.url)[2].decode())) == {"x_total": 2}
+    finally:
+        server.stop()
+
+
+# -- PeriodicMetricsWriter --------------------------------------------------------------------------
+
+class Snapshots:
+    """A snapshot callable numbering its calls; ``reached(n)`` is set once it has been called n times."""
+
+    def __init__(self, fail_first: int = 0) -> None:
+        self.calls = 0
+        self.fail_first = fail_first
+        self._changed = threading.Condition()
+
+    def __call__(self) -> dict:
+        with self._changed:
+            self.calls += 1
+            self._changed.notify_all()
+            if self.calls <= self.fail_first:
+                raise OSError("disk on fire")
+            return {"call": self.calls}
+
+    def wait_for(self, n: int) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: self.calls >= n, WAIT_S)
+
+
+def test_the_writer_rewrites_the_file_until_stopped_then_writes_the_final_snapshot(tmp_path):
+    path = tmp_path / "metrics.json"
+    source = Snapshots()
+    writer = PeriodicMetricsWriter(str(path), source, interval_s=0.001)
+    writer.start()
+    assert source.wait_for(3)
+    writer.stop()
+    assert writer.writes == source.calls  # one write per snapshot, the final one included
+    assert json.loads(path.read_text(encoding="utf-8")) == {"call": source.calls}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temp file left
+    writer.stop()
+    assert writer.writes == source.calls  # stopped for good
+
+
+def test_a_writer_that_never_wrote_leaves_the_file_alone(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text("the engine's final metrics\n", encoding="utf-8")
+    source = Snapshots()
+    writer = PeriodicMetricsWriter(str(path), source, interval_s=3600)
+    writer.start()
+    writer.stop()  # returns at once although the interval is an hour
+    assert source.calls == 0 and path.read_text(encoding="utf-8") == "the engine's final metrics\n"
+
+
+def test_a_failed_write_is_logged_and_the_writer_goes_on(tmp_path, caplog):
+    path = tmp_path / "metrics.json"
+    source = Snapshots(fail_first=2)
+    writer = PeriodicMetricsWriter(str(path), source, interval_s=0.001)
+    with caplog.at_level(logging.ERROR, logger="taskqueue"):
+        writer.start()
+        assert source.wait_for(4)
+        writer.stop()
+    failures = [r for r in caplog.records if getattr(r, "event", None) == "metrics_write_failed"]
+    assert len(failures) == 2 and failures[0].error == "disk on fire"
+    assert json.loads(path.read_text(encoding="utf-8")) == {"call": source.calls}
+
+
+@pytest.mark.parametrize("interval", [0, -1.0, float("inf"), float("nan")])
+def test_the_writer_interval_must_be_positive_and_finite(tmp_path, interval):
+    with pytest.raises(ValueError):
+        PeriodicMetricsWriter(str(tmp_path / "m.json"), dict, interval_s=interval)
+
+
+# -- Watch ------------------------------------------------------------------------------------------
+
+def parsed(*argv: str, metrics_out: str | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--metrics-out", default=metrics_out)
+    add_flags(parser)
+    return parser.parse_args(list(argv))
+
+
+class FakeQueue:
+    def __init__(self) -> None:
+        self.final_metrics = None
+        self.metrics = Metrics(workers=1, queue_capacity=2)
+
+    def snapshot(self) -> dict:
+        return self.metrics.snapshot()
+
+
+def test_watch_defaults_show_nothing_on_a_pipe():
+    args = parsed()
+    assert (args.no_progress, args.metrics_port, args.metrics_host, args.metrics_interval) == \
+        (False, None, "127.0.0.1", 10.0)
+    out = io.StringIO()
+    watch = Watch.from_args(args, stream=out)
+    watch.start(FakeQueue(), total=3)
+    watch.stop()
+    assert (watch.progress, watch.server, watch.writer) == (None, None, None)
+    assert out.getvalue() == ""
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--metrics-port", "70000"], "--metrics-port"),
+    (["--metrics-port", "-1"], "--metrics-port"),
+    (["--metrics-interval", "0"], "--metrics-interval"),
+    (["--metrics-interval", "nan"], "--metrics-interval"),
+])
+def test_watch_refuses_bad_flags(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        Watch.from_args(parsed(*argv), stream=io.StringIO())
+
+
+def test_watch_serves_and_writes_from_the_final_metrics_once_set(tmp_path):
+    out, queue = io.StringIO(), FakeQueue()
+    watch = Watch.from_args(parsed("--metrics-port", "0", "--metrics-interval", "3600",
+                                   metrics_out=str(tmp_path / "m.json")), stream=out)
+    watch.start(queue, total=None)
+    try:
+        assert out.getvalue() == f"serving metrics on {watch.server.url} (and /healthz)\n"
+        queue.metrics.on_outcome("succeeded", 0.1)
+        assert values(parse(get(watch.server.url)[2].decode()))['taskqueue_tasks_total{outcome="succeeded"}'] == 1
+        assert watch.writer.write_now()
+        queue.final_metrics = {"final": True, **queue.snapshot()}
+        assert watch.snapshot()["final"] is True
+    finally:
+        watch.stop()
+        watch.stop()
+    assert json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))["final"] is True
