@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import itertools
 import os
 import re
+import socket
 from typing import BinaryIO, Iterable, Iterator
 
 from .errors import InvalidKey, OutputWriteError, SourceMissing, SourceReadError
@@ -28,6 +30,9 @@ MAX_SEGMENT_LENGTH = 200  # leaves room for the temp-file suffix within a 255-by
 TEMP_MARKER = ".tmp-"
 
 _temp_counter = itertools.count()
+# Temp files end in "~<host tag>": on a store shared by several machines, a sweep removes only the
+# temp files of dead writers on its own host (another host's pids mean nothing here).
+HOST_TAG = hashlib.sha1(socket.gethostname().encode("utf-8", "surrogatepass")).hexdigest()[:8]
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
@@ -150,8 +155,7 @@ class LocalObjectStore:
         """
         path = self.path_for(key)
         directory = os.path.dirname(path)
-        temp = os.path.join(
-            directory, f".{os.path.basename(path)}{TEMP_MARKER}{os.getpid()}-{next(_temp_counter)}")
+        temp = os.path.join(directory, _temp_name(path))
         try:
             os.makedirs(directory, exist_ok=True)
             with open(temp, "wb") as f:
@@ -192,10 +196,17 @@ class LocalObjectStore:
         return found
 
     def sweep_temp_files(self) -> int:
-        """Remove temporary files whose writing process is gone; return how many."""
+        """Remove temporary files whose writing process on this host is gone; return how many.
+
+        A temp file of another host (its name's host tag differs) is left alone: on a
+        shared filesystem its writer may be alive there.
+        """
         removed = 0
         for path in self.temp_files():
-            pid_text = path.rsplit(TEMP_MARKER, 1)[1].split("-", 1)[0]
+            suffix, _, host = path.rsplit(TEMP_MARKER, 1)[1].partition("~")
+            if host and host != HOST_TAG:
+                continue
+            pid_text = suffix.split("-", 1)[0]
             if pid_text.isdigit() and _pid_alive(int(pid_text)):
                 continue
             _remove_quietly(path)
@@ -246,7 +257,7 @@ def atomic_write_text(path: str, text: str) -> None:
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    temp = os.path.join(directory, f".{os.path.basename(path)}{TEMP_MARKER}{os.getpid()}-{next(_temp_counter)}")
+    temp = os.path.join(directory, _temp_name(path))
     try:
         with open(temp, "w", encoding="utf-8") as f:
             f.write(text)
@@ -256,6 +267,11 @@ def atomic_write_text(path: str, text: str) -> None:
     except BaseException:
         _remove_quietly(temp)
         raise
+
+
+def _temp_name(path: str) -> str:
+    """``.<name>.tmp-<pid>-<n>~<host tag>``: which process on which host is writing it."""
+    return f".{os.path.basename(path)}{TEMP_MARKER}{os.getpid()}-{next(_temp_counter)}~{HOST_TAG}"
 
 
 def _remove_quietly(path: str) -> None:

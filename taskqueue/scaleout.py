@@ -110,6 +110,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     try:
         objects = LocalObjectStore(config.store, chunk_size=config.chunk_size, fsync=config.fsync_outputs)
         processor = Processor(objects, config.faults, max_image_pixels=config.max_image_pixels)
+        swept = objects.sweep_temp_files()  # only this host's dead writers': other hosts may be writing
+        if swept:
+            print(f"temp files of dead writers swept: {swept}")
         started = time.perf_counter()
         tq = TaskQueue(config.db, objects, config=config, processor=processor, metrics_out=args.metrics_out,
                        recover_unowned=False)

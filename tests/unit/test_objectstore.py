@@ -488,6 +488,22 @@ def test_sweep_removes_dead_writers_temps_and_keeps_live_ones(store):
     os.remove(parent)
 
 
+@posix_only
+def test_sweep_leaves_the_temps_of_another_host_alone(store):
+    """On a store shared by several machines a pid of another host means nothing here."""
+    from taskqueue.objectstore import HOST_TAG
+
+    theirs = make_temp(store, "a", "obj", f"{DEAD_PID}", "1~0ther0ne")
+    ours = make_temp(store, "a", "obj", f"{DEAD_PID}", f"2~{HOST_TAG}")
+    assert store.sweep_temp_files() == 1
+    assert store.temp_files() == [theirs] and not os.path.exists(ours)
+    with store.open_write("b") as f:
+        f.write(b"x")
+        [writing] = [p for p in store.temp_files() if p != theirs]
+        assert writing.endswith(f"~{HOST_TAG}")  # every temp file says where its writer runs
+    os.remove(theirs)
+
+
 def test_sweep_does_not_touch_an_in_progress_write(store):
     with store.open_write("obj") as f:
         f.write(b"data")

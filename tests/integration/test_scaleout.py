@@ -1,0 +1,291 @@
+"""Producers and workers apart: ``enqueue`` and ``worker`` on SQLite and on a real PostgreSQL server.
+
+Commands run as subprocesses (``sys.executable`` on the repository's entry
+point, ``TQ_*`` removed from the environment); the feeder's bound is checked
+in-process with a gated processor. Waits poll the database only to decide
+*when* to act, with a hang guard, never to decide an outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from taskqueue.config import Config
+from taskqueue.engine import TaskQueue
+from taskqueue.engine.feeder import Feeder
+from taskqueue.objectstore import LocalObjectStore
+from taskqueue.processor import Processor
+from taskqueue.workload import create_sources, generate_tasks
+
+REPO = Path(__file__).resolve().parents[2]
+ENTRY = REPO / "task_queue_optimized.py"
+HANG = 120.0  # hang guard only
+
+
+class Database:
+    """One fresh task database on one backend, and a way to read it behind the commands' backs."""
+
+    def __init__(self, kind: str, tmp_path: Path, request) -> None:
+        self.kind = kind
+        if kind == "postgres":
+            self.url = request.getfixturevalue("postgres_server").new_database()
+        else:
+            self.url = str(tmp_path / "tasks.db")
+
+    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        if self.kind == "postgres":
+            import psycopg
+
+            with psycopg.connect(self.url, autocommit=True) as conn:
+                return conn.execute(sql.replace("?", "%s"), params).fetchall()
+        if not os.path.exists(self.url):
+            return []
+        conn = sqlite3.connect(f"{Path(self.url).resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        try:
+            return conn.execute(sql, params).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return []
+            raise
+        finally:
+            conn.close()
+
+    def execute(self, sql: str) -> None:
+        if self.kind == "postgres":
+            import psycopg
+
+            with psycopg.connect(self.url, autocommit=True) as conn:
+                conn.execute(sql)
+            return
+        conn = sqlite3.connect(self.url)
+        with conn:
+            conn.execute(sql)
+        conn.close()
+
+    def statuses(self) -> dict[str, int]:
+        try:
+            return dict(self.query("SELECT status, COUNT(*) FROM tasks GROUP BY status"))
+        except Exception as exc:  # the schema is not there yet
+            if "tasks" in str(exc):
+                return {}
+            raise
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request, tmp_path) -> Database:
+    return Database(request.param, tmp_path, request)
+
+
+def environment(**settings) -> dict[str, str]:
+    out = {k: v for k, v in os.environ.items() if not k.startswith("TQ_")}
+    out["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), out.get("PYTHONPATH")]))
+    out["PYTHONUNBUFFERED"] = "1"
+    out["TQ_FSYNC_OUTPUTS"] = "false"
+    out.update({f"TQ_{k.upper()}": str(v) for k, v in settings.items()})
+    return out
+
+
+def command(*args: str) -> list[str]:
+    return [sys.executable, str(ENTRY), *args]
+
+
+def run(*args: str, cwd: Path, **settings) -> subprocess.CompletedProcess:
+    return subprocess.run(command(*args), cwd=cwd, env=environment(**settings), capture_output=True, text=True,
+                          timeout=HANG)
+
+
+def wait_until(predicate, what: str, proc: subprocess.Popen | None = None):
+    deadline = time.monotonic() + HANG
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process exited ({proc.returncode}) before {what}: {proc.stdout.read()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"hang guard: still waiting for {what}")
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def workload(tmp_path: Path) -> dict:
+    items = generate_tasks(60, seed=11, duplicate_fraction=0.1, variants="gzip")
+    store = tmp_path / "store"
+    create_sources(LocalObjectStore(store, fsync=False), items, seed=11)
+    path = tmp_path / "tasks.json"
+    path.write_text(json.dumps(items), encoding="utf-8")
+    keys = {f"{i['image_key']}:{i['variant']}" for i in items}
+    return {"items": items, "file": path, "store": store, "keys": keys, "cwd": tmp_path}
+
+
+# -- enqueue ---------------------------------------------------------------------------------------
+
+def test_enqueue_adds_each_key_once_processes_nothing_and_says_what_it_did(database, workload):
+    first = run("enqueue", "--tasks", str(workload["file"]), "--db", database.url, cwd=workload["cwd"])
+    assert first.returncode == 0, first.stderr
+    unique = len(workload["keys"])
+    assert f"enqueued {unique} task(s)" in first.stdout
+    assert f"{len(workload['items']) - unique} already there" in first.stdout
+    assert database.statuses() == {"queued": unique}
+    assert database.query("SELECT COUNT(*) FROM tasks WHERE owner IS NOT NULL OR attempts <> 0") == [(0,)]
+    assert not (workload["store"] / "variants").exists()  # nothing processed
+
+    again = run("enqueue", "--tasks", str(workload["file"]), "--db", database.url, cwd=workload["cwd"])
+    assert again.returncode == 0 and "enqueued 0 task(s)" in again.stdout
+    assert database.statuses() == {"queued": unique}
+
+
+def test_enqueue_refuses_a_bad_file_whole_or_dead_letters_its_bad_items(database, tmp_path):
+    items = [{"id": "ok-1", "image_key": "src/a.txt", "variant": "gzip"},
+             {"id": "bad-1", "image_key": "src/b.txt", "variant": "nope"}]
+    path = tmp_path / "tasks.json"
+    path.write_text(json.dumps(items))
+    refused = run("enqueue", "--tasks", str(path), "--db", database.url, cwd=tmp_path)
+    assert refused.returncode == 2 and "item 1: field 'variant'" in refused.stderr
+    assert database.statuses() == {}
+    lenient = run("enqueue", "--tasks", str(path), "--db", database.url, "--invalid", "dead-letter", cwd=tmp_path)
+    assert lenient.returncode == 0, lenient.stderr
+    assert database.statuses() == {"queued": 1, "dead": 1}
+
+
+def test_a_postgresql_url_without_psycopg_is_a_clear_error(tmp_path, workload):
+    hide = tmp_path / "no-psycopg"
+    (hide / "psycopg").mkdir(parents=True)
+    (hide / "psycopg" / "__init__.py").write_text("raise ImportError('psycopg hidden by the test')\n")
+    env = environment()
+    env["PYTHONPATH"] = os.pathsep.join([str(hide), env["PYTHONPATH"]])
+    for args in (["enqueue", "--tasks", str(workload["file"])], ["worker", "--store", str(workload["store"])],
+                 ["status"]):
+        result = subprocess.run(command(*args, "--db", "postgresql://nobody@/nowhere"), cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=HANG)
+        assert result.returncode == 2, (args, result.stderr)
+        assert 'pip install "psycopg[binary]"' in result.stderr and "Traceback" not in result.stderr
+
+
+# -- worker --------------------------------------------------------------------------------------------
+
+def test_workers_share_the_queue_and_exit_when_nothing_is_open_anywhere(database, workload):
+    assert run("enqueue", "--tasks", str(workload["file"]), "--db", database.url, cwd=workload["cwd"]).returncode == 0
+    env = environment(fault_latency_s=0.01, workers=3)
+    args = command("worker", "--db", database.url, "--store", str(workload["store"]), "--exit-when-idle")
+    procs = [subprocess.Popen(args, cwd=workload["cwd"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=HANG) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert all("idle everywhere" in out for out, _err in outputs)
+    assert database.statuses() == {"success": len(workload["keys"])}
+    claimed = sum(int(out.split("claimed ")[1].split(",")[0]) for out, _err in outputs)
+    assert claimed == len(workload["keys"])  # every row claimed once, by one of the two
+
+
+def test_sigterm_stops_a_worker_which_gives_back_what_it_did_not_start(database, workload):
+    assert run("enqueue", "--tasks", str(workload["file"]), "--db", database.url, cwd=workload["cwd"]).returncode == 0
+    env = environment(fault_latency_s=0.2, workers=2, queue_size=8, shutdown_grace_s=30)
+    proc = subprocess.Popen(command("worker", "--db", database.url, "--store", str(workload["store"])),
+                            cwd=workload["cwd"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until(lambda: database.statuses().get("running", 0) >= 1, "a task running", proc)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=HANG)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    counts = database.statuses()
+    assert counts.get("running", 0) == 0 and counts.get("success", 0) >= 1  # in flight: finished
+    # What it had claimed but not started is nobody's now: another worker may take it at once.
+    assert database.query("SELECT COUNT(*) FROM tasks WHERE status = 'queued' AND owner IS NOT NULL") == [(0,)]
+    rest = run("worker", "--db", database.url, "--store", str(workload["store"]), "--exit-when-idle",
+               cwd=workload["cwd"])
+    assert rest.returncode == 0, rest.stderr
+    assert database.statuses() == {"success": len(workload["keys"])}
+
+
+def test_a_task_longer_than_its_lease_is_not_taken_over_while_its_worker_lives_and_is_after_a_kill(
+        database, tmp_path):
+    items = [{"id": "long", "image_key": "src/long.txt", "variant": "gzip"}]
+    store = tmp_path / "store"
+    create_sources(LocalObjectStore(store, fsync=False), items, seed=1)
+    path = tmp_path / "tasks.json"
+    path.write_text(json.dumps(items))
+    assert run("enqueue", "--tasks", str(path), "--db", database.url, cwd=tmp_path).returncode == 0
+    lease = 2.0  # the heartbeat renews it every lease/3 while the worker lives
+    slow = environment(fault_latency_s=3 * lease, lease_s=lease, workers=1)
+    watcher_env = environment(lease_s=lease, workers=1)
+    worker = ["worker", "--db", database.url, "--store", str(store), "--exit-when-idle"]
+
+    first = subprocess.Popen(command(*worker), cwd=tmp_path, env=slow, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    wait_until(lambda: database.statuses().get("running") == 1, "the long task running", first)
+    second = subprocess.run(command(*worker), cwd=tmp_path, env=watcher_env, capture_output=True, text=True,
+                            timeout=HANG)  # waits for the running row, renewed all along, to finish
+    out, _ = first.communicate(timeout=HANG)
+    assert first.returncode == 0 and second.returncode == 0, (out, second.stdout, second.stderr)
+    assert "claimed 0" in second.stdout  # never took it over
+    assert database.query("SELECT status, attempts FROM tasks") == [("success", 1)]
+
+    # Again, but the worker dies mid-task: the row is taken over once its lease runs out. The survivor
+    # runs under another host name (a UTS namespace): it cannot see the victim's pid, only its lease.
+    if not can_rename_host():
+        pytest.skip("needs unshare -u (root on Linux) to give the survivor another host name")
+    reset = "UPDATE tasks SET status = 'queued', attempts = 0, owner = NULL, lease_until = NULL, version = version + 1"
+    database.execute(reset)
+    victim = subprocess.Popen(command(*worker), cwd=tmp_path, env=slow, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    wait_until(lambda: database.statuses().get("running") == 1, "the long task running again", victim)
+    victim.kill()
+    victim.wait(timeout=HANG)
+    [(lease_until,)] = database.query("SELECT lease_until FROM tasks")
+    survivor = subprocess.run(["unshare", "-u", "sh", "-c", 'hostname "another-machine" && exec "$0" "$@"',
+                               *command(*worker)], cwd=tmp_path, env=watcher_env, capture_output=True, text=True,
+                              timeout=HANG)
+    assert survivor.returncode == 0, survivor.stderr
+    assert "claimed 1" in survivor.stdout
+    assert database.query("SELECT status, attempts FROM tasks") == [("success", 2)]  # the lost attempt counted
+    # Taken at once it would have finished well inside the 2 s lease: it waited for the lease to run out.
+    assert time.time() >= lease_until
+
+
+def can_rename_host() -> bool:
+    try:
+        return subprocess.run(["unshare", "-u", "true"], capture_output=True, timeout=30).returncode == 0
+    except OSError:
+        return False
+
+
+def test_a_worker_holds_no_more_than_its_queue_size(database, workload):
+    """The feeder claims only what there is room for: other workers get the rest."""
+    assert run("enqueue", "--tasks", str(workload["file"]), "--db", database.url, cwd=workload["cwd"]).returncode == 0
+    gate = threading.Event()
+
+    class Gated(Processor):
+        def process(self, task, attempt=1):
+            assert gate.wait(HANG)
+            return super().process(task, attempt)
+
+    objects = LocalObjectStore(workload["store"], fsync=False)
+    tq = TaskQueue(database.url, objects, config=Config(workers=2, queue_size=5, fsync_outputs=False),
+                   processor=Gated(objects), recover_unowned=False)
+    feeder = Feeder(tq, batch=3)
+    thread = threading.Thread(target=feeder.run)
+    thread.start()
+    try:
+        wait_until(lambda: feeder.claimed >= 5, "the feeder filling its room")
+        held = database.query("SELECT COUNT(*) FROM tasks WHERE owner = ?", (tq.store.owner,))
+        assert held == [(5,)] and feeder.claimed == 5  # 2 running, 3 queued: the queue's size, no more
+    finally:
+        gate.set()
+        feeder.stop()
+        thread.join(HANG)
+        tq.shutdown(wait=True, cancel_futures=True)
+    assert database.query("SELECT COUNT(*) FROM tasks WHERE status = 'queued' AND owner IS NOT NULL") == [(0,)]
