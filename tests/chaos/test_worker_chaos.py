@@ -141,3 +141,30 @@ def test_killed_workers_lose_nothing_and_run_no_attempt_twice(tmp_path, db):
     assert db.query("SELECT COUNT(*) FROM dead_letters") == [(0,)]
     # Writes a kill tore are swept by the worker that replaces the victim (this host's dead writers).
     assert leftovers == [], leftovers[:5]
+
+
+def test_a_task_that_kills_every_worker_it_meets_is_dead_lettered_after_max_attempts(tmp_path, db):
+    """One thread per worker, so the poison task is the only attempt in flight when its worker dies:
+    it alone is charged, and the worker that finds its last attempt unfinished dead-letters it."""
+    work = tmp_path / "chaos"
+    items = h.make_workload(work, 40, seed=SEED)
+    keys = sorted(h.unique_keys(items))
+    poison = keys[len(keys) // 2]
+    subprocess.run([sys.executable, str(h.ENTRY), "enqueue", "--tasks", str(work / "tasks.json"), "--db", db.url],
+                   cwd=h.REPO, env=h.env(), check=True, capture_output=True, timeout=h.HANG)
+    crash_log = work / "crash.log"
+    env = h.env(workers=1, max_attempts=3, lease_s=30, CRASH_KEY=poison, CRASH_LOG=str(crash_log))
+    worker = [sys.executable, str(h.CRASHY), "worker", "--db", db.url, "--store", str(work / "objects"),
+              "--exit-when-idle"]
+    exits = []
+    for _ in range(10):  # a hang guard: it must settle well before
+        result = subprocess.run(worker, cwd=h.REPO, env=env, capture_output=True, text=True, timeout=h.HANG)
+        exits.append(result.returncode)
+        if result.returncode == 0:
+            break
+    assert exits == [70, 70, 70, 0], exits  # three attempts, each killing its worker; the fourth worker finishes
+    assert crash_log.read_text().split() == ["1", "2", "3"]
+    rows = {key: (status, attempts, error) for key, status, attempts, error in db.query(
+        "SELECT idempotency_key, status, attempts, error_class FROM tasks")}
+    assert rows.pop(poison) == ("dead", 3, "WorkerCrashed")
+    assert set(rows.values()) == {("success", 1, None)}  # nobody else was charged
