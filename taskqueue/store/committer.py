@@ -86,8 +86,6 @@ class Committer:
     (PostgreSQL: NOTIFY). Thread-safe.
     """
 
-    direct = True
-
     def __init__(self, conn: Any, *, begin: Callable[[Any], None], max_batch: int = 512,
                  autocommit_max: int = AUTOCOMMIT_MAX, notify: Callable[[Any], None] | None = None,
                  name: str = "tq-store-writer") -> None:
@@ -97,8 +95,9 @@ class Committer:
         self._notify = notify
         self._max_batch = max_batch
         self._conn_lock = threading.Lock()  # held by whichever thread is running ops on the connection
-        self._state = threading.Lock()  # guards _closed and the order of hand-overs against close()
+        self._state = threading.Lock()  # guards _closed, _pending and the order of hand-overs
         self._closed = False
+        self._pending = 0  # hand-overs not yet executed (queued, or drained and waiting for the connection)
         self._broken: BaseException | None = None
         self._queued: queue.SimpleQueue = queue.SimpleQueue()  # _Calls for the writer, then _STOP
         self._local = threading.local()  # .delivering: this thread is running done callbacks
@@ -121,9 +120,12 @@ class Committer:
         with self._state:
             if self._closed:
                 raise StoreClosed("the task store is closed")
-            idle = not in_callback and self.direct and self._queued.empty() and self._conn_lock.acquire(blocking=False)
+            # Direct only when nothing handed over is still waiting: a caller never overtakes the
+            # writer's batch (else, under contention, the writer would starve for the connection).
+            idle = not in_callback and self._pending == 0 and self._conn_lock.acquire(blocking=False)
             if not (idle or in_callback):  # busy: join the writer's next group commit
                 call = _Call(ops, wait=True)
+                self._pending += 1
                 self._queued.put(call)
         if idle or in_callback:
             if in_callback:
@@ -148,6 +150,7 @@ class Committer:
         with self._state:
             if self._closed:
                 raise StoreClosed("the task store is closed")
+            self._pending += 1
             self._queued.put(_Call(list(ops), wait=False))
 
     def flush(self) -> None:
@@ -156,6 +159,7 @@ class Committer:
         with self._state:
             if self._closed:
                 return
+            self._pending += 1
             self._queued.put(call)  # FIFO: behind everything already queued, even a batch being drained
         call.ready.acquire()
 
@@ -165,6 +169,7 @@ class Committer:
             if self._closed:
                 return
             self._closed = True
+            self._pending += 1
             self._queued.put(_STOP)  # last: nothing can be queued after it
         self._writer.join()
         with self._conn_lock:
@@ -193,6 +198,8 @@ class Committer:
                     results = self._execute([op for c in calls for op in c.ops])
                 except BaseException as exc:  # noqa: BLE001 - this thread must outlive any error
                     results = [(None, exc)] * size
+            with self._state:
+                self._pending -= len(calls) + stopping
             position = 0
             for call in calls:
                 call.results = results[position:position + len(call.ops)]
