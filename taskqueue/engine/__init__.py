@@ -3,10 +3,12 @@
 * :mod:`.core`     -- TaskQueue: submit(), the bounded queue, recovery, shutdown, metrics
 * :mod:`.inflight` -- the tasks accepted and not yet settled, by idempotency key
 * :mod:`.worker`   -- the worker loop and how an outcome is recorded
+* :mod:`.takeover` -- rows other processes left or hold: recovery, a worker's claims, waiting
+* :mod:`.feeder`   -- a ``worker`` process's feeder: due rows from the store into the queue
 * :mod:`.leases`   -- the heartbeat that keeps a live process's rows its own
 """
 
-from .core import TaskQueue, _live_queues
+from .core import TaskQueue, _live_queues  # noqa: F401 - _live_queues: for tests that abandon a queue
 from .inflight import InFlight, WorkItem
 
 __all__ = ["InFlight", "TaskQueue", "WorkItem"]

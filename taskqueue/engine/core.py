@@ -39,6 +39,7 @@ from ..store import Recovered, Row, TaskStore, open_store
 from ..task import Task, TaskResult, TaskStatus
 from .inflight import InFlight, WorkItem
 from .leases import Heartbeat
+from . import takeover
 from .worker import STOP, describe, work
 
 _live_queues: "weakref.WeakSet[TaskQueue]" = weakref.WeakSet()
@@ -202,7 +203,7 @@ class TaskQueue:
         """Block until every accepted task has settled; False if ``timeout`` passed first."""
         return self.inflight.join(timeout)
 
-    # -- other processes ----------------------------------------------------------------------------
+    # -- other processes (see .takeover) ---------------------------------------------------------
 
     def recover_orphans(self, unowned: bool = True) -> Recovered:
         """Take over the open rows nobody runs, and run them here (see ``TaskStore.recover``).
@@ -213,20 +214,7 @@ class TaskQueue:
         ``unowned=False`` (a worker) leaves rows no process has held yet to
         the feeder, which claims them a batch at a time.
         """
-        recovered = self.store.commit(self.store.recover(self.config.max_attempts, unowned))
-        now = self._wall()
-        for row in recovered.runnable:
-            item = self.inflight.adopt(row)
-            if item is None:  # a submit of this key got there first; it holds the row
-                continue
-            if not self._scheduler.schedule(max(0.0, (row.next_attempt_at or now) - now), item):
-                self._abandon(item)
-        self._report_dead(recovered.dead)
-        if recovered.runnable or recovered.dead:
-            self._log.info("recovered open tasks", extra={
-                "event": "recovered", "task_id": None, "idempotency_key": None,
-                "runnable": len(recovered.runnable), "dead": len(recovered.dead)})
-        return recovered
+        return takeover.recover(self, unowned)
 
     def claim_due(self, limit: int) -> int:
         """Take up to ``limit`` rows a worker may run now (see ``TaskStore.claim_due``) and queue them.
@@ -236,31 +224,7 @@ class TaskQueue:
         Returns how many rows were taken (dead-lettered ones included). A row
         whose stored task no longer validates is dead-lettered, not run.
         """
-        found = self.store.commit(self.store.claim_due(limit, self.config.max_attempts))
-        for row in found.runnable:
-            try:
-                task = row.task()
-                self.processor.check(task)
-            except errors.InvalidTask as exc:
-                self.store.commit(self.store.reject(row.id, row.version, exc))
-                self.metrics.incr("dead_lettered")
-                self._log.warning("stored task is invalid: dead-lettered", extra={
-                    "event": "dead_lettered", "task_id": row.task_id, "idempotency_key": row.idempotency_key,
-                    "error_class": type(exc).__name__, "error": str(exc)})
-                continue
-            item = self.inflight.adopt(row, task)
-            if item is not None:
-                self._requeue(item)
-        self._report_dead(found.dead)
-        return len(found.runnable) + len(found.dead)
-
-    def _report_dead(self, rows: list[Row]) -> None:
-        """Count and log rows taken over on their last attempt (their process died mid-attempt)."""
-        for row in rows:
-            self.metrics.incr("dead_lettered")
-            self._log.warning("task dead-lettered: its last attempt never finished", extra={
-                "event": "dead_lettered", "task_id": row.task_id, "idempotency_key": row.idempotency_key,
-                "error_class": row.error_class, "error": row.last_error, "attempt": row.attempts})
+        return takeover.claim_due(self, limit)
 
     def await_elsewhere(self, tasks: Iterable[Task], pause: Callable[[float], bool]
                         ) -> Iterator[tuple[Task, Future]]:
@@ -272,18 +236,7 @@ class TaskQueue:
         died (or whose lease ran out) is taken over and runs here. Stops when
         ``pause`` returns False (a stop request).
         """
-        waiting = list(tasks)
-        delay = 0.02
-        while waiting and pause(delay):
-            delay = min(delay * 2, 0.5)
-            still = []
-            for task in waiting:
-                future = self.submit(task)
-                if future.done() and not future.cancelled() and isinstance(future.exception(), ClaimedElsewhere):
-                    still.append(task)
-                else:
-                    yield task, future
-            waiting = still
+        return takeover.await_elsewhere(self, tasks, pause)
 
     # -- shutdown --------------------------------------------------------------------------------------
 

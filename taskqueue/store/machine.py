@@ -3,10 +3,7 @@
 :class:`StateMachine` implements the :class:`~taskqueue.store.contract.TaskStore`
 contract on top of a :class:`~taskqueue.store.committer.Committer`; a backend
 (``sqlite.py``, ``postgres.py``) supplies the connection, the schema, its
-read connections and its dialect: the statements below are written with
-``?`` placeholders and a ``{lock}`` where a row-locking clause goes
-(``FOR UPDATE SKIP LOCKED`` on PostgreSQL, nothing on SQLite, whose writer
-holds the whole database); :func:`dialect` rewrites them once per backend.
+read connections and its dialect of :mod:`.statements`.
 """
 
 from __future__ import annotations
@@ -18,127 +15,8 @@ from ..errors import StaleVersion, WorkerCrashed
 from ..task import Task, TaskStatus
 from . import owners
 from .committer import Committer, Op
-from .contract import COLUMNS, OPEN, Attempt, Claim, Done, Recovered, Row, error_text, task_payload
-
-_OPEN_SQL = "('queued', 'running', 'failed')"
-
-SQL = {
-    "insert": "INSERT INTO tasks (task_id, idempotency_key, payload, status, created_at, updated_at, owner,"
-              " lease_until) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?) ON CONFLICT (idempotency_key) DO NOTHING"
-              " RETURNING id",
-    "by_key": f"SELECT {COLUMNS} FROM tasks WHERE idempotency_key = ?",
-    "by_id": f"SELECT {COLUMNS} FROM tasks WHERE id = ?",
-    "take_over": "UPDATE tasks SET status = ?, owner = ?, lease_until = ?, updated_at = ?, version = version + 1"
-                 f" WHERE id = ? AND version = ? RETURNING {COLUMNS}",
-    "start": "UPDATE tasks SET status = 'running', attempts = attempts + 1, lease_until = ?, owner = ?,"
-             " next_attempt_at = NULL, updated_at = ?, version = version + 1"
-             " WHERE id = ? AND version = ? AND status IN ('queued', 'failed') RETURNING version, attempts",
-    "finish": "UPDATE tasks SET status = ?, output_key = ?, output_bytes = ?, last_error = ?, error_class = ?,"
-              " next_attempt_at = ?, lease_until = ?, updated_at = ?, version = version + 1"
-              " WHERE id = ? AND version = ? AND status = 'running'",
-    "dead": "UPDATE tasks SET status = 'dead', last_error = ?, error_class = ?, lease_until = NULL,"
-            " next_attempt_at = NULL, updated_at = ?, version = version + 1"
-            " WHERE id = ? AND version = ? AND status = ?",
-    "dead_letter": "INSERT INTO dead_letters (idempotency_key, task_id, payload, attempts, error_class,"
-                   " last_error, created_at, dead_at)"
-                   " SELECT idempotency_key, task_id, payload, attempts, error_class, last_error, created_at, ?"
-                   " FROM tasks WHERE id = ?"
-                   " ON CONFLICT (idempotency_key) DO UPDATE SET attempts = excluded.attempts,"
-                   " error_class = excluded.error_class, last_error = excluded.last_error,"
-                   " dead_at = excluded.dead_at",
-    "invalid": "INSERT INTO tasks (task_id, idempotency_key, payload, status, created_at, updated_at,"
-               " last_error, error_class) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)"
-               " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
-    "release": "DELETE FROM tasks WHERE id = ? AND version = ? AND status = 'queued'",
-    "open_rows": f"SELECT {COLUMNS} FROM tasks WHERE status IN {_OPEN_SQL} ORDER BY id",
-    "dead_keys": "SELECT idempotency_key FROM tasks WHERE status = 'dead' ORDER BY id",
-    "redrive": "UPDATE tasks SET status = 'queued', attempts = 0, owner = NULL, lease_until = NULL,"
-               " next_attempt_at = NULL, redrives = redrives + 1, updated_at = ?, version = version + 1"
-               " WHERE idempotency_key = ? AND status = 'dead'",
-    "undead": "DELETE FROM dead_letters WHERE idempotency_key = ?",
-    "renew": f"UPDATE tasks SET lease_until = ? WHERE owner = ? AND status IN {_OPEN_SQL}",
-    "enqueue": "INSERT INTO tasks (task_id, idempotency_key, payload, status, created_at, updated_at)"
-               " VALUES (?, ?, ?, 'queued', ?, ?) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
-    "expired": f"SELECT {COLUMNS} FROM tasks WHERE status = 'running' AND lease_until < ? ORDER BY id LIMIT ?"
-               "{lock}",
-    "claim_due": "UPDATE tasks SET owner = ?, lease_until = ?, updated_at = ?, version = version + 1"
-                 " WHERE id IN (SELECT id FROM tasks WHERE status IN ('queued', 'failed')"
-                 " AND (next_attempt_at IS NULL OR next_attempt_at <= ?) AND (owner IS NULL OR lease_until < ?)"
-                 " ORDER BY id LIMIT ?{lock})"
-                 f" RETURNING {COLUMNS}",
-    "disown": "UPDATE tasks SET owner = NULL, lease_until = NULL, updated_at = ?, version = version + 1"
-              " WHERE owner = ? AND status IN ('queued', 'failed')",
-    "open_count": f"SELECT COUNT(*) FROM tasks WHERE status IN {_OPEN_SQL}",
-    "wake_at": "SELECT MIN(CASE WHEN status = 'running' OR (owner IS NOT NULL AND lease_until >= ?)"
-               " THEN lease_until ELSE next_attempt_at END)"
-               f" FROM tasks WHERE status IN {_OPEN_SQL} AND (owner IS NULL OR owner <> ?)",
-    "all_rows": f"SELECT {COLUMNS} FROM tasks ORDER BY id",
-    "counts": "SELECT status, COUNT(*) FROM tasks GROUP BY status",
-    "recent_failures": "SELECT idempotency_key, task_id, status, attempts, error_class, last_error, updated_at"
-                       " FROM tasks WHERE status IN ('failed', 'dead') ORDER BY updated_at DESC LIMIT ?",
-    "dead_letters": "SELECT idempotency_key, task_id, attempts, error_class, last_error, created_at, dead_at"
-                    " FROM dead_letters ORDER BY dead_at",
-}
-
-
-def dialect(statements: dict[str, str], *, placeholder: str = "?", lock: str = "") -> dict[str, str]:
-    """``statements`` with every ``?`` written as ``placeholder`` (none occurs inside a literal) and
-    every ``{lock}`` as ``lock``."""
-    return {name: text.replace("?", placeholder).replace("{lock}", lock) for name, text in statements.items()}
-
-
-class Reads:
-    """The reads ``status`` and ``dlq`` need, on connections from :meth:`reader` (never the write one)."""
-
-    sql = dialect(SQL)
-
-    def reader(self) -> contextlib.AbstractContextManager:
-        """A context manager yielding a read connection."""
-        raise NotImplementedError
-
-    def _select(self, conn: Any, statement: str, value: Any) -> Row | None:
-        values = conn.execute(self.sql[statement], (value,)).fetchone()
-        return None if values is None else Row.from_db(values)
-
-    def get(self, idempotency_key: str) -> Row | None:
-        with self.reader() as conn:
-            return self._select(conn, "by_key", idempotency_key)
-
-    def rows(self) -> list[Row]:
-        with self.reader() as conn:
-            return [Row.from_db(v) for v in conn.execute(self.sql["all_rows"]).fetchall()]
-
-    def open_count(self) -> int:
-        """Rows some process still has to finish (queued, running or waiting for a retry)."""
-        with self.reader() as conn:
-            return conn.execute(self.sql["open_count"]).fetchone()[0]
-
-    def listener(self, on_notify: Callable[[], None]):
-        """Call ``on_notify()`` whenever another process says rows may be claimable; returns something
-        to ``close()``, or None where processes cannot notify each other (SQLite)."""
-        return None
-
-    def wake_at(self, now: float, me: str) -> float | None:
-        """The earliest time a row not held by ``me`` may become claimable: a retry falls due, or
-        another owner's lease runs out. None if no such row."""
-        with self.reader() as conn:
-            return conn.execute(self.sql["wake_at"], (now, me)).fetchone()[0]
-
-    def counts(self) -> dict[str, int]:
-        counts = {status.value: 0 for status in TaskStatus}
-        with self.reader() as conn:
-            for status, n in conn.execute(self.sql["counts"]).fetchall():
-                counts[status] = n
-        return counts
-
-    def recent_failures(self, limit: int = 10) -> list[dict]:
-        with self.reader() as conn:
-            return _dicts(conn.execute(self.sql["recent_failures"], (limit,)))
-
-    def dead_letters(self) -> list[dict]:
-        with self.reader() as conn:
-            return _dicts(conn.execute(self.sql["dead_letters"]))
-
+from .contract import OPEN, Attempt, Claim, Done, Recovered, Row, error_text, task_payload
+from .reads import Reads
 
 
 class StateMachine(Reads):
@@ -159,6 +37,11 @@ class StateMachine(Reads):
         self.owner = owners.new_token()
 
     # -- committing ------------------------------------------------------------------------
+
+    def listener(self, on_notify: Callable[[], None]):
+        """Call ``on_notify()`` whenever another process says rows may be claimable; returns something
+        to ``close()``, or None where processes cannot notify each other (SQLite)."""
+        return None
 
     def commit(self, op: Op, along: tuple[Op, ...] | list[Op] = ()) -> Any:
         return self.committer.commit(op, along)
@@ -382,9 +265,6 @@ class StateMachine(Reads):
         if cursor.rowcount != 1:
             raise StaleVersion(self._select(conn, "by_id", row_id))
 
-def _dicts(cursor: Any) -> list[dict]:
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, values)) for values in cursor.fetchall()]
 
 
 @contextlib.contextmanager

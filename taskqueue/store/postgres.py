@@ -25,7 +25,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import ConfigError
 from .committer import Committer
-from .machine import SQL, Reads, StateMachine, dialect
+from .machine import StateMachine
+from .reads import Reads
+from .statements import SQL, dialect
 
 CHANNEL = "taskqueue"
 MARK = "taskqueue task rows, schema 1"  # the tasks table's comment: this queue's table, not someone else's

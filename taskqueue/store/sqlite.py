@@ -21,7 +21,8 @@ import time
 from typing import Callable, Iterator
 
 from .committer import Committer
-from .machine import Reads, StateMachine
+from .machine import StateMachine
+from .reads import Reads
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (

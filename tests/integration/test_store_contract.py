@@ -256,7 +256,8 @@ def test_claim_takes_over_an_open_row_nobody_runs(store, backend, fake_clock, de
 def test_a_queued_row_of_our_own_that_is_not_in_flight_is_taken_back_but_a_running_one_is_not(store):
     """The engine offers a key only when it holds no work item for it: an open row of ours then is
     a cancelled task's (take it back); a running one is a worker's (leave it)."""
-    queued, running = claim(store, 1), claim(store, 2)
+    claim(store, 1)
+    running = claim(store, 2)
     start(store, running)
     again = store.commit(store.claim(make_task(1), MAX_ATTEMPTS))
     assert again.runnable and again.row.version == 1

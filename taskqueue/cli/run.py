@@ -1,59 +1,33 @@
-"""Command line: ``run``, ``status``, ``dlq list|redrive``, and ``--benchmark``.
+"""``run``: producer and workers in one process, over a task file.
 
-Settings come from flags > environment (``TQ_*``) > ``.env`` > defaults
-(see :mod:`taskqueue.config`). Exit codes: 0 done (every task terminal, or a
-graceful stop on a signal), 1 some tasks left unfinished or some keys not
-found or a run stopped by an error mid-run (what finished is recorded), 2 bad input or
-settings (nothing was processed).
+Every task of the file is submitted to one :class:`~taskqueue.engine.TaskQueue`
+and waited for; the work runs in a thread of its own so the signal handler
+(in the main thread) never interrupts code that holds a lock it needs.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
 import threading
 import time
 
-from . import logs, watch
-from .config import Config
-from .errors import ClaimedElsewhere, ConfigError, InvalidTask, QueueFull, QueueShutDown, TaskQueueError
-from .objectstore import LocalObjectStore
-from .processor import Processor
-from .store import check_database, is_url, open_reader, open_store, store_errors
-from .taskfile import ON_INVALID, load_tasks
-
-EXIT_OK, EXIT_UNFINISHED, EXIT_USAGE = 0, 1, 2
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] == "--benchmark":
-        from .bench import main as bench_main
-        return bench_main(argv[1:])
-    args = _parser().parse_args(argv)
-    try:
-        return args.handler(args)
-    except (ConfigError, InvalidTask, NotADirectoryError, IsADirectoryError, FileNotFoundError,
-            FileExistsError, PermissionError, *store_errors()) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        if getattr(exc, "error_count", 0):
-            print("hint: --invalid dead-letter records the bad items as dead letters and runs the rest",
-                  file=sys.stderr)
-        return EXIT_USAGE
+from .. import logs, watch
+from ..config import Config
+from ..errors import ClaimedElsewhere, QueueFull, QueueShutDown, TaskQueueError
+from ..objectstore import LocalObjectStore
+from ..processor import Processor
+from ..store import check_database, is_url, store_errors
+from ..taskfile import ON_INVALID, load_tasks
+from . import EXIT_OK, EXIT_UNFINISHED, config_from, install_signal_handler, store_flags
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Durable in-process task queue. `--benchmark [options]` runs the load benchmark "
-                    "(see `--benchmark --help`).")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_command(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="process a task file")
     run.add_argument("--tasks", required=True, help="JSON array of tasks")
-    _store_flags(run)
+    store_flags(run)
     run.add_argument("--store", help="object store root directory (TQ_STORE, default ./store)")
     run.add_argument("--workers", type=int)
     run.add_argument("--queue-size", type=int)
@@ -71,44 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     watch.add_flags(run)  # --no-progress, --metrics-port, --metrics-host, --metrics-interval
     run.set_defaults(handler=cmd_run)
 
-    status = sub.add_parser("status", help="counts by status and recent failures")
-    _store_flags(status)
-    status.add_argument("--json", action="store_true")
-    status.set_defaults(handler=cmd_status)
-
-    dlq = sub.add_parser("dlq", help="the dead-letter queue")
-    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
-    dlq_list = dlq_sub.add_parser("list", help="dead-lettered tasks")
-    _store_flags(dlq_list)
-    dlq_list.add_argument("--json", action="store_true")
-    dlq_list.set_defaults(handler=cmd_dlq_list)
-    redrive = dlq_sub.add_parser("redrive", help="put dead tasks back to queued with a fresh attempt budget")
-    _store_flags(redrive)
-    group = redrive.add_mutually_exclusive_group(required=True)
-    group.add_argument("--all", action="store_true")
-    group.add_argument("keys", nargs="*", default=[], metavar="KEY")
-    redrive.set_defaults(handler=cmd_dlq_redrive)
-
-    from . import scaleout
-    scaleout.add_commands(sub, _store_flags)
-    return parser
-
-
-def _store_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", help="SQLite file of task rows, or a postgresql:// URL (TQ_DB, default ./tasks.db)")
-
-
-def _config(args: argparse.Namespace, *names: str) -> Config:
-    return Config.from_env({name: getattr(args, name, None) for name in ("db", "store", *names)},
-                           flags={"shutdown_grace_s": "--grace"})
-
-
-# -- run -------------------------------------------------------------------------------
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .engine import TaskQueue  # imported here so `status` and `dlq` stay light
+    from ..engine import TaskQueue  # imported here so `status` and `dlq` stay light
 
-    config = _config(args, "workers", "queue_size", "on_full", "max_attempts", "shutdown_grace_s",
+    config = config_from(args, "workers", "queue_size", "on_full", "max_attempts", "shutdown_grace_s",
                      "log_level")
     _check_paths(config, args)
     # Everything that can refuse the run does so before anything is created.
@@ -122,7 +63,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         objects = LocalObjectStore(config.store, chunk_size=config.chunk_size, fsync=config.fsync_outputs)
         processor = Processor(objects, config.faults, max_image_pixels=config.max_image_pixels)
         if args.make_sources:
-            from .workload import create_sources
+            from ..workload import create_sources
             created = create_sources(objects, [t.to_dict() for t in loaded.tasks], seed=config.fault_seed)
             if created:
                 print(f"created {created} source objects under {objects.root}")
@@ -221,13 +162,13 @@ def _drive(tq, loaded, config: Config, started: float, swept: int, metrics_out: 
         except BaseException as exc:  # re-raised in the main thread
             outcome["error"] = exc
 
-    previous = _install(on_signal)
+    previous = install_signal_handler(on_signal)
     try:
         runner = threading.Thread(target=work, name="tq-run")
         runner.start()
         runner.join()
     finally:
-        _install(previous)
+        install_signal_handler(previous)
         on_finished()  # the progress line ends and the metrics file is final before the summary prints
     if "error" in outcome:
         raise outcome["error"]
@@ -296,19 +237,6 @@ def _elsewhere(future) -> bool:
     return future.done() and not future.cancelled() and isinstance(future.exception(), ClaimedElsewhere)
 
 
-def _install(handler):
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    if isinstance(handler, dict):
-        for signum, previous in handler.items():
-            signal.signal(signum, previous)
-        return None
-    previous = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        previous[signum] = signal.signal(signum, handler)
-    return previous
-
-
 def _summary(submitted: list, loaded, rejected_offers: int, elapsed: float, tq, swept: int) -> dict:
     outcome = {"succeeded": 0, "deduplicated": 0, "dead_lettered": 0, "unfinished": 0}
     seen: set[int] = set()
@@ -354,57 +282,3 @@ def _render(summary: dict) -> str:
                  f"p95 {'n/a' if p95 is None else f'{p95 * 1000:.1f} ms'}, "
                  f"max queue depth {summary['queue_depth_max']}")
     return "\n".join(lines)
-
-
-# -- status and dlq ------------------------------------------------------------------------
-
-def _existing_db(config: Config) -> str:
-    if is_url(config.db):
-        return config.db
-    if not os.path.isfile(config.db):
-        raise FileNotFoundError(f"no database at {config.db!r} (set --db or TQ_DB)")
-    return config.db
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    reader = open_reader(_existing_db(_config(args)))
-    counts = reader.counts()
-    failures = reader.recent_failures()
-    if args.json:
-        print(json.dumps({"counts": counts, "total": sum(counts.values()), "recent_failures": failures},
-                         indent=2))
-        return EXIT_OK
-    print("  ".join(f"{name} {n}" for name, n in counts.items()) + f"  (total {sum(counts.values())})")
-    for f in failures:
-        print(f"  {f['status']:6} {f['idempotency_key']}  attempts {f['attempts']}  "
-              f"{f['error_class']}: {f['last_error']}")
-    return EXIT_OK
-
-
-def cmd_dlq_list(args: argparse.Namespace) -> int:
-    rows = open_reader(_existing_db(_config(args))).dead_letters()
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return EXIT_OK
-    print(f"{len(rows)} dead-lettered")
-    for r in rows:
-        print(f"  {r['idempotency_key']}  task {r['task_id']}  attempts {r['attempts']}  "
-              f"{r['error_class']}: {r['last_error']}")
-    return EXIT_OK
-
-
-def cmd_dlq_redrive(args: argparse.Namespace) -> int:
-    if not args.all and not args.keys:
-        print("error: give --all or one or more idempotency keys", file=sys.stderr)
-        return EXIT_USAGE
-    config = _config(args)
-    store = open_store(_existing_db(config), busy_timeout_ms=config.busy_timeout_ms)
-    try:
-        done = store.commit(store.redrive(None if args.all else args.keys))
-    finally:
-        store.close()
-    print(f"redriven {len(done)} task(s) to queued; the next `run` processes them")
-    missing = [] if args.all else sorted(set(args.keys) - set(done))
-    for key in missing:
-        print(f"  not in the dead-letter queue: {key}", file=sys.stderr)
-    return EXIT_UNFINISHED if missing else EXIT_OK

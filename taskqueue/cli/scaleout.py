@@ -18,17 +18,18 @@ import sys
 import threading
 import time
 
-from . import logs
-from .config import Config
-from .objectstore import LocalObjectStore
-from .processor import Processor
-from .store import check_database, is_url, open_store
-from .taskfile import ON_INVALID, load_tasks
+from .. import logs
+from ..config import Config
+from ..objectstore import LocalObjectStore
+from ..processor import Processor
+from ..store import check_database, is_url, open_store
+from ..taskfile import ON_INVALID, load_tasks
+from . import EXIT_OK, config_from, install_signal_handler, store_flags
 
 ENQUEUE_BATCH = 500  # tasks per transaction: all of a batch or none of it
 
 
-def add_commands(sub: argparse._SubParsersAction, store_flags) -> None:
+def add_commands(sub: argparse._SubParsersAction) -> None:
     enqueue = sub.add_parser("enqueue", help="validate a task file and add its tasks to the queue (no processing)")
     enqueue.add_argument("--tasks", required=True, help="JSON array of tasks")
     store_flags(enqueue)
@@ -67,9 +68,7 @@ def _check_db(config: Config) -> None:
 # -- enqueue ---------------------------------------------------------------------------------
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
-    from .cli import EXIT_OK, _config
-
-    config = _config(args)
+    config = config_from(args)
     _check_db(config)
     loaded = load_tasks(args.tasks, max_bytes=config.max_task_file_bytes, check=Processor.check,
                         on_invalid=args.invalid)
@@ -94,11 +93,10 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
 # -- worker -----------------------------------------------------------------------------------
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .cli import EXIT_OK, _config, _install
-    from .engine import TaskQueue
-    from .engine.feeder import Feeder
+    from ..engine import TaskQueue
+    from ..engine.feeder import Feeder
 
-    config = _config(args, "workers", "queue_size", "max_attempts", "lease_s", "shutdown_grace_s", "log_level")
+    config = config_from(args, "workers", "queue_size", "max_attempts", "lease_s", "shutdown_grace_s", "log_level")
     if os.path.lexists(config.store) and not os.path.isdir(config.store):
         raise NotADirectoryError(f"store {config.store!r} is not a directory")
     for flag, path in (("--metrics-out", args.metrics_out), ("--log-file", args.log_file)):
@@ -135,13 +133,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
             except BaseException as exc:  # re-raised in the main thread
                 outcome["error"] = exc
 
-        previous = _install(on_signal)
+        previous = install_signal_handler(on_signal)
         try:
             runner = threading.Thread(target=feed, name="tq-feeder")
             runner.start()
             runner.join()
         finally:
-            _install(previous)
+            install_signal_handler(previous)
         stopped = outcome.get("value") != "idle"
         finished = tq.shutdown(wait=True, cancel_futures=stopped,
                                timeout=config.shutdown_grace_s if stopped else None)

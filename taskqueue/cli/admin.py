@@ -1,0 +1,84 @@
+"""``status`` and ``dlq list|redrive``: read and mend the queue's database, SQLite or PostgreSQL."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from ..config import Config
+from ..store import is_url, open_reader, open_store
+from . import EXIT_OK, EXIT_UNFINISHED, EXIT_USAGE, config_from, store_flags
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    status = sub.add_parser("status", help="counts by status and recent failures")
+    store_flags(status)
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=cmd_status)
+
+    dlq = sub.add_parser("dlq", help="the dead-letter queue")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
+    dlq_list = dlq_sub.add_parser("list", help="dead-lettered tasks")
+    store_flags(dlq_list)
+    dlq_list.add_argument("--json", action="store_true")
+    dlq_list.set_defaults(handler=cmd_dlq_list)
+    redrive = dlq_sub.add_parser("redrive", help="put dead tasks back to queued with a fresh attempt budget")
+    store_flags(redrive)
+    group = redrive.add_mutually_exclusive_group(required=True)
+    group.add_argument("--all", action="store_true")
+    group.add_argument("keys", nargs="*", default=[], metavar="KEY")
+    redrive.set_defaults(handler=cmd_dlq_redrive)
+
+
+def _existing_db(config: Config) -> str:
+    if is_url(config.db):
+        return config.db
+    if not os.path.isfile(config.db):
+        raise FileNotFoundError(f"no database at {config.db!r} (set --db or TQ_DB)")
+    return config.db
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    reader = open_reader(_existing_db(config_from(args)))
+    counts = reader.counts()
+    failures = reader.recent_failures()
+    if args.json:
+        print(json.dumps({"counts": counts, "total": sum(counts.values()), "recent_failures": failures},
+                         indent=2))
+        return EXIT_OK
+    print("  ".join(f"{name} {n}" for name, n in counts.items()) + f"  (total {sum(counts.values())})")
+    for f in failures:
+        print(f"  {f['status']:6} {f['idempotency_key']}  attempts {f['attempts']}  "
+              f"{f['error_class']}: {f['last_error']}")
+    return EXIT_OK
+
+
+def cmd_dlq_list(args: argparse.Namespace) -> int:
+    rows = open_reader(_existing_db(config_from(args))).dead_letters()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    print(f"{len(rows)} dead-lettered")
+    for r in rows:
+        print(f"  {r['idempotency_key']}  task {r['task_id']}  attempts {r['attempts']}  "
+              f"{r['error_class']}: {r['last_error']}")
+    return EXIT_OK
+
+
+def cmd_dlq_redrive(args: argparse.Namespace) -> int:
+    if not args.all and not args.keys:
+        print("error: give --all or one or more idempotency keys", file=sys.stderr)
+        return EXIT_USAGE
+    config = config_from(args)
+    store = open_store(_existing_db(config), busy_timeout_ms=config.busy_timeout_ms)
+    try:
+        done = store.commit(store.redrive(None if args.all else args.keys))
+    finally:
+        store.close()
+    print(f"redriven {len(done)} task(s) to queued; the next `run` processes them")
+    missing = [] if args.all else sorted(set(args.keys) - set(done))
+    for key in missing:
+        print(f"  not in the dead-letter queue: {key}", file=sys.stderr)
+    return EXIT_UNFINISHED if missing else EXIT_OK
