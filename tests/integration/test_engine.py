@@ -637,8 +637,14 @@ def test_offering_again_a_key_whose_future_was_cancelled_gives_a_live_future(mak
     tq = make_queue(processor, workers=workers, queue_size=size)
     futures = fill(tq, processor, tasks)
     assert futures[1].cancel()
-    again = tq.submit(tasks[1])
+    offered: list[Future] = []
+    # The cancelled item still holds its queue slot until a worker drops it: the offer blocks (block
+    # mode) until the gate opens and the worker gets to it.
+    offer = threading.Thread(target=lambda: offered.append(tq.submit(tasks[1])))
+    offer.start()
     processor.gate.set()
+    offer.join(WAIT_S)
+    [again] = offered
     assert not again.cancelled()
     assert again.result(timeout=WAIT_S).status is TaskStatus.SUCCESS
 
