@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     task_id         TEXT    NOT NULL,
     idempotency_key TEXT    NOT NULL UNIQUE,
     payload         TEXT    NOT NULL,
-    status          TEXT    NOT NULL CHECK (status IN ('queued','running','success','failed','dead')),
+    status          TEXT    NOT NULL CHECK (status = 'queued' OR status = 'running' OR status = 'success'
+                                            OR status = 'failed' OR status = 'dead'),
     attempts        INTEGER NOT NULL DEFAULT 0,
     created_at      DOUBLE PRECISION NOT NULL,
     updated_at      DOUBLE PRECISION NOT NULL,
