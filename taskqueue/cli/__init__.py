@@ -65,18 +65,54 @@ def config_from(args: argparse.Namespace, *names: str) -> Config:
                            flags={"shutdown_grace_s": "--grace"})
 
 
-def install_signal_handler(handler):
-    """Install ``handler`` for SIGINT and SIGTERM; return what was there (pass it back to restore).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    Does nothing outside the main thread (only it may install handlers).
+
+def hold_signals() -> object:
+    """Block SIGINT and SIGTERM in this (main) thread until :func:`run_with_signals` releases them.
+
+    Call it before starting any thread: every thread started meanwhile inherits
+    the blocked mask and can never receive them, so the kernel delivers them to
+    the main thread -- the only one whose wait a signal interrupts. (Delivered to
+    another thread, a signal would leave the main thread asleep in ``join()``
+    and its Python handler would not run until the join returned.) Returns the
+    mask to restore; None where signal masks do not exist (Windows: signals go
+    to the main thread anyway) or off the main thread.
     """
-    if threading.current_thread() is not threading.main_thread():
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
         return None
-    if isinstance(handler, dict):
-        for signum, previous in handler.items():
-            signal.signal(signum, previous)
-        return None
-    previous = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        previous[signum] = signal.signal(signum, handler)
-    return previous
+    return signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
+def release_signals(held: object) -> None:
+    """Undo :func:`hold_signals` (idempotent)."""
+    if held is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def run_with_signals(target, on_signal, held: object, name: str) -> dict:
+    """Run ``target()`` in a thread of its own while the main thread waits and takes SIGINT/SIGTERM.
+
+    The main thread only waits, so ``on_signal`` (run by it) never interrupts
+    code that holds a lock it needs. Returns ``{"value": ...}`` or
+    ``{"error": exception}`` from ``target``.
+    """
+    outcome: dict = {}
+
+    def body() -> None:
+        try:
+            outcome["value"] = target()
+        except BaseException as exc:  # re-raised by the caller, in the main thread
+            outcome["error"] = exc
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS} if main else {}
+    try:
+        runner = threading.Thread(target=body, name=name)
+        runner.start()  # inherits the held mask
+        release_signals(held)  # deliverable again, to this thread only
+        runner.join()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return outcome

@@ -21,7 +21,8 @@ from ..objectstore import LocalObjectStore
 from ..processor import Processor
 from ..store import check_database, is_url, store_errors
 from ..taskfile import ON_INVALID, load_tasks
-from . import EXIT_OK, EXIT_UNFINISHED, config_from, install_signal_handler, store_flags
+from . import (EXIT_OK, EXIT_UNFINISHED, config_from, hold_signals, release_signals, run_with_signals,
+               store_flags)
 
 
 def add_command(sub: argparse._SubParsersAction) -> None:
@@ -59,6 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_database(config.db)
     watcher = watch.Watch.from_args(args)  # binds --metrics-port: a port in use refuses the run here
     handler = logs.configure(config.log_level or ("info" if args.log_file else "warning"), path=args.log_file)
+    held = hold_signals()  # before any thread starts: SIGINT/SIGTERM will reach the main thread only
     try:
         objects = LocalObjectStore(config.store, chunk_size=config.chunk_size, fsync=config.fsync_outputs)
         processor = Processor(objects, config.faults, max_image_pixels=config.max_image_pixels)
@@ -74,12 +76,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         watcher.start(tq, total=len(loaded.tasks) + len(loaded.invalid) + len(tq.recovered.runnable)
                       + len(tq.recovered.dead))
         try:
-            return _drive(tq, loaded, config, started, swept, args.metrics_out, on_finished=watcher.stop)
+            return _drive(tq, loaded, config, started, swept, args.metrics_out, on_finished=watcher.stop,
+                          held=held)
         except (*store_errors(), TaskQueueError, OSError) as exc:  # mid-run: some work may be done
             print(f"error: the run stopped: {exc}\nwhat finished is recorded; run again to finish the rest "
                   f"(nothing is done twice)", file=sys.stderr)
             return EXIT_UNFINISHED
     finally:
+        release_signals(held)
         watcher.stop()
         logs.logging.getLogger(logs.LOGGER_NAME).removeHandler(handler)
         handler.close()
@@ -136,12 +140,12 @@ class _Waiter:
 
 
 def _drive(tq, loaded, config: Config, started: float, swept: int, metrics_out: str | None,
-           on_finished=lambda: None) -> int:
+           on_finished=lambda: None, held: object = None) -> int:
     """Submit every task, wait for all outcomes (or a signal), shut down, summarise.
 
-    The work runs in a thread of its own; the main thread only waits for it,
-    so the signal handler (which runs in the main thread) never interrupts
-    code that holds a lock it needs.
+    The work runs in a thread of its own and the main thread takes the signals
+    (see :func:`taskqueue.cli.run_with_signals`); ``held`` is what
+    :func:`taskqueue.cli.hold_signals` returned before any thread started.
     """
     waiter = _Waiter()
     signals = [0]
@@ -154,21 +158,9 @@ def _drive(tq, loaded, config: Config, started: float, swept: int, metrics_out: 
               f"(up to {config.shutdown_grace_s:g}s; again to exit at once)", file=sys.stderr)
         waiter.request_stop()
 
-    outcome: dict = {}
-
-    def work() -> None:
-        try:
-            outcome["value"] = _submit_and_wait(tq, loaded, config, waiter)
-        except BaseException as exc:  # re-raised in the main thread
-            outcome["error"] = exc
-
-    previous = install_signal_handler(on_signal)
     try:
-        runner = threading.Thread(target=work, name="tq-run")
-        runner.start()
-        runner.join()
+        outcome = run_with_signals(lambda: _submit_and_wait(tq, loaded, config, waiter), on_signal, held, "tq-run")
     finally:
-        install_signal_handler(previous)
         on_finished()  # the progress line ends and the metrics file is final before the summary prints
     if "error" in outcome:
         raise outcome["error"]

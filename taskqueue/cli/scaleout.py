@@ -15,7 +15,6 @@ import argparse
 import os
 import signal
 import sys
-import threading
 import time
 
 from .. import logs
@@ -24,7 +23,7 @@ from ..objectstore import LocalObjectStore
 from ..processor import Processor
 from ..store import check_database, is_url, open_store
 from ..taskfile import ON_INVALID, load_tasks
-from . import EXIT_OK, config_from, install_signal_handler, store_flags
+from . import EXIT_OK, config_from, hold_signals, release_signals, run_with_signals, store_flags
 
 ENQUEUE_BATCH = 500  # tasks per transaction: all of a batch or none of it
 
@@ -105,6 +104,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
                                     f"does not exist")
     _check_db(config)
     handler = logs.configure(config.log_level or ("info" if args.log_file else "warning"), path=args.log_file)
+    held = hold_signals()  # before any thread starts: SIGINT/SIGTERM will reach the main thread only
     try:
         objects = LocalObjectStore(config.store, chunk_size=config.chunk_size, fsync=config.fsync_outputs)
         processor = Processor(objects, config.faults, max_image_pixels=config.max_image_pixels)
@@ -125,21 +125,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
                   f"(up to {config.shutdown_grace_s:g}s; again to exit at once)", file=sys.stderr)
             feeder.stop()
 
-        outcome: dict = {}
-
-        def feed() -> None:  # in a thread of its own: the signal handler never interrupts a held lock
-            try:
-                outcome["value"] = feeder.run()
-            except BaseException as exc:  # re-raised in the main thread
-                outcome["error"] = exc
-
-        previous = install_signal_handler(on_signal)
-        try:
-            runner = threading.Thread(target=feed, name="tq-feeder")
-            runner.start()
-            runner.join()
-        finally:
-            install_signal_handler(previous)
+        outcome = run_with_signals(feeder.run, on_signal, held, "tq-feeder")
         stopped = outcome.get("value") != "idle"
         finished = tq.shutdown(wait=True, cancel_futures=stopped,
                                timeout=config.shutdown_grace_s if stopped else None)
@@ -157,5 +143,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
             os._exit(EXIT_OK)
         return EXIT_OK
     finally:
+        release_signals(held)
         logs.logging.getLogger(logs.LOGGER_NAME).removeHandler(handler)
         handler.close()
