@@ -40,7 +40,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     store_flags(worker)
     worker.add_argument("--store", help="object store root directory (TQ_STORE, default ./store)")
     worker.add_argument("--workers", type=int)
-    worker.add_argument("--queue-size", type=int, help="tasks this process holds at most (TQ_QUEUE_SIZE)")
+    worker.add_argument("--queue-size", type=int,
+                        help="tasks this process holds at most (TQ_QUEUE_SIZE; also never more than 2 per worker)")
     worker.add_argument("--max-attempts", type=int)
     worker.add_argument("--lease-s", type=float, help="seconds a claim lasts unless renewed (TQ_LEASE_S)")
     worker.add_argument("--grace", type=float, dest="shutdown_grace_s",
@@ -114,7 +115,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         tq = TaskQueue(config.db, objects, config=config, processor=processor, metrics_out=args.metrics_out,
                        recover_unowned=False)
-        feeder = Feeder(tq, batch=min(16, config.queue_size), exit_when_idle=args.exit_when_idle)
+        feeder = Feeder(tq, exit_when_idle=args.exit_when_idle)
         signals = [0]
 
         def on_signal(signum, _frame):

@@ -28,9 +28,12 @@ BACKOFF_MIN_S, BACKOFF_MAX_S = 0.02, 1.0
 class Feeder:
     """Claims due rows into ``tq``'s queue until stopped, or until no row is open anywhere.
 
-    ``batch``: rows per claim. ``exit_when_idle``: return once nothing is
-    queued, waiting for a retry or running in any process (rows other workers
-    run are waited for, and taken over if their lease runs out).
+    ``batch``: rows per claim. ``ahead``: tasks held per worker thread, the
+    one it runs included: the feeder holds at most ``min(queue_size, ahead x
+    workers)``, so slow tasks spread over every worker process instead of the
+    first one hoarding a queue's worth. ``exit_when_idle``: return once nothing
+    is queued, waiting for a retry or running in any process (rows other
+    workers run are waited for, and taken over if their lease runs out).
 
     Every wait is one ``InFlight.wait_settled`` with a predicate, so it wakes
     on whichever comes first: a stop, a notification (a listener thread pokes
@@ -38,13 +41,15 @@ class Feeder:
     due moment; on SQLite also the backoff).
     """
 
-    def __init__(self, tq: "TaskQueue", *, batch: int = 16, exit_when_idle: bool = False) -> None:
-        if batch <= 0:
-            raise ValueError(f"batch must be greater than 0, got {batch!r}")
+    def __init__(self, tq: "TaskQueue", *, batch: int = 16, ahead: int = 2, exit_when_idle: bool = False) -> None:
+        if batch <= 0 or ahead <= 0:
+            raise ValueError(f"batch and ahead must be greater than 0, got {batch!r} and {ahead!r}")
         self._tq = tq
-        self._batch = batch
         self._exit_when_idle = exit_when_idle
-        self._capacity = tq.config.queue_size  # items held here at once: queued, running, awaiting commit
+        # Items held here at once (queued, running, awaiting their commit): what the queue holds at
+        # most, and no more than the workers can start soon.
+        self._capacity = min(tq.config.queue_size, ahead * tq.config.workers)
+        self._batch = min(batch, self._capacity)
         self._stopped = False
         self._notified = False  # set by the listener thread; read and cleared by run()
         self._listener = tq.store.listener(self._on_notify)

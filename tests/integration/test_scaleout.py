@@ -263,8 +263,12 @@ def can_rename_host() -> bool:
         return False
 
 
-def test_a_worker_holds_no_more_than_its_queue_size(database, workload):
-    """The feeder claims only what there is room for: other workers get the rest."""
+@pytest.mark.parametrize("workers, queue_size, holds", [(3, 5, 5), (1, 5, 2)],
+                         ids=["the-queue-size", "two-per-worker"])
+def test_a_worker_holds_no_more_than_its_queue_size_or_two_per_worker(database, workload, workers, queue_size,
+                                                                      holds):
+    """The feeder claims only what there is room for, and no more than its workers can start soon:
+    other workers get the rest."""
     assert run("enqueue", "--tasks", str(workload["file"]), "--db", database.url, cwd=workload["cwd"]).returncode == 0
     gate = threading.Event()
 
@@ -274,18 +278,34 @@ def test_a_worker_holds_no_more_than_its_queue_size(database, workload):
             return super().process(task, attempt)
 
     objects = LocalObjectStore(workload["store"], fsync=False)
-    tq = TaskQueue(database.url, objects, config=Config(workers=2, queue_size=5, fsync_outputs=False),
+    tq = TaskQueue(database.url, objects, config=Config(workers=workers, queue_size=queue_size, fsync_outputs=False),
                    processor=Gated(objects), recover_unowned=False)
     feeder = Feeder(tq, batch=3)
     thread = threading.Thread(target=feeder.run)
     thread.start()
     try:
-        wait_until(lambda: feeder.claimed >= 5, "the feeder filling its room")
+        wait_until(lambda: feeder.claimed >= holds, "the feeder filling its room")
         held = database.query("SELECT COUNT(*) FROM tasks WHERE owner = ?", (tq.store.owner,))
-        assert held == [(5,)] and feeder.claimed == 5  # 2 running, 3 queued: the queue's size, no more
+        assert held == [(holds,)] and feeder.claimed == holds  # running and queued, no more
     finally:
         gate.set()
         feeder.stop()
         thread.join(HANG)
         tq.shutdown(wait=True, cancel_futures=True)
     assert database.query("SELECT COUNT(*) FROM tasks WHERE status = 'queued' AND owner IS NOT NULL") == [(0,)]
+
+
+def test_a_postgresql_database_whose_tasks_table_is_someone_elses_is_refused_untouched(request, tmp_path, workload):
+    url = request.getfixturevalue("postgres_server").new_database()
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE tasks (id integer PRIMARY KEY, what text)")
+        conn.execute("INSERT INTO tasks VALUES (1, 'theirs')")
+    for args in (["enqueue", "--tasks", str(workload["file"])], ["status"], ["dlq", "list"]):
+        result = run(*args, "--db", url, cwd=tmp_path)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert "not this queue's" in result.stderr or "holds no task queue" in result.stderr
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("SELECT * FROM tasks").fetchall() == [(1, "theirs")]
+        assert conn.execute("SELECT to_regclass('dead_letters')").fetchone() == (None,)
