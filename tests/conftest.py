@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -154,3 +156,25 @@ def postgres_server():
     server = pgserver.PostgresServer()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def dead_pid() -> int:
+    """The pid of a process of ours that has exited (and been reaped)."""
+    for _ in range(5):
+        proc = subprocess.Popen([sys.executable, "-c", "pass"])
+        proc.wait(30)
+        try:
+            os.kill(proc.pid, 0)
+        except ProcessLookupError:
+            return proc.pid
+    pytest.skip("could not find a pid that stays unused")
+
+
+@pytest.fixture(scope="session")
+def live_pid() -> Iterator[int]:
+    """The pid of another live process on this host (it waits for its stdin to close)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    yield proc.pid
+    proc.stdin.close()
+    proc.wait(30)

@@ -14,13 +14,15 @@ input or settings (nothing was processed).
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
+from typing import Callable
 
 from ..config import Config
 from ..errors import ConfigError, InvalidTask
-from ..store import store_errors
+from ..store import check_database, is_url, store_errors
 
 EXIT_OK, EXIT_UNFINISHED, EXIT_USAGE = 0, 1, 2
 
@@ -57,6 +59,56 @@ def _parser() -> argparse.ArgumentParser:
 
 def store_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", help="SQLite file of task rows, or a postgresql:// URL (TQ_DB, default ./tasks.db)")
+
+
+def processing_flags(parser: argparse.ArgumentParser, queue_help: str | None = None) -> None:
+    """The flags of every command that processes tasks (``run``, ``worker``)."""
+    store_flags(parser)
+    parser.add_argument("--store", help="object store root directory (TQ_STORE, default ./store)")
+    parser.add_argument("--workers", type=int)
+    parser.add_argument("--queue-size", type=int, help=queue_help)
+    parser.add_argument("--max-attempts", type=int)
+    parser.add_argument("--grace", type=float, dest="shutdown_grace_s",
+                        help="seconds in-flight tasks get after SIGINT/SIGTERM")
+    parser.add_argument("--metrics-out", help="write the final metrics here as JSON")
+    parser.add_argument("--log-file", help="append JSON-lines logs here (INFO); default: warnings to stderr")
+    parser.add_argument("--log-level", help="debug | info | warning | error")
+
+
+def check_paths(config: Config, *, metrics_out: str | None = None, log_file: str | None = None,
+                store: bool = True) -> None:
+    """Refuse paths that cannot work, naming the flag, before anything is created or processed.
+
+    A SQLite ``--db`` must not be a directory, must sit in a directory that exists and, if it
+    exists, must be this queue's database (checked without writing to it).
+    """
+    if store and os.path.lexists(config.store) and not os.path.isdir(config.store):  # lexists: a dangling link too
+        raise NotADirectoryError(f"store {config.store!r} is not a directory")
+    local_db = None if is_url(config.db) else config.db
+    if local_db and os.path.isdir(local_db):
+        raise IsADirectoryError(f"db {config.db!r} is a directory, not a database file")
+    for flag, path in (("--db", local_db), ("--metrics-out", metrics_out), ("--log-file", log_file)):
+        if path:
+            parent = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(parent):
+                raise FileNotFoundError(f"{flag} {path!r}: directory {parent!r} does not exist")
+    if local_db:
+        check_database(local_db)
+
+
+def stop_on_signal(message: str, stop: Callable[[], None]) -> Callable:
+    """A SIGINT/SIGTERM handler: the first signal prints ``message`` and calls ``stop()``; a second
+    one exits at once (the store and published outputs stay consistent whatever it interrupts)."""
+    received = [0]
+
+    def on_signal(signum, _frame) -> None:
+        received[0] += 1
+        if received[0] > 1:
+            os._exit(128 + signum)
+        print(f"\n{signal.Signals(signum).name}: {message}; again to exit at once", file=sys.stderr)
+        stop()
+
+    return on_signal
 
 
 def config_from(args: argparse.Namespace, *names: str) -> Config:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import threading
 import time
@@ -19,30 +18,21 @@ from ..config import Config
 from ..errors import ClaimedElsewhere, QueueFull, QueueShutDown, TaskQueueError
 from ..objectstore import LocalObjectStore
 from ..processor import Processor
-from ..store import check_database, is_url, store_errors
+from ..store import store_errors
 from ..taskfile import ON_INVALID, load_tasks
-from . import (EXIT_OK, EXIT_UNFINISHED, config_from, hold_signals, release_signals, run_with_signals,
-               store_flags)
+from . import (EXIT_OK, EXIT_UNFINISHED, check_paths, config_from, hold_signals, processing_flags,
+               release_signals, run_with_signals, stop_on_signal)
 
 
 def add_command(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="process a task file")
     run.add_argument("--tasks", required=True, help="JSON array of tasks")
-    store_flags(run)
-    run.add_argument("--store", help="object store root directory (TQ_STORE, default ./store)")
-    run.add_argument("--workers", type=int)
-    run.add_argument("--queue-size", type=int)
+    processing_flags(run)
     run.add_argument("--on-full", help="block | reject")
-    run.add_argument("--max-attempts", type=int)
-    run.add_argument("--grace", type=float, dest="shutdown_grace_s",
-                     help="seconds in-flight tasks get after SIGINT/SIGTERM")
     run.add_argument("--invalid", choices=ON_INVALID, default="reject",
                      help="bad items: refuse the whole file (default) or dead-letter them and run the rest")
     run.add_argument("--make-sources", action="store_true",
                      help="create the source objects the file names if absent (keys under missing/ never)")
-    run.add_argument("--metrics-out", help="write the final metrics here as JSON")
-    run.add_argument("--log-file", help="append JSON-lines logs here (INFO); default: warnings to stderr")
-    run.add_argument("--log-level", help="debug | info | warning | error")
     watch.add_flags(run)  # --no-progress, --metrics-port, --metrics-host, --metrics-interval
     run.set_defaults(handler=cmd_run)
 
@@ -52,12 +42,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = config_from(args, "workers", "queue_size", "on_full", "max_attempts", "shutdown_grace_s",
                      "log_level")
-    _check_paths(config, args)
+    check_paths(config, metrics_out=args.metrics_out, log_file=args.log_file)
     # Everything that can refuse the run does so before anything is created.
     loaded = load_tasks(args.tasks, max_bytes=config.max_task_file_bytes, check=Processor.check,
                         on_invalid=args.invalid)
-    if not is_url(config.db):
-        check_database(config.db)
     watcher = watch.Watch.from_args(args)  # binds --metrics-port: a port in use refuses the run here
     handler = logs.configure(config.log_level or ("info" if args.log_file else "warning"), path=args.log_file)
     held = hold_signals()  # before any thread starts: SIGINT/SIGTERM will reach the main thread only
@@ -87,20 +75,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         watcher.stop()
         logs.logging.getLogger(logs.LOGGER_NAME).removeHandler(handler)
         handler.close()
-
-
-def _check_paths(config: Config, args: argparse.Namespace) -> None:
-    """Refuse paths that cannot work before anything is created or processed."""
-    if os.path.lexists(config.store) and not os.path.isdir(config.store):  # lexists: a dangling link too
-        raise NotADirectoryError(f"store {config.store!r} is not a directory")
-    local_db = None if is_url(config.db) else config.db
-    if local_db and os.path.isdir(local_db):
-        raise IsADirectoryError(f"db {config.db!r} is a directory, not a database file")
-    for flag, path in (("--db", local_db), ("--metrics-out", args.metrics_out), ("--log-file", args.log_file)):
-        if path:
-            parent = os.path.dirname(os.path.abspath(path))
-            if not os.path.isdir(parent):
-                raise FileNotFoundError(f"{flag} {path!r}: directory {parent!r} does not exist")
 
 
 class _Waiter:
@@ -148,15 +122,8 @@ def _drive(tq, loaded, config: Config, started: float, swept: int, metrics_out: 
     :func:`taskqueue.cli.hold_signals` returned before any thread started.
     """
     waiter = _Waiter()
-    signals = [0]
-
-    def on_signal(signum, _frame):
-        signals[0] += 1
-        if signals[0] > 1:
-            os._exit(128 + signum)  # second signal: at once; SQLite and published outputs stay consistent
-        print(f"\n{signal.Signals(signum).name}: stopping intake, finishing in-flight tasks "
-              f"(up to {config.shutdown_grace_s:g}s; again to exit at once)", file=sys.stderr)
-        waiter.request_stop()
+    on_signal = stop_on_signal(f"stopping intake, finishing in-flight tasks (up to {config.shutdown_grace_s:g}s)",
+                               waiter.request_stop)
 
     try:
         outcome = run_with_signals(lambda: _submit_and_wait(tq, loaded, config, waiter), on_signal, held, "tq-run")

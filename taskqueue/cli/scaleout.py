@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import time
 
 from .. import logs
-from ..config import Config
 from ..objectstore import LocalObjectStore
 from ..processor import Processor
-from ..store import check_database, is_url, open_store
+from ..store import open_store
 from ..taskfile import ON_INVALID, load_tasks
-from . import EXIT_OK, config_from, hold_signals, release_signals, run_with_signals, store_flags
+from . import (EXIT_OK, check_paths, config_from, hold_signals, processing_flags, release_signals,
+               run_with_signals, stop_on_signal, store_flags)
 
 ENQUEUE_BATCH = 500  # tasks per transaction: all of a batch or none of it
 
@@ -37,39 +36,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     enqueue.set_defaults(handler=cmd_enqueue)
 
     worker = sub.add_parser("worker", help="process queued tasks until stopped (or idle, with --exit-when-idle)")
-    store_flags(worker)
-    worker.add_argument("--store", help="object store root directory (TQ_STORE, default ./store)")
-    worker.add_argument("--workers", type=int)
-    worker.add_argument("--queue-size", type=int,
-                        help="tasks this process holds at most (TQ_QUEUE_SIZE; also never more than 2 per worker)")
-    worker.add_argument("--max-attempts", type=int)
+    processing_flags(worker, queue_help="tasks this process holds at most (TQ_QUEUE_SIZE; never more than 2 "
+                                        "per worker)")
     worker.add_argument("--lease-s", type=float, help="seconds a claim lasts unless renewed (TQ_LEASE_S)")
-    worker.add_argument("--grace", type=float, dest="shutdown_grace_s",
-                        help="seconds in-flight tasks get after SIGINT/SIGTERM")
     worker.add_argument("--exit-when-idle", action="store_true",
                         help="exit 0 once no task is queued, waiting for a retry or running anywhere")
-    worker.add_argument("--metrics-out", help="write the final metrics here as JSON")
-    worker.add_argument("--log-file", help="append JSON-lines logs here (INFO); default: warnings to stderr")
-    worker.add_argument("--log-level", help="debug | info | warning | error")
     worker.set_defaults(handler=cmd_worker)
-
-
-def _check_db(config: Config) -> None:
-    if is_url(config.db):
-        return
-    if os.path.isdir(config.db):
-        raise IsADirectoryError(f"db {config.db!r} is a directory, not a database file")
-    parent = os.path.dirname(os.path.abspath(config.db))
-    if not os.path.isdir(parent):
-        raise FileNotFoundError(f"--db {config.db!r}: directory {parent!r} does not exist")
-    check_database(config.db)
 
 
 # -- enqueue ---------------------------------------------------------------------------------
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
     config = config_from(args)
-    _check_db(config)
+    check_paths(config, store=False)
     loaded = load_tasks(args.tasks, max_bytes=config.max_task_file_bytes, check=Processor.check,
                         on_invalid=args.invalid)
     store = open_store(config.db, lease_s=config.lease_s, synchronous=config.db_synchronous,
@@ -97,13 +76,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from ..engine.feeder import Feeder
 
     config = config_from(args, "workers", "queue_size", "max_attempts", "lease_s", "shutdown_grace_s", "log_level")
-    if os.path.lexists(config.store) and not os.path.isdir(config.store):
-        raise NotADirectoryError(f"store {config.store!r} is not a directory")
-    for flag, path in (("--metrics-out", args.metrics_out), ("--log-file", args.log_file)):
-        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-            raise FileNotFoundError(f"{flag} {path!r}: directory {os.path.dirname(os.path.abspath(path))!r} "
-                                    f"does not exist")
-    _check_db(config)
+    check_paths(config, metrics_out=args.metrics_out, log_file=args.log_file)
     handler = logs.configure(config.log_level or ("info" if args.log_file else "warning"), path=args.log_file)
     held = hold_signals()  # before any thread starts: SIGINT/SIGTERM will reach the main thread only
     try:
@@ -116,16 +89,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         tq = TaskQueue(config.db, objects, config=config, processor=processor, metrics_out=args.metrics_out,
                        recover_unowned=False)
         feeder = Feeder(tq, exit_when_idle=args.exit_when_idle)
-        signals = [0]
-
-        def on_signal(signum, _frame):
-            signals[0] += 1
-            if signals[0] > 1:
-                os._exit(128 + signum)  # second signal: at once; the store and published outputs stay consistent
-            print(f"\n{signal.Signals(signum).name}: no more claims, finishing in-flight tasks "
-                  f"(up to {config.shutdown_grace_s:g}s; again to exit at once)", file=sys.stderr)
-            feeder.stop()
-
+        on_signal = stop_on_signal(f"no more claims, finishing in-flight tasks (up to {config.shutdown_grace_s:g}s)",
+                                   feeder.stop)
         outcome = run_with_signals(feeder.run, on_signal, held, "tq-feeder")
         stopped = outcome.get("value") != "idle"
         finished = tq.shutdown(wait=True, cancel_futures=stopped,

@@ -11,9 +11,9 @@ import json
 import os
 import sqlite3
 import sys
-import time
 from pathlib import Path
 
+from polling import wait_until  # noqa: F401 - re-exported for the chaos tests
 from taskqueue.objectstore import LocalObjectStore
 from taskqueue.workload import create_sources, generate_tasks
 
@@ -95,22 +95,6 @@ def outputs(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(base)): p.read_bytes() for p in sorted(base.rglob("*")) if p.is_file()}
 
 
-def wait_until(predicate, what: str, proc=None, interval: float = 0.005):
-    """Poll ``predicate()`` until it returns a true value, which is returned.
-
-    For the harness to decide *when* to act on a subprocess (send a signal), never to decide
-    an outcome. Fails if ``proc`` exits first, or after ``HANG`` seconds (a hang guard).
-    """
-    deadline = time.monotonic() + HANG
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"process exited ({proc.returncode}) before {what}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"hang guard: still waiting for {what}")
-        time.sleep(interval)
 
 
 def reference_outputs(items: list[dict], scratch: Path) -> dict[str, bytes]:

@@ -121,7 +121,11 @@ def test_killed_workers_lose_nothing_and_run_no_attempt_twice(tmp_path, db):
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    assert [p.returncode for p in procs] == [0] * PROCESSES, [open(name).read()[-1500:] for name in logs[-3:]]
+
+    def tails() -> str:  # what the workers said, for a failure message
+        return "\n".join(f"--- {name}:\n{open(name).read()[-1200:]}" for name in logs)
+
+    assert [p.returncode for p in procs] == [0] * PROCESSES, tails()
 
     rows = dict(db.query("SELECT idempotency_key, status FROM tasks"))
     attempts = collections.Counter(line.strip() for line in exec_log.read_text().splitlines() if line.strip())
@@ -133,14 +137,14 @@ def test_killed_workers_lose_nothing_and_run_no_attempt_twice(tmp_path, db):
     print(f"\nworker chaos ({db.kind}): seed {SEED}, {kills} kills, {len(keys)} keys, {len(attempts)} attempts run, "
           f"lost {len(lost)}, mismatched {len(mismatched)}, (key, attempt) run twice {len(twice)}, "
           f"temp files left {len(leftovers)}")
-    assert kills == KILLS, "the workers finished before every kill: raise TASKS or the latency"
-    assert lost == [], lost[:10]
+    assert kills == KILLS, "the workers finished before every kill: raise TASKS or the latency\n" + tails()
+    assert lost == [], (lost[:10], tails())
     assert len(rows) == len(keys) and set(rows.values()) == {"success"}
-    assert twice == [], twice[:10]
+    assert twice == [], (twice[:10], tails())
     assert mismatched == [] and set(produced) == set(reference)
     assert db.query("SELECT COUNT(*) FROM dead_letters") == [(0,)]
     # Writes a kill tore are swept by the worker that replaces the victim (this host's dead writers).
-    assert leftovers == [], leftovers[:5]
+    assert leftovers == [], (leftovers[:5], tails())
 
 
 def test_a_task_that_kills_every_worker_it_meets_is_dead_lettered_after_max_attempts(tmp_path, db):

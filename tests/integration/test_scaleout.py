@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from polling import wait_until
 from taskqueue.config import Config
 from taskqueue.engine import TaskQueue
 from taskqueue.engine.feeder import Feeder
@@ -102,19 +103,6 @@ def command(*args: str) -> list[str]:
 def run(*args: str, cwd: Path, **settings) -> subprocess.CompletedProcess:
     return subprocess.run(command(*args), cwd=cwd, env=environment(**settings), capture_output=True, text=True,
                           timeout=HANG)
-
-
-def wait_until(predicate, what: str, proc: subprocess.Popen | None = None):
-    deadline = time.monotonic() + HANG
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"process exited ({proc.returncode}) before {what}: {proc.stdout.read()}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"hang guard: still waiting for {what}")
-        time.sleep(0.01)
 
 
 @pytest.fixture

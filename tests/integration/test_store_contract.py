@@ -7,12 +7,8 @@ processes (one that lives, one that has exited).
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 import threading
-from typing import Iterator
 
 import pytest
 
@@ -37,26 +33,8 @@ def store(backend, fake_clock):
     return backend.make(clock=fake_clock, lease_s=30.0)
 
 
-@pytest.fixture(scope="module")
-def dead_pid() -> int:
-    """The pid of a process of ours that has exited (and been reaped)."""
-    for _ in range(5):
-        proc = subprocess.Popen([sys.executable, "-c", "pass"])
-        proc.wait(WAIT_S)
-        try:
-            os.kill(proc.pid, 0)
-        except ProcessLookupError:
-            return proc.pid
-    pytest.skip("could not find a pid that stays unused")
 
 
-@pytest.fixture(scope="module")
-def live_pid() -> Iterator[int]:
-    """The pid of another live process on this host (it waits for its stdin to close)."""
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
-    yield proc.pid
-    proc.stdin.close()
-    proc.wait(WAIT_S)
 
 
 def claim(store, n: int) -> Row:

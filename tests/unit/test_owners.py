@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
-from typing import Iterator
 
 import pytest
 
@@ -19,24 +16,8 @@ NOW = 1000.0
 LINUX = os.path.exists("/proc/self/stat") and os.path.exists("/proc/sys/kernel/random/boot_id")
 
 
-@pytest.fixture(scope="module")
-def dead_pid() -> int:
-    for _ in range(5):
-        proc = subprocess.Popen([sys.executable, "-c", "pass"])
-        proc.wait(WAIT_S)
-        try:
-            os.kill(proc.pid, 0)
-        except ProcessLookupError:
-            return proc.pid
-    pytest.skip("could not find a pid that stays unused")
 
 
-@pytest.fixture(scope="module")
-def live_pid() -> Iterator[int]:
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
-    yield proc.pid
-    proc.stdin.close()
-    proc.wait(WAIT_S)
 
 
 def test_a_token_names_host_pid_start_and_a_nonce_and_parses_back():
