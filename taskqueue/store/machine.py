@@ -218,7 +218,10 @@ class StateMachine(Reads):
             row = Row.from_db(values)
             if row.owner == self.owner or not self._orphaned(row, now) or (row.owner is None and not unowned):
                 continue  # ours (in flight here), a live owner's, or one nobody has held (left to claim_due)
-            claim = self._take_over(conn, row, now, max_attempts)
+            try:
+                claim = self._take_over(conn, row, now, max_attempts)
+            except StaleVersion:  # another process took it between the scan and here (PostgreSQL)
+                continue
             (runnable if claim.runnable else dead).append(claim.row)
         return Recovered(runnable, dead)
 

@@ -297,6 +297,27 @@ def test_recover_takes_over_rows_of_dead_owners_and_expired_leases_and_leaves_li
         assert after[ids[n]] == before[ids[n]], f"row {n} should be left alone"
 
 
+def test_recover_skips_a_row_another_process_takes_between_its_scan_and_its_take_over(store, backend, dead_pid):
+    """Recovery scans open rows, then takes each over with a version check: a row another worker
+    claimed in between is skipped, and the rest are still taken (it does not fail the recovery)."""
+    if backend.name != "postgres":
+        pytest.skip("on SQLite the recovery holds the database's write lock: nobody can step in")
+    rows = [claim(store, n) for n in range(3)]
+    for row in rows:
+        set_row(backend, row.id, owner=f"{HOST}:{dead_pid}:-:gone", version=4)
+    real = store._take_over
+
+    def take_over(conn, row, now, max_attempts):
+        if row.id == rows[1].id:  # another worker gets there first, on its own connection
+            backend.raw("UPDATE tasks SET owner = 'elsewhere:1:-:x', version = version + 1 WHERE id = ?", (row.id,))
+        return real(conn, row, now, max_attempts)
+
+    store._take_over = take_over
+    recovered = store.commit(store.recover(MAX_ATTEMPTS))
+    assert sorted(r.id for r in recovered.runnable) == [rows[0].id, rows[2].id]
+    assert store.get(rows[1].idempotency_key).owner == "elsewhere:1:-:x"
+
+
 def test_recover_on_an_empty_store_finds_nothing(store):
     recovered = store.commit(store.recover(3))
     assert recovered.runnable == [] and recovered.dead == []
