@@ -95,7 +95,7 @@ def _path(value: Any) -> str:
 class Config:
     """Every tunable of the queue, validated on construction (keyword-only)."""
 
-    db: str = _setting("tasks.db", _path, "SQLite file of task rows (run, status, dlq)")
+    db: str = _setting("tasks.db", _path, "the task rows: a SQLite file, or a postgresql:// URL")
     store: str = _setting("store", _path, "object store root directory (sources and variants)")
     workers: int = _setting(8, _positive_int, "worker threads")
     queue_size: int = _setting(128, _positive_int, "capacity of the bounded queue")
@@ -107,7 +107,7 @@ class Config:
     retry_base_s: float = _setting(0.1, _number(0.0), "backoff base: delay <= base * 2**(attempt-1)")
     retry_cap_s: float = _setting(10.0, _number(0.0), "backoff cap in seconds")
     lease_s: float = _setting(300.0, _number(0.0, low_open=True),
-                              "how long a claim lasts before a restart may take the task back")
+                              "how long a claim lasts unless its process renews it (every lease_s/3)")
     db_synchronous: str = _setting("normal", _choice("normal", "full"), "SQLite synchronous pragma")
     busy_timeout_ms: int = _setting(10000, _positive_int, "SQLite busy timeout")
     chunk_size: int = _setting(64 * 1024, _positive_int, "object store read chunk in bytes")
@@ -190,6 +190,16 @@ class Config:
             except ValueError as exc:
                 raise ConfigError(f"{source}: {exc}, got {raw!r}") from None
         return cls(**values)
+
+    @classmethod
+    def dotenv_example(cls) -> str:
+        """The text of ``.env.example``: every setting, its meaning and its default."""
+        lines = ["# Every setting of the task queue, with its default. Copy to .env and edit.",
+                 "# Precedence: command-line flags > environment variables > .env > these defaults.", ""]
+        for name, default, doc in cls.describe():
+            value = "none" if default is None else str(default).lower() if isinstance(default, bool) else default
+            lines += [f"# {doc}", f"{name}={value}"]
+        return "\n".join(lines) + "\n"
 
     @classmethod
     def describe(cls) -> list[tuple[str, Any, str]]:

@@ -258,3 +258,11 @@ def test_inline_comments_are_parsed_alike(tmp_path, monkeypatch):
     assert from_env(dotenv_path=env_file).workers == 4
     monkeypatch.setitem(sys.modules, "dotenv", None)
     assert read_dotenv(env_file) == {"TQ_WORKERS": "4"}
+
+
+def test_the_committed_env_example_lists_every_setting_as_config_describes_it():
+    from pathlib import Path
+
+    committed = (Path(__file__).resolve().parents[2] / ".env.example").read_text(encoding="utf-8")
+    assert committed == Config.dotenv_example(), "regenerate: python3 -c 'from taskqueue.config import Config; " \
+                                                 "open(\".env.example\", \"w\").write(Config.dotenv_example())'"
