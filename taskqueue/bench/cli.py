@@ -25,7 +25,7 @@ from .scenarios import ALL_SCENARIOS, QUEUE_SIZE, SCENARIOS, VARIANT, WARMUP_TAS
 
 DEFAULT_REPEAT = 3
 FULL_REPEAT = 5        # --full: repeats of the timed (io, overhead) rows
-FULL_FACTOR = 4        # --full: their duration, times the scenario's default
+FULL_DURATION_S = 8.0  # --full: how long each of them runs
 DEFAULT_SEED = 42
 ROW_TIMEOUT_GRACE_S = 30.0  # beyond the runner's own watchdog: guards against a hung interpreter
 
@@ -90,10 +90,10 @@ def parser() -> argparse.ArgumentParser:
                    help=f"seed of tasks, sources, faults and backoff jitter (default {DEFAULT_SEED})")
     p.add_argument("--out", default="reports", help="directory for the report files (default reports/)")
     p.add_argument("--duration", type=_positive_float, default=None,
-                   help="seconds each io and overhead row runs over its task stream (default 2; with "
-                        f"--full {2 * FULL_FACTOR:g}); ignored with --tasks or --quick")
+                   help="seconds each io and overhead row runs over its task stream (default 1.5; with "
+                        f"--full {FULL_DURATION_S:g}); ignored with --tasks or --quick")
     p.add_argument("--full", action="store_true",
-                   help=f"the run the README quotes: io and overhead rows run {FULL_FACTOR}x longer and "
+                   help=f"the run the README quotes: io and overhead rows run {FULL_DURATION_S:g} s and "
                         f"{FULL_REPEAT} times each (about 12 minutes)")
     p.add_argument("--quick", action="store_true",
                    help="tiny sizes and one repeat: a smoke run of a few seconds, not a measurement")
@@ -114,7 +114,7 @@ def duration(args: argparse.Namespace, scenario) -> float | None:
         return None
     if getattr(args, "duration", None):
         return args.duration
-    return scenario.duration_s * (FULL_FACTOR if getattr(args, "full", False) else 1)
+    return FULL_DURATION_S if getattr(args, "full", False) else scenario.duration_s
 
 
 def plan(args: argparse.Namespace) -> list[dict]:

@@ -87,11 +87,11 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
                    "faults, 10 % duplicate keys; closed loop",
              open_loop=False, latency_s=0.005, jitter_s=0.001, transient_rate=0.02,
              permanent_rate=0.005, duplicate_fraction=0.10, tasks=400, quick_tasks=60,
-             clients=(50, 100), duration_s=2.0, max_rate=1100),
+             clients=(50, 100), duration_s=1.5, max_rate=1100),
     Scenario("overhead", "no injected latency, no faults, no duplicates: what the queue itself "
                          "costs around real gzip + fsync work; closed loop",
              open_loop=False, latency_s=0.0, jitter_s=0.0, transient_rate=0.0, permanent_rate=0.0,
-             duplicate_fraction=0.0, tasks=600, quick_tasks=80, clients=(50, 100), duration_s=2.0,
+             duplicate_fraction=0.0, tasks=600, quick_tasks=80, clients=(50, 100), duration_s=1.5,
              max_rate=1300),
     Scenario("burst", "open loop: every client submits all its tasks without waiting, then waits "
                       "for them all; no injected latency or faults",

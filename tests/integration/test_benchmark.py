@@ -213,7 +213,7 @@ def test_timed_rows_in_the_plan(tmp_path):
     assert {s["tasks"] for s in io_rows} == {SCENARIOS["io"].timed_tasks(SCENARIOS["io"].duration_s)}
     assert {s["duration_s"] for s in plan if s["scenario"] == "burst"} == {None}  # open loop: all its tasks
     full = bench_cli.plan(bench_cli.parser().parse_args(["--scenarios", "io", "--full"]))
-    assert {s["duration_s"] for s in full} == {SCENARIOS["io"].duration_s * bench_cli.FULL_FACTOR}
+    assert {s["duration_s"] for s in full} == {bench_cli.FULL_DURATION_S}
     assert len(full) == len(io_rows) // 3 * bench_cli.FULL_REPEAT
     fixed = bench_cli.plan(bench_cli.parser().parse_args(["--scenarios", "io", "--tasks", "50"]))
     assert {(s["duration_s"], s["tasks"]) for s in fixed} == {(None, 50)}
