@@ -5,18 +5,20 @@ atomic by itself, what to call once it is committed -- and hands ops to the
 committer in one of two ways:
 
 * :meth:`Committer.commit` -- the caller waits for the result. When the
-  connection is idle the ops run at once in the caller's own thread (no thread
-  hand-off, which under the GIL costs more than the SQL); when it is busy they
-  join the next group commit of the writer thread, and the caller waits for it.
+  connection is idle and nothing handed over is still pending, the ops run at
+  once in the caller's own thread (no thread hand-off, which under the GIL
+  costs more than the SQL); otherwise they join the writer thread's next group
+  commit, and the caller waits for it (a caller never overtakes the writer).
 * :meth:`Committer.post` -- the caller goes on; the writer thread commits the
   ops and reports each result to its ``done`` callback.
 
 The writer thread drains everything queued into one transaction (group
 commit). Inside a transaction each non-atomic op runs under a savepoint of its
 own, so one failing op rolls back its own statements and nothing else. A
-batch of at most ``AUTOCOMMIT_MAX`` atomic ops skips BEGIN/COMMIT: each
-statement is its own transaction (one ``sqlite3_step`` instead of three; each
-step releases the GIL, the costly part under thread contention).
+lone atomic op skips BEGIN/COMMIT (``AUTOCOMMIT_MAX``): its statement is its
+own transaction, one ``sqlite3_step`` instead of three (each step releases the
+GIL, the costly part under thread contention). Two or more ops share one
+transaction: in WAL mode every commit writes its pages again.
 
 Results are delivered after the commit, outside the connection lock, in the
 committing thread: ``done`` callbacks must not block. A callback that commits
