@@ -19,12 +19,13 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+from polling import wait_until
 
 import taskqueue
 from prometheus_text import parse, values
@@ -49,20 +50,6 @@ def env() -> dict[str, str]:
     clean["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), clean.get("PYTHONPATH")]))
     clean["TERM"] = "xterm"
     return clean
-
-
-def wait_until(predicate, what: str, proc: subprocess.Popen):
-    """Poll ``predicate()`` until it returns a true value; fail if ``proc`` exits first or on the hang guard."""
-    deadline = time.monotonic() + HANG_S
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if proc.poll() is not None:
-            raise AssertionError(f"process exited ({proc.returncode}) before {what}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"hang guard: still waiting for {what}")
-        time.sleep(0.01)
 
 
 @pytest.fixture
