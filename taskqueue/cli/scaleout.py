@@ -91,12 +91,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
         feeder = Feeder(tq, exit_when_idle=args.exit_when_idle)
         on_signal = stop_on_signal(f"no more claims, finishing in-flight tasks (up to {config.shutdown_grace_s:g}s)",
                                    feeder.stop)
-        outcome = run_with_signals(feeder.run, on_signal, held, "tq-feeder")
-        stopped = outcome.get("value") != "idle"
-        finished = tq.shutdown(wait=True, cancel_futures=stopped,
-                               timeout=config.shutdown_grace_s if stopped else None)
+
+        def feed_then_shut_down() -> tuple[bool, bool]:  # the grace period too runs under the handler
+            stopped = feeder.run() != "idle"
+            return stopped, tq.shutdown(wait=True, cancel_futures=stopped,
+                                        timeout=config.shutdown_grace_s if stopped else None)
+
+        outcome = run_with_signals(feed_then_shut_down, on_signal, held, "tq-feeder")
         if "error" in outcome:
+            tq.shutdown(wait=True, cancel_futures=True, timeout=config.shutdown_grace_s)
             raise outcome["error"]
+        stopped, finished = outcome["value"]
         snap = tq.final_metrics or tq.snapshot()
         counters = snap["counters"]
         elapsed = time.perf_counter() - started

@@ -122,6 +122,7 @@ class TaskQueue:
             self.metrics.incr("deduplicated")
             return item.future
         item.future.add_done_callback(self.inflight.on_done)  # frees the key at once if its client cancels
+        accepted = False
         try:  # other submitters of this key may hold item.future from here on: it must be resolved
             if self.config.on_full == "reject" and self._queue.full():
                 raise self._rejected(item)  # fail fast before claiming (put_nowait below decides)
@@ -132,11 +133,13 @@ class TaskQueue:
                 self.inflight.settle(item, *_outcome_of(task, claim.row))
                 return item.future
             delay = (claim.row.next_attempt_at or 0.0) - self._wall()
-            if delay > 0 and self._scheduler.schedule(delay, item):  # a taken-over retry not yet due
-                return item.future
-            self._put(item)
+            if not (delay > 0 and self._scheduler.schedule(delay, item)):  # a taken-over retry not yet due
+                self._put(item)
+            accepted = True  # the queue (or the scheduler) holds it now: whatever happens, a worker settles it
             return item.future
         except BaseException as exc:  # QueueFull, a store error, even KeyboardInterrupt: leave nothing behind
+            if accepted:
+                raise
             if item.inserted:
                 self._release(item)
             self.inflight.settle(item, error=exc)

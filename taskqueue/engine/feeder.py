@@ -64,9 +64,11 @@ class Feeder:
         tq, backoff = self._tq, BACKOFF_MIN_S
         try:
             while not self._stopped:
-                room = self._capacity - len(tq.inflight)
+                seen = tq.settled  # first: one of ours settling from here on ends any wait below
+                held = len(tq.inflight)
+                room = self._capacity - held
                 if room <= 0:  # hold no more than the queue's size: wait for one of ours to settle
-                    tq.inflight.wait_settled(tq.settled, None, also=lambda: self._stopped)
+                    tq.inflight.wait_settled(seen, None, also=lambda: self._stopped)
                     continue
                 self._notified = False
                 found = tq.claim_due(min(self._batch, room))
@@ -76,26 +78,24 @@ class Feeder:
                     continue
                 if self._exit_when_idle and len(tq.inflight) == 0 and tq.store.open_count() == 0:
                     return "idle"
-                backoff = self._wait(backoff)
+                # One of our own tasks settling matters only when it may leave us idle everywhere.
+                backoff = self._wait(backoff, seen if self._exit_when_idle and held else float("inf"))
             return "stopped"
         finally:
             if self._listener is not None:
                 self._listener.close()
 
-    def _wait(self, backoff: float) -> float:
-        """Wait until rows may be claimable; return the next backoff (SQLite's only)."""
+    def _wait(self, backoff: float, seen: float) -> float:
+        """Wait until rows may be claimable, or one of ours settles past ``seen``; return the next
+        backoff (used where nobody can notify: SQLite, or a PostgreSQL listener that died)."""
         tq = self._tq
         now = tq._wall()
         due = tq.store.wake_at(now, tq.store.owner)
         timeout = None if due is None else max(0.0, due - now)
-        if self._listener is None:  # SQLite: nobody can tell us; look again after the backoff
+        if self._listener is None or self._listener.failed:  # look again after the backoff
             timeout = backoff if timeout is None else min(timeout, backoff)
             backoff = min(backoff * 2, BACKOFF_MAX_S)
-        seen = tq.settled
-        # One of our own tasks settling matters only when it may leave us idle everywhere.
-        ours = self._exit_when_idle and len(tq.inflight) > 0
-        tq.inflight.wait_settled(seen if ours else float("inf"), timeout,
-                                 also=lambda: self._stopped or self._notified)
+        tq.inflight.wait_settled(seen, timeout, also=lambda: self._stopped or self._notified)
         return backoff
 
     def stop(self) -> None:

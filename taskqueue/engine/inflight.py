@@ -21,7 +21,8 @@ from ..task import Task
 class WorkItem:
     """A task on its way through the queue: its Future, and the row version this process last wrote."""
 
-    __slots__ = ("task", "key", "future", "row_id", "version", "inserted", "started", "submitted", "enqueued")
+    __slots__ = ("task", "key", "future", "row_id", "version", "inserted", "started", "submitted", "enqueued",
+                 "forgotten")
 
     def __init__(self, task: Task) -> None:
         self.task = task
@@ -31,6 +32,7 @@ class WorkItem:
         self.version = 0
         self.inserted = False  # this process created the row: it may delete it if it never runs
         self.started = False   # set_running_or_notify_cancel() has been called
+        self.forgotten = False  # settled (or given up): counted once, whatever calls forget() again
         self.submitted = self.enqueued = time.perf_counter()
 
     def bind(self, row: Row, inserted: bool = False) -> "WorkItem":
@@ -107,6 +109,9 @@ class InFlight:
     def forget(self, item: WorkItem) -> None:
         """``item`` settled (or was never accepted): stop tracking it."""
         with self._lock:
+            if item.forgotten:
+                return
+            item.forgotten = True
             if self._items.get(item.key) is item:
                 del self._items[item.key]
             self._unfinished -= 1

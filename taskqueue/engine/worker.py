@@ -62,12 +62,17 @@ def work(tq: "TaskQueue", index: int) -> None:
 
 def _attempt(tq: "TaskQueue", index: int, item: WorkItem, outcome: Op | None) -> Op | None:
     """Claim ``item``'s attempt (committing ``outcome`` with it), process it; return its outcome Op."""
-    tq.metrics.on_get(tq.depth(), time.perf_counter() - item.enqueued)
-    if not item.started:
-        item.started = item.future.set_running_or_notify_cancel()
-        if not item.started:  # its client cancelled it while it waited
-            _drop_cancelled(tq, item)
-            return outcome
+    try:
+        tq.metrics.on_get(tq.depth(), time.perf_counter() - item.enqueued)
+        if not item.started:
+            item.started = item.future.set_running_or_notify_cancel()
+            if not item.started:  # its client cancelled it while it waited
+                _drop_cancelled(tq, item)
+                return outcome
+    except BaseException:  # before the hand-over: the previous outcome must not be lost with this item
+        if outcome is not None:
+            tq.store.post(outcome)
+        raise
     try:
         started: Attempt = tq.store.commit(tq.store.start(item.row_id, item.version),
                                            along=() if outcome is None else (outcome,))
@@ -158,8 +163,14 @@ def _log_release_error(tq: "TaskQueue", item: WorkItem):
 
 
 def _store_failed(tq: "TaskQueue", item: WorkItem, error: BaseException) -> None:
+    """The store refused this item's attempt or outcome: fail its Future, and let go of its row, so
+    that it is not left open under this (living, lease-renewing) process: anyone may take it over."""
     tq._log.error("could not record outcome", extra=task_extra("store_error", item.task, error=error))
     settle(tq, item, "failed", error=error)
+    try:
+        tq.store.post(tq.store.give_up(item.row_id))  # a row another process took: changes nothing
+    except Exception:  # noqa: BLE001 - the store is closed or broken: the lease runs out at exit
+        pass
 
 
 def settle(tq: "TaskQueue", item: WorkItem, counter: str, *, result: TaskResult | None = None,

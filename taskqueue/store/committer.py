@@ -14,7 +14,8 @@ committer in one of two ways:
 
 The writer thread drains everything queued into one transaction (group
 commit). Inside a transaction each non-atomic op runs under a savepoint of its
-own, so one failing op rolls back its own statements and nothing else. A
+own, so one failing op rolls back its own statements and nothing else (on
+PostgreSQL, where any error aborts the transaction, every op does). A
 lone atomic op skips BEGIN/COMMIT (``AUTOCOMMIT_MAX``): its statement is its
 own transaction, one ``sqlite3_step`` instead of three (each step releases the
 GIL, the costly part under thread contention). Two or more ops share one
@@ -85,16 +86,20 @@ class Committer:
     committer alone uses it, under its lock. ``autocommit_max``: batches of
     at most this many atomic ops run without BEGIN/COMMIT (0: never).
     ``notify(conn)`` runs once in a transaction holding an op that ``wakes``
-    (PostgreSQL: NOTIFY). Thread-safe.
+    (PostgreSQL: NOTIFY). ``error_aborts_transaction`` (PostgreSQL, where any
+    error aborts the whole transaction): every op of a shared transaction runs
+    under a savepoint, so one failing op cannot take its neighbours with it.
+    Thread-safe.
     """
 
     def __init__(self, conn: Any, *, begin: Callable[[Any], None], max_batch: int = 512,
                  autocommit_max: int = AUTOCOMMIT_MAX, notify: Callable[[Any], None] | None = None,
-                 name: str = "tq-store-writer") -> None:
+                 error_aborts_transaction: bool = False, name: str = "tq-store-writer") -> None:
         self._conn = conn
         self._begin = begin
         self._autocommit_max = autocommit_max
         self._notify = notify
+        self._isolate_every_op = error_aborts_transaction
         self._max_batch = max_batch
         self._conn_lock = threading.Lock()  # held by whichever thread is running ops on the connection
         self._state = threading.Lock()  # guards _closed, _pending and the order of hand-overs
@@ -213,24 +218,29 @@ class Committer:
     def _execute(self, ops: list[Op]) -> list[tuple[Any, BaseException | None]]:
         """Run ``ops`` and commit; (result, error) per op. The caller holds the connection lock."""
         if self._broken is not None:
-            return [(None, StoreBroken(f"the task store's connection failed: {self._broken}"))] * len(ops)
+            broken = StoreBroken(f"the task store's connection failed: {self._broken}")
+            broken.__cause__ = self._broken
+            return [(None, broken)] * len(ops)
         conn = self._conn
         self.operations += len(ops)
         wakes = self._notify is not None and any(op.wakes for op in ops)
         if len(ops) <= self._autocommit_max and not wakes and all(op.atomic for op in ops):
             self.commits += len(ops)
             return [_run_op(conn, op) for op in ops]
+        isolate = self._isolate_every_op and len(ops) > 1
         results: list = []
         try:
             self._begin(conn)
             for op in ops:
-                if op.atomic:
+                if op.atomic and not isolate:
                     results.append(_run_op(conn, op))
                 else:
                     results.append(_run_in_savepoint(conn, op))
             if wakes:
                 self._notify(conn)
-            conn.execute("COMMIT")
+            status = getattr(conn.execute("COMMIT"), "statusmessage", None)
+            if status == "ROLLBACK":  # PostgreSQL turns the COMMIT of an aborted transaction into this
+                raise StoreBroken("the transaction was aborted and rolled back; nothing of it was committed")
         except Exception as exc:  # BEGIN or COMMIT failed: nothing of the batch is committed
             self._rollback()
             return [(None, exc)] * len(ops)

@@ -144,6 +144,14 @@ class TaskStore(Protocol):
         no process has held yet (enqueued, redriven) to ``claim_due``: only a dead owner's are taken."""
     def redrive(self, keys: Iterable[str] | None) -> Op:
         """``dead`` -> ``queued`` with a fresh attempt budget (all when None) -> keys redriven."""
+    def give_up(self, row_id: int) -> Op:
+        """Let go of one open row of ours whose outcome could not be recorded (anyone may take it over)."""
+    def disown(self) -> Op:
+        """Give up every waiting row this store holds (shutdown) -> rows."""
+    def claim_due(self, limit: int, max_attempts: int) -> Op:
+        """Take up to ``limit`` rows a worker may run now -> :class:`Recovered`."""
+    def enqueue(self, tasks: list[Task]) -> Op:
+        """Insert ``tasks`` as ``queued`` rows nobody owns yet -> keys added."""
     def renew(self, done: Done | None = None) -> Op:
         """Extend the lease of every open row this store owns -> rows renewed."""
 

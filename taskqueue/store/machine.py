@@ -40,7 +40,8 @@ class StateMachine(Reads):
 
     def listener(self, on_notify: Callable[[], None]):
         """Call ``on_notify()`` whenever another process says rows may be claimable; returns something
-        to ``close()``, or None where processes cannot notify each other (SQLite)."""
+        with ``close()`` and ``failed`` (its connection died), or None where processes cannot notify
+        each other (SQLite)."""
         return None
 
     def commit(self, op: Op, along: tuple[Op, ...] | list[Op] = ()) -> Any:
@@ -118,6 +119,14 @@ class StateMachine(Reads):
         same moment are skipped, never waited for (PostgreSQL: ``SKIP LOCKED``).
         """
         return Op(self._claim_due, (limit, max_attempts), atomic=False)
+
+    def give_up(self, row_id: int) -> Op:
+        """Let go of one open row of ours whose outcome could not be recorded -> rows changed (0 or 1).
+
+        No owner and a lease already run out: any process (this one's feeder, another worker,
+        the next ``run``) takes it over, counting the attempt it had started, as after a crash.
+        """
+        return Op(self._give_up, (row_id,), wakes=True)
 
     def disown(self) -> Op:
         """Give up the waiting rows this store holds (shutdown): others may take them at once -> rows."""
@@ -246,14 +255,19 @@ class StateMachine(Reads):
     def _claim_due(self, conn: Any, limit: int, max_attempts: int) -> Recovered:
         now = self._clock()
         runnable, dead = [], []
-        for values in conn.execute(self.sql["expired"], (now, limit)).fetchall():
+        for values in conn.execute(self.sql["expired"], (now, self.owner, limit)).fetchall():
             claim = self._take_over(conn, Row.from_db(values), now, max_attempts)
             (runnable if claim.runnable else dead).append(claim.row)
         if len(runnable) < limit:
-            runnable += [Row.from_db(v) for v in conn.execute(
-                self.sql["claim_due"], (self.owner, now + self.lease_s, now, now, now,
-                                        limit - len(runnable))).fetchall()]
+            # UPDATE ... RETURNING gives rows in no particular order (PostgreSQL): oldest first.
+            runnable += sorted((Row.from_db(v) for v in conn.execute(
+                self.sql["claim_due"], (self.owner, now + self.lease_s, now, now, now, self.owner,
+                                        limit - len(runnable))).fetchall()), key=lambda row: row.id)
         return Recovered(runnable, dead)
+
+    def _give_up(self, conn: Any, row_id: int) -> int:
+        now = self._clock()
+        return conn.execute(self.sql["give_up"], (now, now, row_id, self.owner)).rowcount
 
     def _disown(self, conn: Any) -> int:
         return conn.execute(self.sql["disown"], (self._clock(), self.owner)).rowcount

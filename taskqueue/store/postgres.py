@@ -127,7 +127,8 @@ class PostgresStore(StateMachine):
             raise
         super().__init__(location=redact(url), lease_s=lease_s, clock=clock)
         self.committer = Committer(conn, begin=lambda c: c.execute("BEGIN"), max_batch=max_batch,
-                                   autocommit_max=0, notify=lambda c: c.execute(f"NOTIFY {CHANNEL}"))
+                                   autocommit_max=0, notify=lambda c: c.execute(f"NOTIFY {CHANNEL}"),
+                                   error_aborts_transaction=True)
 
     def _connect(self, psycopg=None):
         psycopg = psycopg or driver()
@@ -186,9 +187,14 @@ class Listener:
 
     def __init__(self, url: str, on_notify: Callable[[], None], connect_timeout_s: float) -> None:
         self._conn = driver().connect(url, autocommit=True, connect_timeout=connect_timeout_s)
-        self._conn.execute(f"LISTEN {CHANNEL}")
+        try:
+            self._conn.execute(f"LISTEN {CHANNEL}")
+        except BaseException:
+            self._conn.close()
+            raise
         self._on_notify = on_notify
         self._closed = False
+        self.failed = False  # the connection died: whoever waits on us must look on its own again
         self._thread = threading.Thread(target=self._run, name="tq-listener", daemon=True)
         self._thread.start()
 
@@ -198,7 +204,8 @@ class Listener:
                 self._on_notify()
         except Exception:  # noqa: BLE001 - closed by close(), or the server went away
             if not self._closed:
-                self._on_notify()  # let the feeder look (its next query reports a lost server)
+                self.failed = True
+                self._on_notify()  # the feeder looks, and from now on waits with a backoff
 
     def close(self) -> None:
         self._closed = True

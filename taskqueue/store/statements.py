@@ -48,13 +48,16 @@ SQL = {
     "renew": f"UPDATE tasks SET lease_until = ? WHERE owner = ? AND status IN {_OPEN_SQL}",
     "enqueue": "INSERT INTO tasks (task_id, idempotency_key, payload, status, created_at, updated_at)"
                " VALUES (?, ?, ?, 'queued', ?, ?) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
-    "expired": f"SELECT {COLUMNS} FROM tasks WHERE status = 'running' AND lease_until < ? ORDER BY id LIMIT ?"
-               "{lock}",
+    "expired": f"SELECT {COLUMNS} FROM tasks WHERE status = 'running' AND lease_until < ?"
+               " AND (owner IS NULL OR owner <> ?) ORDER BY id LIMIT ?{lock}",
     "claim_due": "UPDATE tasks SET owner = ?, lease_until = ?, updated_at = ?, version = version + 1"
                  " WHERE id IN (SELECT id FROM tasks WHERE status IN ('queued', 'failed')"
-                 " AND (next_attempt_at IS NULL OR next_attempt_at <= ?) AND (owner IS NULL OR lease_until < ?)"
+                 " AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
+                 " AND (owner IS NULL OR (lease_until < ? AND owner <> ?))"
                  " ORDER BY id LIMIT ?{lock})"
                  f" RETURNING {COLUMNS}",
+    "give_up": "UPDATE tasks SET owner = NULL, lease_until = ?, updated_at = ?, version = version + 1"
+               f" WHERE id = ? AND owner = ? AND status IN {_OPEN_SQL}",
     "disown": "UPDATE tasks SET owner = NULL, lease_until = NULL, updated_at = ?, version = version + 1"
               " WHERE owner = ? AND status IN ('queued', 'failed')",
     "open_count": f"SELECT COUNT(*) FROM tasks WHERE status IN {_OPEN_SQL}",

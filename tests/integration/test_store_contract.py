@@ -357,6 +357,70 @@ def test_redrive_resets_attempts_and_removes_the_dead_letter(store, backend):
     assert sorted(r.idempotency_key for r in store.commit(store.recover(3)).runnable) == sorted(keys[:2])
 
 
+# -- the scale-out operations (enqueue / worker) ----------------------------------------------------
+
+def test_enqueue_adds_unowned_rows_once_and_claim_due_takes_them_in_order(store, backend, fake_clock):
+    assert store.commit(store.enqueue([make_task(n) for n in range(5)])) == [make_task(n).idempotency_key
+                                                                            for n in range(5)]
+    assert store.commit(store.enqueue([make_task(0), make_task(5)])) == [make_task(5).idempotency_key]
+    assert {r.owner for r in store.rows()} == {None}
+    first = store.commit(store.claim_due(4, MAX_ATTEMPTS))
+    assert [r.task_id for r in first.runnable] == ["t0", "t1", "t2", "t3"] and first.dead == []
+    assert all(r.owner == store.owner and r.lease_until == fake_clock.now + 30.0 for r in first.runnable)
+    second = store.commit(store.claim_due(4, MAX_ATTEMPTS))
+    assert [r.task_id for r in second.runnable] == ["t4", "t5"]  # held rows are not handed out twice
+    assert store.commit(store.claim_due(4, MAX_ATTEMPTS)).runnable == []
+
+
+def test_claim_due_leaves_a_retry_until_it_is_due(store, backend, fake_clock):
+    store.commit(store.enqueue([make_task(1)]))
+    row = store.rows()[0]
+    set_row(backend, row.id, status="failed", attempts=1, next_attempt_at=fake_clock.now + 10)
+    assert store.commit(store.claim_due(5, MAX_ATTEMPTS)).runnable == []
+    fake_clock.advance(10)
+    assert [r.id for r in store.commit(store.claim_due(5, MAX_ATTEMPTS)).runnable] == [row.id]
+
+
+def test_claim_due_takes_another_owners_expired_rows_but_never_its_own(store, backend, fake_clock):
+    """A row of ours whose lease ran out may still be in this process's hands (a stalled
+    heartbeat): only another process, or a restart under a new owner token, takes it over."""
+    other = backend.make(clock=fake_clock, lease_s=30.0)
+    store.commit(store.enqueue([make_task(n) for n in range(4)]))
+    mine = store.commit(store.claim_due(2, MAX_ATTEMPTS)).runnable
+    theirs = other.commit(other.claim_due(2, MAX_ATTEMPTS)).runnable
+    start(store, mine[0])
+    start(other, theirs[0])
+    fake_clock.advance(31)  # every lease has run out
+    again = store.commit(store.claim_due(10, MAX_ATTEMPTS)).runnable
+    assert sorted(r.id for r in again) == sorted(r.id for r in theirs)
+    taken = {r.id: r for r in again}
+    assert (taken[theirs[0].id].status, taken[theirs[0].id].attempts) == (TaskStatus.QUEUED, 1)
+    assert {r.id: r.owner for r in store.rows() if r.id in {m.id for m in mine}} == {m.id: store.owner for m in mine}
+
+
+def test_give_up_lets_any_process_take_the_row_over_counting_its_attempt(store, backend, fake_clock):
+    other = backend.make(clock=fake_clock, lease_s=30.0)
+    store.commit(store.enqueue([make_task(1)]))
+    row = store.commit(store.claim_due(1, MAX_ATTEMPTS)).runnable[0]
+    start(store, row)
+    assert other.commit(other.give_up(row.id)) == 0  # not theirs to give up
+    assert store.commit(store.give_up(row.id)) == 1
+    fake_clock.advance(0.001)
+    taken = other.commit(other.claim_due(5, MAX_ATTEMPTS)).runnable
+    assert [(r.id, r.owner, r.status, r.attempts) for r in taken] == [(row.id, other.owner, TaskStatus.QUEUED, 1)]
+
+
+def test_disown_hands_back_waiting_rows_and_keeps_running_ones(store, backend, fake_clock):
+    other = backend.make(clock=fake_clock, lease_s=30.0)
+    store.commit(store.enqueue([make_task(n) for n in range(3)]))
+    held = store.commit(store.claim_due(3, MAX_ATTEMPTS)).runnable
+    start(store, held[0])
+    assert store.commit(store.disown()) == 2
+    assert sorted(r.id for r in other.commit(other.claim_due(5, MAX_ATTEMPTS)).runnable) == sorted(
+        r.id for r in held[1:])
+    assert store.get(held[0].idempotency_key).owner == store.owner
+
+
 # -- committing ----------------------------------------------------------------------------------------
 
 def test_ops_handed_over_together_commit_in_one_transaction(store):
@@ -421,3 +485,20 @@ def test_two_stores_on_one_database_keep_one_row_per_key(backend):
     with pytest.raises(StaleVersion):
         second.commit(second.start(a.row.id, 0))
     assert backend.raw("SELECT status, attempts, version FROM tasks") == [("running", 1, 1)]
+
+
+def test_an_op_the_database_rejects_does_not_abort_the_transaction_it_shares(store, backend):
+    """On PostgreSQL any error aborts the whole transaction: each op of a shared batch runs under
+    its own savepoint, so a neighbour's database error neither loses nor fails the others."""
+    from taskqueue.store import Op
+
+    outcomes: list = []
+    along = [store.claim(make_task(n), MAX_ATTEMPTS)._replace(done=lambda r, e: outcomes.append(e))
+             for n in range(1, 6)]
+    bad = Op(lambda conn: conn.execute("SELECT no_such_column FROM tasks").fetchall())
+    with pytest.raises(Exception) as raised:
+        store.commit(bad, along=along)
+    assert "no_such_column" in str(raised.value)
+    assert outcomes == [None] * 5
+    assert backend.raw("SELECT COUNT(*) FROM tasks") == [(5,)]
+    assert store.commit(store.claim(make_task(9), MAX_ATTEMPTS)).inserted  # the connection is still good
