@@ -21,8 +21,8 @@ from ..task import Task
 class WorkItem:
     """A task on its way through the queue: its Future, and the row version this process last wrote."""
 
-    __slots__ = ("task", "key", "future", "row_id", "version", "inserted", "started", "submitted", "enqueued",
-                 "forgotten")
+    __slots__ = ("task", "key", "future", "row_id", "version", "attempts", "inserted", "started", "submitted",
+                 "enqueued", "forgotten")
 
     def __init__(self, task: Task) -> None:
         self.task = task
@@ -30,13 +30,14 @@ class WorkItem:
         self.future: Future = Future()
         self.row_id = 0
         self.version = 0
+        self.attempts = 0  # the row's attempt count at ``version``
         self.inserted = False  # this process created the row: it may delete it if it never runs
         self.started = False   # set_running_or_notify_cancel() has been called
         self.forgotten = False  # settled (or given up): counted once, whatever calls forget() again
         self.submitted = self.enqueued = time.perf_counter()
 
     def bind(self, row: Row, inserted: bool = False) -> "WorkItem":
-        self.row_id, self.version, self.inserted = row.id, row.version, inserted
+        self.row_id, self.version, self.attempts, self.inserted = row.id, row.version, row.attempts, inserted
         return self
 
 

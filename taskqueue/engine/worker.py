@@ -74,7 +74,7 @@ def _attempt(tq: "TaskQueue", index: int, item: WorkItem, outcome: Op | None) ->
             tq.store.post(outcome)
         raise
     try:
-        started: Attempt = tq.store.commit(tq.store.start(item.row_id, item.version),
+        started: Attempt = tq.store.commit(tq.store.start(item.row_id, item.version, item.attempts),
                                            along=() if outcome is None else (outcome,))
     except StaleVersion as exc:
         settle(tq, item, "deduplicated", error=ClaimedElsewhere(
@@ -83,7 +83,8 @@ def _attempt(tq: "TaskQueue", index: int, item: WorkItem, outcome: Op | None) ->
     except Exception as exc:  # the store failed: fail this item, keep the worker alive
         _store_failed(tq, item, exc)
         return None
-    item.version, attempt = started
+    item.version, item.attempts = started
+    attempt = item.attempts
     if tq._log.isEnabledFor(logging.DEBUG):
         tq._log.debug("attempt started", extra=task_extra("attempt_started", item.task, attempt=attempt,
                                                           pid=os.getpid(), worker=index))

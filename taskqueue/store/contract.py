@@ -125,8 +125,11 @@ class TaskStore(Protocol):
     # -- ops ---------------------------------------------------------------------------
     def claim(self, task: Task, max_attempts: int) -> Op:
         """Offer ``task``'s key -> :class:`Claim` (insert, or take over a row nobody runs)."""
-    def start(self, row_id: int, version: int) -> Op:
-        """``queued``/``failed`` -> ``running``, attempts + 1, leased -> an :class:`Attempt`."""
+    def start(self, row_id: int, version: int, attempts: int) -> Op:
+        """``queued``/``failed`` -> ``running``, attempts + 1, leased -> an :class:`Attempt`.
+
+        ``attempts``: the row's count at ``version``, as the caller last saw it (the version
+        check makes it exact; the store need not read it back)."""
     def succeed(self, row_id: int, version: int, output_key: str, output_bytes: int,
                 done: Done | None = None) -> Op:
         """``running`` -> ``success`` -> the new version."""

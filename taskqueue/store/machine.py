@@ -65,8 +65,8 @@ class StateMachine(Reads):
         # The payload is serialised here, in the caller's thread, not while holding the connection.
         return Op(self._claim, (task, task_payload(task), max_attempts))
 
-    def start(self, row_id: int, version: int) -> Op:
-        return Op(self._start, (row_id, version))
+    def start(self, row_id: int, version: int, attempts: int) -> Op:
+        return Op(self._start, (row_id, version, attempts))
 
     def succeed(self, row_id: int, version: int, output_key: str, output_bytes: int,
                 done: Done | None = None) -> Op:
@@ -139,10 +139,9 @@ class StateMachine(Reads):
         for _ in range(5):  # another process may change the row between our statements: look again
             now = self._clock()
             lease = now + self.lease_s
-            inserted = conn.execute(self.sql["insert"], (task.id, key, payload, now, now, self.owner,
-                                                         lease)).fetchone()
-            if inserted is not None:  # the row is what we wrote: build it rather than read it back
-                return Claim(Row(inserted[0], task.id, key, payload, TaskStatus.QUEUED, 0, now, now, None, lease,
+            row_id = self._insert(conn, (task.id, key, payload, now, now, self.owner, lease))
+            if row_id is not None:  # the row is what we wrote: build it rather than read it back
+                return Claim(Row(row_id, task.id, key, payload, TaskStatus.QUEUED, 0, now, now, None, lease,
                                  self.owner, None, None, None, None, 0, 0), runnable=True, inserted=True)
             row = self._select(conn, "by_key", key)
             if row is None:  # released by its owner in between: offer it again
@@ -154,6 +153,10 @@ class StateMachine(Reads):
             except StaleVersion:
                 continue
         raise StaleVersion(self._select(conn, "by_key", key))
+
+    def _insert(self, conn: Any, values: tuple) -> int | None:
+        """Run ``sql["insert"]`` -> the new row's id, or None when its key is already there (per backend)."""
+        raise NotImplementedError
 
     def _orphaned(self, row: Row, now: float) -> bool:
         """An open row nobody runs: its owner died, or it is ours but not in flight here.
@@ -184,12 +187,11 @@ class StateMachine(Reads):
             raise StaleVersion(self._select(conn, "by_id", row.id))
         return Claim(Row.from_db(values), runnable=True)
 
-    def _start(self, conn: Any, row_id: int, version: int) -> Attempt:
+    def _start(self, conn: Any, row_id: int, version: int, attempts: int) -> Attempt:
         now = self._clock()
-        values = conn.execute(self.sql["start"], (now + self.lease_s, self.owner, now, row_id, version)).fetchone()
-        if values is None:
-            raise StaleVersion(self._select(conn, "by_id", row_id))
-        return Attempt(*values)
+        self._one(conn, conn.execute(self.sql["start"], (now + self.lease_s, self.owner, now, row_id, version)),
+                  row_id)
+        return Attempt(version + 1, attempts + 1)  # the version check made the row the one the caller knows
 
     def _finish(self, conn: Any, row_id: int, version: int, status: str, output_key: str | None,
                 output_bytes: int | None, message: str | None, error_class: str | None,

@@ -67,6 +67,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 """
 PG_SQL = dialect(SQL, placeholder="%s", lock=" FOR UPDATE SKIP LOCKED")
+PG_SQL["insert"] += " RETURNING id"  # psycopg has no lastrowid; the row comes back with the reply anyway
 
 
 def is_url(db: str) -> bool:
@@ -129,6 +130,10 @@ class PostgresStore(StateMachine):
         self.committer = Committer(conn, begin=lambda c: c.execute("BEGIN"), max_batch=max_batch,
                                    autocommit_max=0, notify=lambda c: c.execute(f"NOTIFY {CHANNEL}"),
                                    error_aborts_transaction=True)
+
+    def _insert(self, conn: Any, values: tuple) -> int | None:
+        inserted = conn.execute(self.sql["insert"], values).fetchone()
+        return None if inserted is None else inserted[0]
 
     def _connect(self, psycopg=None):
         psycopg = psycopg or driver()

@@ -132,6 +132,10 @@ class SQLiteStore(StateMachine):
         super().__init__(location=self.path, lease_s=lease_s, clock=clock)
         self.committer = Committer(conn, begin=begin_immediate, max_batch=max_batch)
 
+    def _insert(self, conn: sqlite3.Connection, values: tuple) -> int | None:
+        cursor = conn.execute(self.sql["insert"], values)  # no RETURNING: one sqlite3_step instead of two
+        return cursor.lastrowid if cursor.rowcount == 1 else None
+
     @contextlib.contextmanager
     def reader(self) -> Iterator[sqlite3.Connection]:
         """A short-lived read connection (usable from any thread inside the ``with``)."""

@@ -12,16 +12,18 @@ from .contract import COLUMNS
 _OPEN_SQL = "('queued', 'running', 'failed')"
 
 SQL = {
+    # Hot-path statements return nothing they need not: in pysqlite every row fetched is one more
+    # sqlite3_step, and each step gives the GIL up and must win it back, which under thread contention
+    # costs more than the SQL. The new id of an "insert" comes from the backend (see _insert).
     "insert": "INSERT INTO tasks (task_id, idempotency_key, payload, status, created_at, updated_at, owner,"
-              " lease_until) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?) ON CONFLICT (idempotency_key) DO NOTHING"
-              " RETURNING id",
+              " lease_until) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?) ON CONFLICT (idempotency_key) DO NOTHING",
     "by_key": f"SELECT {COLUMNS} FROM tasks WHERE idempotency_key = ?",
     "by_id": f"SELECT {COLUMNS} FROM tasks WHERE id = ?",
     "take_over": "UPDATE tasks SET status = ?, owner = ?, lease_until = ?, updated_at = ?, version = version + 1"
                  f" WHERE id = ? AND version = ? RETURNING {COLUMNS}",
     "start": "UPDATE tasks SET status = 'running', attempts = attempts + 1, lease_until = ?, owner = ?,"
              " next_attempt_at = NULL, updated_at = ?, version = version + 1"
-             " WHERE id = ? AND version = ? AND status IN ('queued', 'failed') RETURNING version, attempts",
+             " WHERE id = ? AND version = ? AND status IN ('queued', 'failed')",
     "finish": "UPDATE tasks SET status = ?, output_key = ?, output_bytes = ?, last_error = ?, error_class = ?,"
               " next_attempt_at = ?, lease_until = ?, updated_at = ?, version = version + 1"
               " WHERE id = ? AND version = ? AND status = 'running'",

@@ -214,14 +214,14 @@ def _task() -> Task:
     pytest.param(lambda s, row: s.fail(row.id, row.version, InjectedTransientError("late"), 0.0), id="fail"),
     pytest.param(lambda s, row: s.dead_letter(row.id, row.version, InjectedTransientError("late")),
                  id="dead-letter"),
-    pytest.param(lambda s, row: s.start(row.id, row.version), id="start"),
+    pytest.param(lambda s, row: s.start(row.id, row.version, row.attempts), id="start"),
 ])
 def test_a_stale_writer_in_another_store_cannot_overwrite_a_finished_task(tmp_path, stale):
     db = tmp_path / "tasks.db"
     first, second = SQLiteStore(db, lease_s=30.0), SQLiteStore(db, lease_s=30.0)
     try:
         claim = first.commit(first.claim(_task(), 3))
-        started = first.commit(first.start(claim.row.id, 0))
+        started = first.commit(first.start(claim.row.id, 0, 0))
         seen_by_second = second.get(_task().idempotency_key)  # read while the first store runs it
         assert seen_by_second.version == started.version and seen_by_second.status is TaskStatus.RUNNING
         first.commit(first.succeed(claim.row.id, started.version, "variants/gzip/src/one.txt.gz", 10))

@@ -795,7 +795,7 @@ def test_rows_of_a_reused_pid_are_taken_over_at_once(make_queue, objects, db):
         seed = SQLiteStore(db, lease_s=3600)
         for t in tasks:
             row = seed.commit(seed.claim(t, 3)).row
-            seed.commit(seed.start(row.id, row.version))
+            seed.commit(seed.start(row.id, row.version, row.attempts))
         seed.close()
         conn = sqlite3.connect(db)
         with conn:

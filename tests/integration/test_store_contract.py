@@ -44,7 +44,7 @@ def claim(store, n: int) -> Row:
 
 
 def start(store, row: Row) -> Attempt:
-    return store.commit(store.start(row.id, row.version))
+    return store.commit(store.start(row.id, row.version, row.attempts))
 
 
 # -- claims and transitions --------------------------------------------------------------------
@@ -105,7 +105,7 @@ def test_transitions_bump_the_version_and_record_each_state(store, fake_clock):
     assert failed.next_attempt_at == fake_clock.now + 5
     assert failed.lease_until == fake_clock.now + 30.0  # a pending retry stays ours, under lease
 
-    assert store.commit(store.start(row.id, 2)) == Attempt(version=3, attempts=2)
+    assert store.commit(store.start(row.id, 2, 1)) == Attempt(version=3, attempts=2)
     assert store.get(row.idempotency_key).next_attempt_at is None
     assert store.commit(store.succeed(row.id, 3, "variants/gzip/src/o1.txt.gz", 42)) == 4
     done = store.get(row.idempotency_key)
@@ -115,8 +115,8 @@ def test_transitions_bump_the_version_and_record_each_state(store, fake_clock):
 
 
 @pytest.mark.parametrize("stale", [
-    pytest.param(lambda s, r: s.start(r.id, 0), id="start-old-version"),
-    pytest.param(lambda s, r: s.start(r.id, 7), id="start-future-version"),
+    pytest.param(lambda s, r: s.start(r.id, 0, 0), id="start-old-version"),
+    pytest.param(lambda s, r: s.start(r.id, 7, 0), id="start-future-version"),
     pytest.param(lambda s, r: s.succeed(r.id, 0, "variants/x", 1), id="succeed-old-version"),
     pytest.param(lambda s, r: s.fail(r.id, 0, InjectedTransientError("x"), 0.0), id="fail-old-version"),
     pytest.param(lambda s, r: s.dead_letter(r.id, 0, InjectedTransientError("x")), id="dead-old-version"),
@@ -189,7 +189,7 @@ def test_done_callbacks_hear_the_outcome_after_the_commit(store, backend):
         heard.append((result, type(error).__name__ if error else None,
                       backend.raw("SELECT status FROM tasks WHERE id = ?", (row.id,))))
 
-    started = store.commit(store.start(row.id, 0), along=(store.release(row.id, 5, done=done),))
+    started = store.commit(store.start(row.id, 0, 0), along=(store.release(row.id, 5, done=done),))
     assert started.version == 1
     store.commit(store.succeed(row.id, 1, "variants/x.gz", 3, done=done))
     assert heard == [(None, "StaleVersion", [("running",)]), (2, None, [("success",)])]  # stale release: reported
@@ -429,7 +429,7 @@ def test_ops_handed_over_together_commit_in_one_transaction(store):
     results: list = []
     along = [store.claim(make_task(n), MAX_ATTEMPTS)._replace(done=lambda r, e: results.append((r, e)))
              for n in range(1, 21)]
-    started = store.commit(store.start(first.id, 0), along=along)
+    started = store.commit(store.start(first.id, 0, 0), along=along)
     assert started.attempts == 1
     assert store.committer.commits - commits == 1
     assert len(results) == 20 and all(r.inserted and e is None for r, e in results)
@@ -441,7 +441,7 @@ def test_a_failing_op_does_not_sink_the_others_committed_with_it(store, backend)
     along = []
     for n in range(1, 21):
         along.append(store.claim(make_task(n), MAX_ATTEMPTS)._replace(done=lambda r, e: outcomes.append(e)))
-        along.append(store.start(anchor.id, 99)._replace(done=lambda r, e: outcomes.append(e)))  # stale
+        along.append(store.start(anchor.id, 99, 0)._replace(done=lambda r, e: outcomes.append(e)))  # stale
     with pytest.raises(StaleVersion):
         store.commit(store.release(12345, 0), along=along)  # no such row
     assert sum(e is None for e in outcomes) == 20
@@ -483,7 +483,7 @@ def test_two_stores_on_one_database_keep_one_row_per_key(backend):
     assert (a.inserted, b.inserted, b.runnable) == (True, False, False) and a.row.id == b.row.id
     # The second store cannot move a row it read at a version the first one then changed.
     with pytest.raises(StaleVersion):
-        second.commit(second.start(a.row.id, 0))
+        second.commit(second.start(a.row.id, 0, 0))
     assert backend.raw("SELECT status, attempts, version FROM tasks") == [("running", 1, 1)]
 
 

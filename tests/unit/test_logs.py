@@ -191,7 +191,7 @@ def test_every_line_of_a_run_with_retries_and_dead_letters_is_complete_json(tmp_
     # A row left running on its last attempt by an earlier incarnation: dead-lettered at recovery.
     earlier = SQLiteStore(db)
     row = earlier.commit(earlier.claim(tasks["crashed"], 3)).row
-    earlier.commit(earlier.start(row.id, row.version))
+    earlier.commit(earlier.start(row.id, row.version, row.attempts))
     earlier.close()
     conn = sqlite3.connect(db)
     with conn:
