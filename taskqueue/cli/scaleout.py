@@ -16,7 +16,7 @@ import os
 import sys
 import time
 
-from .. import logs
+from .. import logs, watch
 from ..objectstore import LocalObjectStore
 from ..processor import Processor
 from ..store import open_store
@@ -41,6 +41,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     worker.add_argument("--lease-s", type=float, help="seconds a claim lasts unless renewed (TQ_LEASE_S)")
     worker.add_argument("--exit-when-idle", action="store_true",
                         help="exit 0 once no task is queued, waiting for a retry or running anywhere")
+    watch.add_flags(worker)  # --no-progress, --metrics-port, --metrics-host, --metrics-interval
     worker.set_defaults(handler=cmd_worker)
 
 
@@ -73,10 +74,13 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from ..engine import TaskQueue
-    from ..engine.feeder import Feeder
+    from ..engine.feeder import Feeder, held_at_most
 
     config = config_from(args, "workers", "queue_size", "max_attempts", "lease_s", "shutdown_grace_s", "log_level")
+    # The queue is sized to what the feeder holds, so its depth and capacity (progress, metrics) read true.
+    config = config.replace(queue_size=held_at_most(config.queue_size, config.workers))
     check_paths(config, metrics_out=args.metrics_out, log_file=args.log_file)
+    watcher = watch.Watch.from_args(args)  # binds --metrics-port: a port in use refuses the worker here
     handler = logs.configure(config.log_level or ("info" if args.log_file else "warning"), path=args.log_file)
     held = hold_signals()  # before any thread starts: SIGINT/SIGTERM will reach the main thread only
     try:
@@ -89,6 +93,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         tq = TaskQueue(config.db, objects, config=config, processor=processor, metrics_out=args.metrics_out,
                        recover_unowned=False)
         feeder = Feeder(tq, exit_when_idle=args.exit_when_idle)
+        watcher.start(tq, total=None)  # open-ended: done so far and the rate, no percent or ETA
         on_signal = stop_on_signal(f"no more claims, finishing in-flight tasks (up to {config.shutdown_grace_s:g}s)",
                                    feeder.stop)
 
@@ -102,6 +107,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             tq.shutdown(wait=True, cancel_futures=True, timeout=config.shutdown_grace_s)
             raise outcome["error"]
         stopped, finished = outcome["value"]
+        watcher.stop()  # the last frame and the final metrics file, before the summary
         snap = tq.final_metrics or tq.snapshot()
         counters = snap["counters"]
         elapsed = time.perf_counter() - started
@@ -115,5 +121,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return EXIT_OK
     finally:
         release_signals(held)
+        watcher.stop()
         logs.logging.getLogger(logs.LOGGER_NAME).removeHandler(handler)
         handler.close()

@@ -23,6 +23,12 @@ if TYPE_CHECKING:
     from .core import TaskQueue
 
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.02, 1.0
+AHEAD = 2  # tasks a feeder holds per worker thread, the one it runs included
+
+
+def held_at_most(queue_size: int, workers: int, ahead: int = AHEAD) -> int:
+    """What a feeder holds at once: no more than the queue's size, nor than its workers start soon."""
+    return min(queue_size, ahead * workers)
 
 
 class Feeder:
@@ -41,14 +47,14 @@ class Feeder:
     due moment; on SQLite also the backoff).
     """
 
-    def __init__(self, tq: "TaskQueue", *, batch: int = 16, ahead: int = 2, exit_when_idle: bool = False) -> None:
+    def __init__(self, tq: "TaskQueue", *, batch: int = 16, ahead: int = AHEAD, exit_when_idle: bool = False) -> None:
         if batch <= 0 or ahead <= 0:
             raise ValueError(f"batch and ahead must be greater than 0, got {batch!r} and {ahead!r}")
         self._tq = tq
         self._exit_when_idle = exit_when_idle
         # Items held here at once (queued, running, awaiting their commit): what the queue holds at
         # most, and no more than the workers can start soon.
-        self._capacity = min(tq.config.queue_size, ahead * tq.config.workers)
+        self._capacity = held_at_most(tq.config.queue_size, tq.config.workers, ahead)
         self._batch = min(batch, self._capacity)
         self._stopped = False
         self._notified = False  # set by the listener thread; read and cleared by run()

@@ -348,3 +348,85 @@ def test_bad_watch_flags_exit_2_naming_them(held, extra, named):
     assert result.returncode == 2, result.stderr
     assert named in result.stderr and "Traceback" not in result.stderr
     assert not held["db"].exists()
+
+
+# -- a worker process: the same watching, open-ended -------------------------------------------------
+
+OPEN_FRAME = re.compile(r"(\d+) done \| (?:--|\d+\.\d) tasks/s \| retries (\d+) \| dead (\d+) \| queue (\d+)/(\d+)")
+
+
+def worker_args(w: dict, *extra: str) -> list[str]:
+    return [sys.executable, str(SCRIPT), "worker", "--db", str(w["db"]), "--store", str(w["store"]),
+            "--workers", "2", "--exit-when-idle", *extra]
+
+
+def test_a_worker_serves_metrics_rewrites_its_file_and_shows_an_open_ended_progress_line(held, tmp_path):
+    enqueued = subprocess.run([sys.executable, str(SCRIPT), "enqueue", "--tasks", str(held["file"]), "--db",
+                               str(held["db"])], cwd=held["work"], env=env(), stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=HANG_S)
+    assert enqueued.returncode == 0, enqueued.stderr
+    metrics_out = tmp_path / "worker-metrics.json"
+    import fcntl
+    import termios
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 200, 0, 0))
+    proc = subprocess.Popen(worker_args(held, "--metrics-port", "0", "--metrics-out", str(metrics_out),
+                                        "--metrics-interval", "0.05"),
+                            cwd=held["work"], env=env(), stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+    os.close(slave)
+    tty = Reader(master)
+    processed = held["succeeded"] + 1  # every distinct key but the held one (the lost one dead-lettered)
+    try:
+        url = tty.wait_for(ANNOUNCE).group(1)
+        assert scrape(url.rsplit("/", 1)[0] + "/healthz")[::2] == (200, "ok\n")
+
+        def all_but_the_held_task_done() -> dict | None:
+            status, _, body = scrape(url)
+            assert status == 200
+            flat = values(parse(body))
+            done = (flat['taskqueue_tasks_total{outcome="succeeded"}'],
+                    flat['taskqueue_tasks_total{outcome="dead_lettered"}'])
+            return flat if done == (held["succeeded"], 1) else None
+
+        flat = wait_until(all_but_the_held_task_done, "the worker to finish every task but the held one", proc)
+        assert flat["taskqueue_workers"] == 2
+        frame = tty.wait_for(rf"\r({processed} done \| [^\r\n\x1b]*)\x1b\[K").group(1)  # live, held task running
+        assert OPEN_FRAME.fullmatch(frame).group(1, 3) == (str(processed), "1"), frame
+
+        def file_caught_up() -> bool:
+            try:
+                counters = json.loads(metrics_out.read_text(encoding="utf-8"))["counters"]
+            except FileNotFoundError:
+                return False
+            return (counters["succeeded"], counters["dead_lettered"]) == (held["succeeded"], 1)
+
+        wait_until(file_caught_up, "the worker's metrics file to be rewritten while it runs", proc)
+        assert proc.poll() is None  # the held task keeps the worker busy: all of this was seen during it
+        release(held["fifo"], proc)
+        proc.wait(timeout=HANG_S)
+        raw = tty.finish().replace("\r\n", "\n")
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(master)
+    assert proc.returncode == 0, raw
+    shown = [line for line in screen(raw) if line]
+    final = OPEN_FRAME.fullmatch(shown[-2])  # the last frame stays, the worker's summary under it
+    assert final and final.group(1, 3) == (str(processed + 1), "1"), shown
+    assert "idle everywhere" in shown[-1] and f"{held['succeeded'] + 1} succeeded" in shown[-1], shown
+    assert json.loads(metrics_out.read_text(encoding="utf-8"))["counters"]["succeeded"] == held["succeeded"] + 1
+    assert "Traceback" not in raw
+
+
+def test_a_worker_refuses_a_metrics_port_in_use_before_touching_anything(held):
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(worker_args(held, "--metrics-port", str(port)), cwd=held["work"], env=env(),
+                                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=HANG_S)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ") and f"127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not held["db"].exists() and list(held["work"].iterdir()) == []
