@@ -19,9 +19,10 @@ import time
 from .. import logs, watch
 from ..objectstore import LocalObjectStore
 from ..processor import Processor
-from ..store import open_store
+from ..errors import TaskQueueError
+from ..store import open_store, store_errors
 from ..taskfile import ON_INVALID, load_tasks
-from . import (EXIT_OK, check_paths, config_from, hold_signals, processing_flags, release_signals,
+from . import (EXIT_OK, EXIT_UNFINISHED, check_paths, config_from, hold_signals, processing_flags, release_signals,
                run_with_signals, stop_on_signal, store_flags)
 
 ENQUEUE_BATCH = 500  # tasks per transaction: all of a batch or none of it
@@ -105,7 +106,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
         outcome = run_with_signals(feed_then_shut_down, on_signal, held, "tq-feeder")
         if "error" in outcome:
             tq.shutdown(wait=True, cancel_futures=True, timeout=config.shutdown_grace_s)
-            raise outcome["error"]
+            watcher.stop()
+            error = outcome["error"]
+            if not isinstance(error, (*store_errors(), TaskQueueError, OSError)):
+                raise error
+            # The database went away (a restart, a network cut): stop rather than guess. The rows this
+            # worker held are anybody's once their lease runs out; a supervisor starts it again.
+            print(f"error: the worker stopped: {error}\nwhat finished is recorded; the tasks it held are taken "
+                  f"over by any worker once their lease runs out ({config.lease_s:g}s): start it again",
+                  file=sys.stderr)
+            return EXIT_UNFINISHED
         stopped, finished = outcome["value"]
         watcher.stop()  # the last frame and the final metrics file, before the summary
         snap = tq.final_metrics or tq.snapshot()

@@ -297,3 +297,45 @@ def test_a_postgresql_database_whose_tasks_table_is_someone_elses_is_refused_unt
     with psycopg.connect(url, autocommit=True) as conn:
         assert conn.execute("SELECT * FROM tasks").fetchall() == [(1, "theirs")]
         assert conn.execute("SELECT to_regclass('dead_letters')").fetchone() == (None,)
+
+
+def test_a_worker_whose_database_restarts_stops_cleanly_and_a_new_one_finishes_everything(request, workload):
+    """The server is shut down under a busy worker (every connection cut, as in a restart): the worker
+    stops with exit 1 and a one-line reason, no traceback; once the server is back, a new worker takes
+    over what the first one held and finishes every task, none lost, none wrong."""
+    import gzip
+
+    import pgserver
+
+    why = pgserver.unavailable()
+    if why:
+        pytest.skip(why)
+    server = pgserver.PostgresServer()  # its own: the session's server must not go away under other tests
+    try:
+        database = Database("postgres", workload["cwd"], request)
+        database.url = server.new_database()
+        assert run("enqueue", "--tasks", str(workload["file"]), "--db", database.url,
+                   cwd=workload["cwd"]).returncode == 0
+        worker = ["worker", "--db", database.url, "--store", str(workload["store"]), "--exit-when-idle"]
+        busy = environment(fault_latency_s=0.05, workers=2)
+        first = subprocess.Popen(command(*worker), cwd=workload["cwd"], env=busy, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        try:
+            wait_until(lambda: database.statuses().get("success", 0) >= 5, "the worker to be busy", first)
+            server.shut_down()
+            out, err = first.communicate(timeout=HANG)
+        finally:
+            if first.poll() is None:
+                first.kill()
+        assert first.returncode == 1, (out, err)
+        assert "error: the worker stopped:" in err and "start it again" in err and "Traceback" not in err, err
+
+        server.start()
+        second = run(*worker, cwd=workload["cwd"])
+        assert second.returncode == 0, second.stderr
+        assert database.statuses() == {"success": len(workload["keys"])}
+        for image_key, output_key in database.query("SELECT t.payload::json->>'image_key', t.output_key FROM tasks t"):
+            source = (workload["store"] / image_key).read_bytes()
+            assert gzip.decompress((workload["store"] / output_key).read_bytes()) == source, output_key
+    finally:
+        server.stop()
