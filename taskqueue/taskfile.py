@@ -6,7 +6,7 @@ than ``max_bytes``, is not UTF-8, is not strict JSON (``NaN``, ``Infinity``,
 numbers that overflow a float, integers over :data:`MAX_INT_DIGITS` digits), nests deeper than
 :data:`MAX_NESTING` levels, or is not an array. A leading UTF-8 byte order
 mark is accepted and ignored (RFC 8259 section 8.1 allows it; Windows tools
-write one).
+write one). Reading and strict parsing live in :mod:`taskqueue.strictjson`.
 
 Each item is then checked on its own, and each problem becomes an
 :class:`ItemError` whose message reads
@@ -18,31 +18,22 @@ from __future__ import annotations
 
 import ast
 import json
-import math
 import os
 import re
-import reprlib
-import stat
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from .errors import InvalidTask
+from .strictjson import MAX_INT_DIGITS, MAX_NESTING  # noqa: F401 - the limits, named here too
+from .strictjson import DuplicateKeys, Refused, parse, read_limited, require_regular
+from .strictjson import SHORT as _short
 from .task import Task
 
 ON_INVALID = ("reject", "dead-letter")
 MAX_REPORTED_ERRORS = 20     # item errors listed in a "reject" TaskFileError
-MAX_INT_DIGITS = 100         # longer integer literals refuse the file (int() is quadratic in digits)
-MAX_NESTING = 32             # a valid task file nests 3 deep: array, task, params
 MAX_MESSAGE_CHARS = 300      # item messages are clipped: hostile values must not bloat logs
 MAX_IDENTITY_CHARS = 1024    # id/image_key/variant longer than this are not handed back as raw
-_READ_CHUNK = 64 * 1024
-_BOM = "\ufeff"
 _IDENTITY = ("id", "image_key", "variant")
-
-_short = reprlib.Repr()  # attributes, not constructor arguments: the latter need 3.12
-_short.maxstring = _short.maxother = 60
-_short.maxlong = 40
-_short.maxlevel = 2
 
 
 class TaskFileError(InvalidTask):
@@ -153,142 +144,12 @@ def load_tasks(path: str | os.PathLike, *, max_bytes: int,
         raise TaskFileError(path, "no such file") from None
     except OSError as exc:
         raise TaskFileError(path, f"cannot open: {exc.strerror or exc}") from exc
-    _require_regular(path, st, max_bytes)  # before any read: a huge file is refused unread
-    items, surrogates = _parse(path, _read_limited(path, max_bytes))
+    try:
+        require_regular(st, max_bytes)  # before any read: a huge file is refused unread
+        items, surrogates = parse(read_limited(path, max_bytes))
+    except Refused as exc:
+        raise TaskFileError(path, str(exc)) from None
     return _validate(path, items, check, on_invalid, surrogates)
-
-
-# -- reading -----------------------------------------------------------------------
-
-def _require_regular(path: str, st: Any, max_bytes: int) -> None:
-    if stat.S_ISDIR(st.st_mode):
-        raise TaskFileError(path, "is a directory, not a task file")
-    if not stat.S_ISREG(st.st_mode):
-        raise TaskFileError(path, "is not a regular file")
-    if st.st_size > max_bytes:
-        raise TaskFileError(path, f"is {st.st_size} bytes, over the limit of {max_bytes} bytes "
-                                  f"(max_task_file_bytes)")
-
-
-def _read_limited(path: str, max_bytes: int) -> bytes:
-    """At most ``max_bytes`` bytes of ``path``; refuses a file that holds more, whatever stat said."""
-    # O_NONBLOCK: if the path was swapped for a FIFO since the stat, open must not wait for a writer.
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError as exc:
-        raise TaskFileError(path, f"cannot open: {exc.strerror or exc}") from exc
-    chunks, total = [], 0
-    with open(fd, "rb") as f:
-        _require_regular(path, os.fstat(f.fileno()), max_bytes)
-        try:
-            while total <= max_bytes:
-                chunk = f.read(min(_READ_CHUNK, max_bytes + 1 - total))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                total += len(chunk)
-        except OSError as exc:
-            raise TaskFileError(path, f"cannot read: {exc.strerror or exc}") from exc
-    if total > max_bytes:
-        raise TaskFileError(path, f"holds more than the limit of {max_bytes} bytes "
-                                  f"(it grew while being read)")
-    return b"".join(chunks)
-
-
-# -- parsing -----------------------------------------------------------------------
-
-class _NotStrict(Exception):
-    """Raised by the decoder hooks for valid-looking JSON this loader refuses."""
-
-
-class _DuplicateKeys(dict):
-    """A decoded object in which ``key`` appeared more than once (JSON keeps the last)."""
-
-    key = ""
-
-
-def _object(pairs: list) -> dict:
-    obj = dict(pairs)
-    if len(obj) == len(pairs):
-        return obj
-    seen: set = set()
-    marked = _DuplicateKeys(obj)
-    marked.key = next(k for k, _ in pairs if k in seen or seen.add(k))
-    return marked
-
-
-def _reject_constant(name: str) -> Any:
-    raise _NotStrict(f"{name} is not a JSON number")
-
-
-def _parse_int(text: str) -> int:
-    digits = len(text) - text.startswith("-")
-    if digits > MAX_INT_DIGITS:
-        raise _NotStrict(f"an integer of {digits} digits, at most {MAX_INT_DIGITS} accepted")
-    return int(text)
-
-
-def _parse_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):  # 1e999 is Infinity by another name
-        raise _NotStrict(f"the number {_short.repr(text)} is out of range")
-    return value
-
-
-def _parse(path: str, data: bytes) -> tuple[list, bool]:
-    """The top-level array, and whether any string in it may hold a surrogate."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise TaskFileError(path, f"not valid UTF-8: byte 0x{data[exc.start]:02x} at byte offset "
-                                  f"{exc.start} (line {line}): {exc.reason}") from None
-    if text.startswith(_BOM):
-        text = text[1:]
-    if not text.strip(" \t\r\n"):
-        raise TaskFileError(path, "is empty; expected a JSON array of tasks")
-    too_deep = f"JSON nested more than {MAX_NESTING} levels deep"
-    try:
-        value = json.loads(text, parse_constant=_reject_constant, parse_int=_parse_int,
-                           parse_float=_parse_float, object_pairs_hook=_object)
-    except json.JSONDecodeError as exc:
-        raise TaskFileError(path, f"not valid JSON: {exc.msg} at line {exc.lineno}, "
-                                  f"column {exc.colno}") from None
-    except _NotStrict as exc:
-        raise TaskFileError(path, f"not accepted JSON: {exc}") from None
-    except RecursionError:
-        raise TaskFileError(path, too_deep) from None
-    if _deeper_than(value, MAX_NESTING):
-        raise TaskFileError(path, too_deep)
-    if not isinstance(value, list):
-        raise TaskFileError(path, f"expected a JSON array of tasks at the top level, "
-                                  f"got {_json_type(value)}")
-    # Strict UTF-8 text holds no surrogates: only \uXXXX escapes can put them in a string.
-    return value, _SURROGATE_ESCAPE.search(text) is not None
-
-
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-
-
-def _deeper_than(value: Any, limit: int) -> bool:
-    """Whether containers nest more than ``limit`` deep; iterative, so it cannot overflow the stack."""
-    stack = [(value, 1)] if isinstance(value, (list, dict)) else []
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            return True
-        for child in (node.values() if isinstance(node, dict) else node):
-            if isinstance(child, (list, dict)):
-                stack.append((child, depth + 1))
-    return False
-
-
-def _json_type(value: Any) -> str:
-    if isinstance(value, dict):
-        return "an object"
-    names = {str: "a string", bool: "a boolean", int: "a number", float: "a number"}
-    return names.get(type(value), "null")
 
 
 # -- validating --------------------------------------------------------------------
@@ -352,7 +213,7 @@ def _screen(obj: Any, surrogates: bool) -> None:
     for prefix, mapping in (("", obj), ("params.", obj.get("params"))):
         if not isinstance(mapping, dict):
             continue
-        if isinstance(mapping, _DuplicateKeys):
+        if isinstance(mapping, DuplicateKeys):
             raise InvalidTask(f"field {_short.repr(prefix + mapping.key)}: "
                               f"appears more than once in the object")
         if not surrogates:

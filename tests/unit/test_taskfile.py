@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from taskqueue import taskfile
+from taskqueue import strictjson, taskfile
 from taskqueue.errors import InvalidParameter, InvalidTask, UnknownVariant
 from taskqueue.objectstore import LocalObjectStore
 from taskqueue.processor import Processor
@@ -136,7 +136,7 @@ def test_file_over_the_limit_is_refused_before_it_is_read(tmp_path, monkeypatch)
     def must_not_read(*args):
         raise AssertionError("the loader read a file that stat already showed to be too large")
 
-    monkeypatch.setattr(taskfile, "_read_limited", must_not_read)
+    monkeypatch.setattr(taskfile, "read_limited", must_not_read)
     error = refused(path, max_bytes=1024)
     assert "is 1073741824 bytes, over the limit of 1024 bytes" in str(error)
 
@@ -147,7 +147,7 @@ def test_file_at_the_limit_is_read(tmp_path):
 
 
 class _StatSaysEmpty:
-    """Stands in for ``os`` inside taskfile, with stat and fstat reporting every file as 0 bytes.
+    """Stands in for ``os`` inside taskfile and strictjson, with stat and fstat reporting every file as 0 bytes.
 
     That is what a file that grows between the size check and the read looks
     like to the loader, and what /proc files always look like.
@@ -167,6 +167,7 @@ def test_file_holding_more_than_the_limit_is_refused_whatever_stat_says(tmp_path
     path = write(tmp_path, [item(f"t{i}") for i in range(10)])
     assert path.stat().st_size > 200
     monkeypatch.setattr(taskfile, "os", _StatSaysEmpty())
+    monkeypatch.setattr(strictjson, "os", _StatSaysEmpty())
     error = refused(path, max_bytes=200)
     assert "holds more than the limit of 200 bytes" in str(error)
 
@@ -196,7 +197,8 @@ def test_no_more_than_the_limit_plus_one_byte_is_read(tmp_path, monkeypatch):
     path = write(tmp_path, [item(f"t{i}") for i in range(2000)])  # about 100 kB
     counts: list = []
     monkeypatch.setattr(taskfile, "os", _StatSaysEmpty())
-    monkeypatch.setattr(taskfile, "open", lambda *a, **k: _CountingFile(open(*a, **k), counts),
+    monkeypatch.setattr(strictjson, "os", _StatSaysEmpty())
+    monkeypatch.setattr(strictjson, "open", lambda *a, **k: _CountingFile(open(*a, **k), counts),
                         raising=False)
     refused(path, max_bytes=1000)
     assert sum(counts) == 1001
