@@ -321,13 +321,15 @@ def test_no_progress_line_with_no_progress_or_off_a_terminal(held, tmp_path):
 
 # -- refused at start-up ------------------------------------------------------------------------------
 
-def test_a_metrics_port_in_use_exits_2_before_anything_is_created(held):
+@pytest.mark.parametrize("command", ["run", "worker"])
+def test_a_metrics_port_in_use_exits_2_before_anything_is_created(held, command):
     import socket
+    args = run_args if command == "run" else worker_args
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run(run_args(held, "--metrics-port", str(port)), cwd=held["work"], env=env(),
+        result = subprocess.run(args(held, "--metrics-port", str(port)), cwd=held["work"], env=env(),
                                 stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=HANG_S)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("error: ") and f"127.0.0.1:{port}" in result.stderr
@@ -416,17 +418,3 @@ def test_a_worker_serves_metrics_rewrites_its_file_and_shows_an_open_ended_progr
     assert "idle everywhere" in shown[-1] and f"{held['succeeded'] + 1} succeeded" in shown[-1], shown
     assert json.loads(metrics_out.read_text(encoding="utf-8"))["counters"]["succeeded"] == held["succeeded"] + 1
     assert "Traceback" not in raw
-
-
-def test_a_worker_refuses_a_metrics_port_in_use_before_touching_anything(held):
-    import socket
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        result = subprocess.run(worker_args(held, "--metrics-port", str(port)), cwd=held["work"], env=env(),
-                                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=HANG_S)
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.startswith("error: ") and f"127.0.0.1:{port}" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert not held["db"].exists() and list(held["work"].iterdir()) == []
