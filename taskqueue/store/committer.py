@@ -21,12 +21,9 @@ own transaction, one ``sqlite3_step`` instead of three (each step releases the
 GIL, the costly part under thread contention). Two or more ops share one
 transaction: in WAL mode every commit writes its pages again.
 
-Results are delivered after the commit, outside the connection lock. ``done``
-callbacks run in the thread that waited for the op (``commit``), once it wakes,
-or for posted ops in the committing thread; they must not block. (A waiting
-caller runs its own callbacks so that the writer's next group commit does not
-wait for them.) A callback that commits more work (a Future's done-callback
-that submits a task) runs it right there.
+Results are delivered after the commit, outside the connection lock, in the
+committing thread: ``done`` callbacks must not block. A callback that commits
+more work (a Future's done-callback that submits a task) runs it right there.
 
 The writer never dies silently: an error it cannot recover from (a ROLLBACK
 that fails) marks the committer broken, and every op, queued or later, fails
@@ -150,7 +147,6 @@ class Committer:
             self._deliver([call])
         else:
             call.ready.acquire()
-            self._run_callbacks([call])  # here, not in the writer: its next group commit need not wait
         result, error = call.results[-1]
         if error is not None:
             raise error
@@ -265,15 +261,7 @@ class Committer:
                     "error_class": type(exc).__name__, "error": str(exc)})
 
     def _deliver(self, calls: list[_Call]) -> None:
-        """Report results: run the callbacks of posted ops here, then wake the callers waiting for
-        theirs (each runs its own ops' callbacks, in its own thread). A caller of :meth:`flush` thus
-        wakes after every posted op before it has reported."""
-        self._run_callbacks([call for call in calls if call.ready is None])
-        for call in calls:
-            if call.ready is not None:
-                call.ready.release()
-
-    def _run_callbacks(self, calls: list[_Call]) -> None:
+        """Report results: ``done`` callbacks first (in this thread), then wake the waiting callers."""
         local = self._local
         outer = getattr(local, "delivering", False)
         local.delivering = True
@@ -288,6 +276,9 @@ class Committer:
                                 "event": "callback_error", "task_id": None, "idempotency_key": None})
         finally:
             local.delivering = outer
+            for call in calls:
+                if call.ready is not None:
+                    call.ready.release()
 
 
 def _run_op(conn: Any, op: Op) -> tuple[Any, BaseException | None]:
