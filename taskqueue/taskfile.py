@@ -148,7 +148,7 @@ def load_tasks(path: str | os.PathLike, *, max_bytes: int,
         require_regular(st, max_bytes)  # before any read: a huge file is refused unread
         items, surrogates = parse(read_limited(path, max_bytes))
     except Refused as exc:
-        raise TaskFileError(path, str(exc)) from None
+        raise TaskFileError(path, str(exc)) from exc.__cause__  # the OSError behind "cannot read", if any
     return _validate(path, items, check, on_invalid, surrogates)
 
 

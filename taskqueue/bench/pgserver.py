@@ -72,6 +72,7 @@ class PostgresServer:
             self._as = ["runuser", "-u", "postgres", "--"]
         self._names = itertools.count(1)
         self._fsync = fsync
+        self._running = False
         self._run("initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync")
         self.start()
 
@@ -80,10 +81,12 @@ class PostgresServer:
         self._run("pg_ctl", "-D", self.data, "-l", os.path.join(self.dir, "server.log"), "-w", "-t", "60",
                   "-o", f"-k {self.dir} -c listen_addresses='' -c fsync={'on' if self._fsync else 'off'}"
                         " -c max_connections=200", "start")
+        self._running = True
 
     def shut_down(self) -> None:
         """Stop the server as an administrator would (``-m fast``: every connection is cut), keeping its data."""
         self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
+        self._running = False
 
     def _run(self, tool: str, *args: str) -> None:
         result = subprocess.run([*self._as, os.path.join(self.bin, tool), *args], capture_output=True, text=True,
@@ -104,7 +107,9 @@ class PostgresServer:
         return self.url(name)
 
     def stop(self) -> None:
+        """Stop the server (if running) and remove its directory."""
         try:
-            self._run("pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
+            if self._running:
+                self._run("pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)

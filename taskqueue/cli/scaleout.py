@@ -105,16 +105,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
         outcome = run_with_signals(feed_then_shut_down, on_signal, held, "tq-feeder")
         if "error" in outcome:
-            tq.shutdown(wait=True, cancel_futures=True, timeout=config.shutdown_grace_s)
+            finished = tq.shutdown(wait=True, cancel_futures=True, timeout=config.shutdown_grace_s)
             watcher.stop()
             error = outcome["error"]
             if not isinstance(error, (*store_errors(), TaskQueueError, OSError)):
                 raise error
             # The database went away (a restart, a network cut): stop rather than guess. The rows this
             # worker held are anybody's once their lease runs out; a supervisor starts it again.
-            print(f"error: the worker stopped: {error}\nwhat finished is recorded; the tasks it held are taken "
+            reason = " ".join(str(error).split())  # a driver's message may span lines
+            print(f"error: the worker stopped: {reason}\nwhat finished is recorded; the tasks it held are taken "
                   f"over by any worker once their lease runs out ({config.lease_s:g}s): start it again",
                   file=sys.stderr)
+            if not finished:  # a task outlived the grace period: do not wait for it at exit
+                _exit_now(handler, EXIT_UNFINISHED)
             return EXIT_UNFINISHED
         stopped, finished = outcome["value"]
         watcher.stop()  # the last frame and the final metrics file, before the summary
@@ -126,11 +129,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
               f"{counters['succeeded']} succeeded, {counters['dead_lettered']} dead-lettered, "
               f"{counters['retried']} retries; {elapsed:.1f}s, {done / elapsed if elapsed else 0:.1f} tasks/s")
         if not finished:  # grace ran out: running rows are taken over once their lease expires
-            sys.stdout.flush()
-            os._exit(EXIT_OK)
+            _exit_now(handler, EXIT_OK)
         return EXIT_OK
     finally:
         release_signals(held)
         watcher.stop()
         logs.logging.getLogger(logs.LOGGER_NAME).removeHandler(handler)
         handler.close()
+
+
+def _exit_now(handler, code: int) -> None:
+    """Exit without waiting for worker threads still inside a task (their rows' leases run out)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    handler.flush()
+    os._exit(code)

@@ -36,9 +36,11 @@ HANG = 120.0  # hang guard only
 class Database:
     """One fresh task database on one backend, and a way to read it behind the commands' backs."""
 
-    def __init__(self, kind: str, tmp_path: Path, request) -> None:
+    def __init__(self, kind: str, tmp_path: Path, request, url: str | None = None) -> None:
         self.kind = kind
-        if kind == "postgres":
+        if url is not None:
+            self.url = url
+        elif kind == "postgres":
             self.url = request.getfixturevalue("postgres_server").new_database()
         else:
             self.url = str(tmp_path / "tasks.db")
@@ -312,12 +314,11 @@ def test_a_worker_whose_database_restarts_stops_cleanly_and_a_new_one_finishes_e
         pytest.skip(why)
     server = pgserver.PostgresServer()  # its own: the session's server must not go away under other tests
     try:
-        database = Database("postgres", workload["cwd"], request)
-        database.url = server.new_database()
+        database = Database("postgres", workload["cwd"], request, url=server.new_database())
         assert run("enqueue", "--tasks", str(workload["file"]), "--db", database.url,
                    cwd=workload["cwd"]).returncode == 0
         worker = ["worker", "--db", database.url, "--store", str(workload["store"]), "--exit-when-idle"]
-        busy = environment(fault_latency_s=0.05, workers=2)
+        busy = environment(fault_latency_s=0.2, workers=2)  # ~5 s of work: still busy when the server stops
         first = subprocess.Popen(command(*worker), cwd=workload["cwd"], env=busy, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
         try:
@@ -337,5 +338,39 @@ def test_a_worker_whose_database_restarts_stops_cleanly_and_a_new_one_finishes_e
         for image_key, output_key in database.query("SELECT t.payload::json->>'image_key', t.output_key FROM tasks t"):
             source = (workload["store"] / image_key).read_bytes()
             assert gzip.decompress((workload["store"] / output_key).read_bytes()) == source, output_key
+    finally:
+        server.stop()
+
+
+def test_a_worker_that_loses_its_database_exits_after_its_grace_even_with_a_task_that_never_ends(
+        request, tmp_path):
+    """A task still running when the grace period runs out must not keep the process alive: the
+    worker exits 1 anyway (its row is taken over once its lease runs out)."""
+    import pgserver
+
+    why = pgserver.unavailable()
+    if why or not hasattr(os, "mkfifo"):
+        pytest.skip(why or "needs a named pipe")
+    store = tmp_path / "store"
+    (store / "hold").mkdir(parents=True)
+    os.mkfifo(store / "hold" / "pipe.txt")  # opening it for reading blocks until a writer comes: never
+    path = tmp_path / "tasks.json"
+    path.write_text(json.dumps([{"id": "held", "image_key": "hold/pipe.txt", "variant": "gzip"}]))
+    server = pgserver.PostgresServer()
+    try:
+        database = Database("postgres", tmp_path, request, url=server.new_database())
+        assert run("enqueue", "--tasks", str(path), "--db", database.url, cwd=tmp_path).returncode == 0
+        worker = subprocess.Popen(command("worker", "--db", database.url, "--store", str(store), "--grace", "1"),
+                                  cwd=tmp_path, env=environment(workers=1), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        try:
+            wait_until(lambda: database.statuses().get("running") == 1, "the held task running", worker)
+            server.shut_down()
+            out, err = worker.communicate(timeout=HANG)  # hangs here if the exit waits for the held task
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+        assert worker.returncode == 1, (out, err)
+        assert "error: the worker stopped:" in err and "Traceback" not in err, err
     finally:
         server.stop()

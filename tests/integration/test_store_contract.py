@@ -354,7 +354,14 @@ def test_redrive_resets_attempts_and_removes_the_dead_letter(store, backend):
     assert backend.raw("SELECT COUNT(*) FROM dead_letters") == [(0,)]
     assert store.commit(store.redrive()) == []
     # A redriven row has no owner, so recovery takes it over.
-    assert sorted(r.idempotency_key for r in store.commit(store.recover(3)).runnable) == sorted(keys[:2])
+    taken = {r.idempotency_key: r for r in store.commit(store.recover(3)).runnable}
+    assert sorted(taken) == sorted(keys[:2])
+    # Its attempts start again from 0: the count the caller passes to start() is the one it read back,
+    # and the new attempt is numbered from it, as the row stores it.
+    again = taken[keys[0]]
+    assert again.attempts == 0
+    assert store.commit(store.start(again.id, again.version, again.attempts)) == Attempt(again.version + 1, 1)
+    assert (store.get(keys[0]).attempts, store.get(keys[0]).version) == (1, again.version + 1)
 
 
 # -- the scale-out operations (enqueue / worker) ----------------------------------------------------

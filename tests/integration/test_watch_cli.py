@@ -393,7 +393,7 @@ def test_a_worker_serves_metrics_rewrites_its_file_and_shows_an_open_ended_progr
         flat = wait_until(all_but_the_held_task_done, "the worker to finish every task but the held one", proc)
         assert flat["taskqueue_workers"] == 2
         frame = tty.wait_for(rf"\r({processed} done \| [^\r\n\x1b]*)\x1b\[K").group(1)  # live, held task running
-        assert OPEN_FRAME.fullmatch(frame).group(1, 3) == (str(processed), "1"), frame
+        assert OPEN_FRAME.fullmatch(frame).group(1, 3, 5) == (str(processed), "1", "4"), frame  # 2 per thread
 
         def file_caught_up() -> bool:
             try:
