@@ -22,7 +22,7 @@ class WorkItem:
     """A task on its way through the queue: its Future, and the row version this process last wrote."""
 
     __slots__ = ("task", "key", "future", "row_id", "version", "attempts", "inserted", "started", "submitted",
-                 "enqueued", "forgotten")
+                 "enqueued", "forgotten", "refused")
 
     def __init__(self, task: Task) -> None:
         self.task = task
@@ -33,6 +33,7 @@ class WorkItem:
         self.attempts = 0  # the row's attempt count at ``version``
         self.inserted = False  # this process created the row: it may delete it if it never runs
         self.started = False   # set_running_or_notify_cancel() has been called
+        self.refused: BaseException | None = None  # why its last start, posted without waiting, failed
         self.forgotten = False  # settled (or given up): counted once, whatever calls forget() again
         self.submitted = self.enqueued = time.perf_counter()
 

@@ -1,12 +1,16 @@
 """The worker loop, and how a processed task's outcome is recorded.
 
 Each of a queue's ``config.workers`` threads runs :func:`work` until it takes
-the stop sentinel. For each task it commits the attempt (``running``,
-attempts + 1) *before* processing it, and only for the task it is about to
+the stop sentinel. For each task it makes the attempt (``running``, attempts
++ 1) durable *before* processing it, and only for the task it is about to
 process, so a process that dies mid-attempt has that attempt counted and no
-other. The outcome of the task just processed rides along in the same
-transaction (one hand-over per task); when the worker finds no work waiting
-it hands the outcome over at once instead of holding it back.
+other: it records the attempt in the store's start ledger (a memory-mapped
+file a killed process leaves behind; see :mod:`taskqueue.store.ledger`) and
+hands the start to the committer without waiting for it, or, where there is
+no ledger (PostgreSQL) or no free slot in it, commits the start and waits.
+The outcome of the task just processed rides along with the next start (one
+hand-over per task); when the worker finds no work waiting it hands the
+outcome over at once instead of holding it back.
 
 An outcome is an :class:`~taskqueue.store.Op` whose ``done`` callback runs once
 it is committed: only then does the task's Future resolve (success, dead
@@ -73,17 +77,25 @@ def _attempt(tq: "TaskQueue", index: int, item: WorkItem, outcome: Op | None) ->
         if outcome is not None:
             tq.store.post(outcome)
         raise
+    along = () if outcome is None else (outcome,)
+    ledger = tq.store.ledger
+    slot = None if ledger is None else ledger.begin(item.row_id, item.version)
     try:
-        started: Attempt = tq.store.commit(tq.store.start(item.row_id, item.version, item.attempts),
-                                           along=() if outcome is None else (outcome,))
+        if slot is not None:  # recorded where a crash cannot lose it: commit the start without waiting
+            tq.store.post(*along, tq.store.start(item.row_id, item.version, item.attempts,
+                                                 done=_start_committed(ledger, item, slot)))
+            item.version, item.attempts = item.version + 1, item.attempts + 1
+        else:
+            started: Attempt = tq.store.commit(tq.store.start(item.row_id, item.version, item.attempts), along)
+            item.version, item.attempts = started
     except StaleVersion as exc:
-        settle(tq, item, "deduplicated", error=ClaimedElsewhere(
-            f"task {item.task.id!r} was claimed by another process ({describe(exc.args[0])})"))
+        settle(tq, item, "deduplicated", error=_claimed_elsewhere(item, exc))
         return None
     except Exception as exc:  # the store failed: fail this item, keep the worker alive
+        if slot is not None:
+            ledger.end(slot)
         _store_failed(tq, item, exc)
         return None
-    item.version, item.attempts = started
     attempt = item.attempts
     if tq._log.isEnabledFor(logging.DEBUG):
         tq._log.debug("attempt started", extra=task_extra("attempt_started", item.task, attempt=attempt,
@@ -148,6 +160,20 @@ def _failed(tq: "TaskQueue", item: WorkItem, exc: Exception, attempt: int) -> Op
     return tq.store.dead_letter(item.row_id, item.version, exc, done=dead_committed)
 
 
+def _start_committed(ledger, item: WorkItem, slot: int):
+    """The ``done`` of a start posted without waiting: free its ledger slot; keep a refusal for the
+    outcome, which the same refusal will fail (see :func:`_store_failed`)."""
+    def committed(_attempt: Attempt | None, error: BaseException | None) -> None:
+        ledger.end(slot)
+        if error is not None:
+            item.refused = error
+    return committed
+
+
+def _claimed_elsewhere(item: WorkItem, exc: StaleVersion) -> ClaimedElsewhere:
+    return ClaimedElsewhere(f"task {item.task.id!r} was claimed by another process ({describe(exc.args[0])})")
+
+
 def _drop_cancelled(tq: "TaskQueue", item: WorkItem) -> None:
     """Forget a task its client cancelled; delete its row if we created it (unless re-adopted since)."""
     tq.inflight.forget(item)
@@ -165,7 +191,13 @@ def _log_release_error(tq: "TaskQueue", item: WorkItem):
 
 def _store_failed(tq: "TaskQueue", item: WorkItem, error: BaseException) -> None:
     """The store refused this item's attempt or outcome: fail its Future, and let go of its row, so
-    that it is not left open under this (living, lease-renewing) process: anyone may take it over."""
+    that it is not left open under this (living, lease-renewing) process: anyone may take it over.
+
+    An attempt whose start (posted without waiting) found the row taken by another process ran
+    anyway: it is settled as claimed elsewhere, as if the start had been refused before it ran."""
+    if isinstance(item.refused, StaleVersion):
+        settle(tq, item, "deduplicated", error=_claimed_elsewhere(item, item.refused))
+        return
     tq._log.error("could not record outcome", extra=task_extra("store_error", item.task, error=error))
     settle(tq, item, "failed", error=error)
     try:

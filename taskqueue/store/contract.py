@@ -9,9 +9,11 @@ One row per idempotency key; the UNIQUE key decides duplicates. States::
 Every transition is ``UPDATE ... WHERE id = ? AND version = ?`` and must
 change exactly one row, else it fails with :class:`StaleVersion` holding the
 row as it is now (optimistic concurrency: a stale writer changes nothing).
-Attempts are counted by :meth:`TaskStore.start`, committed before the attempt
-runs, so a process that dies mid-attempt has that attempt counted, and only
-that one.
+Attempts are counted by :meth:`TaskStore.start`, made durable before the
+attempt runs -- committed, or, where the store keeps a start ledger
+(:mod:`~taskqueue.store.ledger`, SQLite), recorded there and committed
+without waiting -- so a process that dies mid-attempt has that attempt
+counted, and only that one.
 
 Changes are described as :class:`~taskqueue.store.committer.Op` values and
 committed by :meth:`TaskStore.commit` (wait) or :meth:`TaskStore.post` (do
@@ -121,15 +123,17 @@ class TaskStore(Protocol):
     owner: str      # this store's owner token (see taskqueue.store.owners)
     location: str   # the database, for messages: a path or a URL without its password
     lease_s: float  # how long a claim lasts unless renewed
+    ledger: Any     # a start ledger (taskqueue.store.ledger.Ledger), or None: starts are committed and waited for
 
     # -- ops ---------------------------------------------------------------------------
     def claim(self, task: Task, max_attempts: int) -> Op:
         """Offer ``task``'s key -> :class:`Claim` (insert, or take over a row nobody runs)."""
-    def start(self, row_id: int, version: int, attempts: int) -> Op:
+    def start(self, row_id: int, version: int, attempts: int, done: Done | None = None) -> Op:
         """``queued``/``failed`` -> ``running``, attempts + 1, leased -> an :class:`Attempt`.
 
         ``attempts``: the row's count at ``version``, as the caller last saw it (the version
-        check makes it exact; the store need not read it back)."""
+        check makes it exact; the store need not read it back). A caller may post it without
+        waiting only after ``ledger.begin(row_id, version)`` gave it a slot."""
     def succeed(self, row_id: int, version: int, output_key: str, output_bytes: int,
                 done: Done | None = None) -> Op:
         """``running`` -> ``success`` -> the new version."""

@@ -9,10 +9,12 @@ read connections and its dialect of :mod:`.statements`.
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any, Callable, Iterable, Iterator
 
 from ..errors import StaleVersion, WorkerCrashed
 from ..task import Task, TaskStatus
+from . import ledger as ledgers
 from . import owners
 from .committer import Committer, Op
 from .contract import OPEN, Attempt, Claim, Done, Recovered, Row, error_text, task_payload
@@ -27,6 +29,8 @@ class StateMachine(Reads):
     """
 
     committer: Committer
+    ledger: ledgers.Ledger | None = None  # this process's start ledger (SQLite; see ledger.py)
+    _ledgers: str | None = None  # the directory of every process's ledger, where there are ledgers
 
     def __init__(self, *, location: str, lease_s: float, clock: Callable[[], float]) -> None:
         if not lease_s > 0:
@@ -55,7 +59,9 @@ class StateMachine(Reads):
 
     def close(self) -> None:
         try:
-            self.committer.close()
+            self.committer.close()  # commits every start the ledger recorded: it may go
+            if self.ledger is not None:
+                self.ledger.close()
         finally:
             owners.closed(self.owner)
 
@@ -65,8 +71,8 @@ class StateMachine(Reads):
         # The payload is serialised here, in the caller's thread, not while holding the connection.
         return Op(self._claim, (task, task_payload(task), max_attempts))
 
-    def start(self, row_id: int, version: int, attempts: int) -> Op:
-        return Op(self._start, (row_id, version, attempts))
+    def start(self, row_id: int, version: int, attempts: int, done: Done | None = None) -> Op:
+        return Op(self._start, (row_id, version, attempts), done=done)
 
     def succeed(self, row_id: int, version: int, output_key: str, output_bytes: int,
                 done: Done | None = None) -> Op:
@@ -148,6 +154,8 @@ class StateMachine(Reads):
                 continue
             if not self._orphaned(row, now):
                 return Claim(row, runnable=False)
+            if self._replay(conn, [row.owner], now):  # it had begun an attempt: the row is running now
+                continue
             try:
                 return self._take_over(conn, row, now, max_attempts)
             except StaleVersion:
@@ -225,8 +233,11 @@ class StateMachine(Reads):
     def _recover(self, conn: Any, max_attempts: int, unowned: bool) -> Recovered:
         now = self._clock()
         runnable, dead = [], []
-        for values in conn.execute(self.sql["open_rows"]).fetchall():
-            row = Row.from_db(values)
+        rows = [Row.from_db(values) for values in conn.execute(self.sql["open_rows"]).fetchall()]
+        if self._replay(conn, {row.owner for row in rows if row.owner and row.owner != self.owner
+                               and self._orphaned(row, now)}, now):
+            rows = [Row.from_db(values) for values in conn.execute(self.sql["open_rows"]).fetchall()]
+        for row in rows:
             if row.owner == self.owner or not self._orphaned(row, now) or (row.owner is None and not unowned):
                 continue  # ours (in flight here), a live owner's, or one nobody has held (left to claim_due)
             try:
@@ -257,6 +268,9 @@ class StateMachine(Reads):
     def _claim_due(self, conn: Any, limit: int, max_attempts: int) -> Recovered:
         now = self._clock()
         runnable, dead = [], []
+        if self._ledgers is not None:  # waiting rows of lapsed owners: were any begun by a dead one?
+            self._replay(conn, [owner for (owner,) in conn.execute(self.sql["lapsed_owners"], (self.owner, now))
+                                if not owners.alive(owner, None, now, self.owner)], now)
         for values in conn.execute(self.sql["expired"], (now, self.owner, limit)).fetchall():
             claim = self._take_over(conn, Row.from_db(values), now, max_attempts)
             (runnable if claim.runnable else dead).append(claim.row)
@@ -279,6 +293,26 @@ class StateMachine(Reads):
         if row is None or row.version != version:
             raise StaleVersion(row)
         return self._dead(conn, row_id, version, error_class, message, row.status.value)
+
+    # -- the start ledgers of dead processes (see ledger.py) ----------------------------------------
+
+    def _replay(self, conn: Any, tokens: Iterable[str], now: float) -> int:
+        """Commit the starts that the dead owners ``tokens`` had begun but not committed -> rows started."""
+        if self._ledgers is None:
+            return 0
+        return ledgers.replay(conn, self.sql["replay"], self._ledgers, [t for t in tokens if t != self.owner], now)
+
+    def settle_ledgers(self) -> int:
+        """Replay the ledger of every dead process beside this store, then delete it (after the
+        commit: a replay that rolled back would find it again) -> rows started. Called when the
+        store opens; a live process's ledger is left alone. Raises ``OSError`` if unreadable."""
+        started = 0
+        for path, token, entries in ledgers.of_the_dead(self._ledgers, self.owner, self._clock()):
+            started += self.commit(Op(ledgers.replay_entries, (self.sql["replay"], token, entries, self._clock()),
+                                      atomic=False))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        return started
 
     def _one(self, conn: Any, cursor: Any, row_id: int) -> None:
         if cursor.rowcount != 1:

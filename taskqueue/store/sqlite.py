@@ -20,6 +20,7 @@ import sqlite3
 import time
 from typing import Callable, Iterator
 
+from . import ledger
 from .committer import Committer
 from .machine import StateMachine
 from .reads import Reads
@@ -131,6 +132,13 @@ class SQLiteStore(StateMachine):
             raise type(exc)(f"database {self.path!r}: {exc}") from exc
         super().__init__(location=self.path, lease_s=lease_s, clock=clock)
         self.committer = Committer(conn, begin=begin_immediate, max_batch=max_batch)
+        try:
+            self._ledgers = ledger.directory_for(os.path.abspath(self.path))
+            self.settle_ledgers()
+            self.ledger = ledger.Ledger(self._ledgers, self.owner)
+        except BaseException:
+            self.close()
+            raise
 
     def _insert(self, conn: sqlite3.Connection, values: tuple) -> int | None:
         cursor = conn.execute(self.sql["insert"], values)  # no RETURNING: one sqlite3_step instead of two

@@ -24,6 +24,12 @@ SQL = {
     "start": "UPDATE tasks SET status = 'running', attempts = attempts + 1, lease_until = ?, owner = ?,"
              " next_attempt_at = NULL, updated_at = ?, version = version + 1"
              " WHERE id = ? AND version = ? AND status IN ('queued', 'failed')",
+    # A start a dead process had begun (its ledger says so) but not committed: committed now.
+    "replay": "UPDATE tasks SET status = 'running', attempts = attempts + 1, next_attempt_at = NULL,"
+              " updated_at = ?, version = version + 1"
+              " WHERE id = ? AND version = ? AND owner = ? AND status IN ('queued', 'failed')",
+    "lapsed_owners": "SELECT DISTINCT owner FROM tasks WHERE status IN ('queued', 'failed')"
+                     " AND owner IS NOT NULL AND owner <> ? AND lease_until < ?",
     "finish": "UPDATE tasks SET status = ?, output_key = ?, output_bytes = ?, last_error = ?, error_class = ?,"
               " next_attempt_at = ?, lease_until = ?, updated_at = ?, version = version + 1"
               " WHERE id = ? AND version = ? AND status = 'running'",

@@ -1,0 +1,163 @@
+"""The start ledger: attempts a process has begun, before their start is committed.
+
+An attempt must be counted before it runs, so that a task that kills its
+process is charged for it and dead-lettered after ``max_attempts``. Committing
+the start and waiting for it costs a worker one round trip to the committer per
+task -- under the GIL the largest part of what durability costs (the worker
+hands over, the writer wins the GIL back for every SQLite step, then hands
+back). A worker instead writes ``(row id, version)`` into its process's ledger
+and posts the start without waiting for it.
+
+The ledger is a small file mapped into memory: writing an entry is a copy
+into a shared page, no system call, no GIL released. A killed process's
+pages stay in the kernel's page cache, so its successor reads what it had
+begun, like the WAL of a ``synchronous=NORMAL`` database (a power cut may
+lose both). Recovery *replays* a dead owner's ledger before taking its rows
+over: an entry whose row still stands at that version, waiting and owned by
+that owner, is a start that never got committed, and is committed then
+(``running``, attempts + 1), after which the row is handled as any row whose
+process died mid-attempt. An entry whose start did commit names a version the
+row has left behind ((id, version) names one state of one row, never reused)
+and changes nothing, so entries need no erasing, replay is idempotent, and a
+slot is free for reuse as soon as its start is committed.
+
+When every slot waits for its start to commit (the writer is far behind), or
+the store has no ledger (PostgreSQL, whose owners may live on other hosts),
+the worker commits its start and waits, as before.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import zlib
+from typing import Any, Iterable, Iterator
+
+from . import owners
+
+SLOTS = 128  # starts that may wait for their commit at once; one more waits for it
+_HEADER = 256  # the owner token, UTF-8, NUL-padded
+_ENTRY = struct.Struct("<qqI4x")  # row id, version, CRC-32 of the two (a torn entry never matches)
+_KEY = struct.Struct("<qq")
+SIZE = _HEADER + SLOTS * _ENTRY.size
+SUFFIX = ".attempts"
+
+
+def directory_for(database: str) -> str:
+    """Where the ledgers of the processes using the SQLite file ``database`` live."""
+    return database + "-attempts"
+
+
+def path_for(directory: str, token: str) -> str | None:
+    """The ledger file of owner ``token`` in ``directory``; None for an owner on another host."""
+    owner = owners.Owner.parse(token)
+    if owner.host != owners.HOSTNAME or owner.pid is None or not owner.nonce.isalnum():
+        return None
+    return os.path.join(directory, f"{owner.pid}-{owner.nonce}{SUFFIX}")
+
+
+class Ledger:
+    """This process's ledger for one open store (owner ``token``). Thread-safe.
+
+    :meth:`begin` records an attempt and returns its slot (None when every slot
+    is taken); :meth:`end` frees the slot once the attempt's start is committed.
+    """
+
+    def __init__(self, directory: str, token: str) -> None:
+        path = path_for(directory, token)
+        if path is None:
+            raise ValueError(f"owner token {token!r} cannot name a ledger on this host")
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.ftruncate(fd, SIZE)
+            self._map = mmap.mmap(fd, SIZE)
+        except BaseException:
+            os.close(fd)
+            os.unlink(path)
+            raise
+        os.close(fd)  # the mapping keeps the file
+        header = token.encode()
+        if len(header) > _HEADER:
+            raise ValueError(f"owner token {token!r} is longer than {_HEADER} bytes")
+        self._map[:len(header)] = header
+        self.path = path
+        self._free = list(range(SLOTS - 1, -1, -1))  # list.pop()/append() are atomic under the GIL
+
+    def begin(self, row_id: int, version: int) -> int | None:
+        """Record that the attempt on ``row_id`` at ``version`` begins -> its slot, or None if full."""
+        try:
+            slot = self._free.pop()
+        except IndexError:
+            return None
+        key = _KEY.pack(row_id, version)
+        _ENTRY.pack_into(self._map, _HEADER + slot * _ENTRY.size, row_id, version, zlib.crc32(key))
+        return slot
+
+    def end(self, slot: int) -> None:
+        """The start recorded in ``slot`` is committed (or refused): the slot may be reused."""
+        self._free.append(slot)
+
+    def close(self) -> None:
+        """Unmap and delete the file: call once every start it recorded is committed."""
+        self._map.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def read(path: str) -> tuple[str, list[tuple[int, int]]]:
+    """The owner token of the ledger at ``path`` and its entries ``(row id, version)``.
+
+    Raises ``OSError`` if it cannot be read. Unused and torn slots are skipped.
+    """
+    with open(path, "rb") as f:
+        data = f.read(SIZE)
+    token = data[:_HEADER].rstrip(b"\0").decode("utf-8", "replace")
+    entries = []
+    for offset in range(_HEADER, len(data) - _ENTRY.size + 1, _ENTRY.size):
+        row_id, version, check = _ENTRY.unpack_from(data, offset)
+        if row_id > 0 and check == zlib.crc32(data[offset:offset + _KEY.size]):
+            entries.append((row_id, version))
+    return token, entries
+
+
+# -- replay: committing the starts a dead process had begun -------------------------------------------
+
+def replay_entries(conn: Any, statement: str, token: str, entries: list[tuple[int, int]], now: float) -> int:
+    """Run the store's ``replay`` statement for each entry of owner ``token`` -> rows started."""
+    return sum(conn.execute(statement, (now, row_id, version, token)).rowcount for row_id, version in entries)
+
+
+def replay(conn: Any, statement: str, directory: str, tokens: Iterable[str], now: float) -> int:
+    """Replay the ledgers of the dead owners ``tokens`` (those without one are skipped) -> rows started."""
+    started = 0
+    for token in tokens:
+        path = path_for(directory, token) if token else None
+        if path is None:
+            continue
+        try:
+            written_by, entries = read(path)
+        except FileNotFoundError:  # it never began an attempt here, or its ledger was settled
+            continue
+        if written_by == token:
+            started += replay_entries(conn, statement, token, entries, now)
+    return started
+
+
+def of_the_dead(directory: str | None, me: str, now: float) -> Iterator[tuple[str, str, list[tuple[int, int]]]]:
+    """``(path, owner token, entries)`` of each ledger in ``directory`` whose process is gone."""
+    if directory is None or not os.path.isdir(directory):
+        return
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        if not name.endswith(SUFFIX):
+            continue
+        try:
+            token, entries = read(path)
+        except FileNotFoundError:  # settled by another process meanwhile
+            continue
+        if path_for(directory, token) == path and not owners.alive(token, None, now, me):
+            yield path, token, entries

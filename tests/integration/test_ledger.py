@@ -1,0 +1,262 @@
+"""The start ledger (taskqueue.store.ledger): an attempt begun by a process that died before its
+start was committed is still counted, and only that attempt.
+
+The dying processes are real: a child opens the store (or a whole TaskQueue), begins an attempt
+and is SIGKILLed before the start reaches the database -- held back by a writer stalled on purpose,
+the one fault injected here.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from taskqueue.config import Config
+from taskqueue.engine import TaskQueue
+from taskqueue.errors import ClaimedElsewhere, WorkerCrashed
+from taskqueue.objectstore import LocalObjectStore
+from taskqueue.processor import Processor
+from taskqueue.store import SQLiteStore, ledger
+from taskqueue.task import Task, TaskStatus
+
+REPO = Path(__file__).resolve().parents[2]
+HOST = socket.gethostname()
+WAIT_S = 60  # hang guard only
+
+
+def make_task(n: int) -> Task:
+    return Task(id=f"t{n}", image_key=f"src/o{n}.txt", variant="gzip")
+
+
+def rows(db: Path) -> dict[str, tuple]:
+    conn = sqlite3.connect(db)
+    try:
+        return {key: (status, attempts, version) for key, status, attempts, version in conn.execute(
+            "SELECT idempotency_key, status, attempts, version FROM tasks")}
+    finally:
+        conn.close()
+
+
+def ledger_files(db: Path) -> list[str]:
+    directory = Path(ledger.directory_for(str(db)))
+    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+
+
+def run_child(code: str) -> None:
+    """Run ``code`` in a fresh interpreter that must die of SIGKILL (it kills itself)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TQ_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True,
+                          text=True, timeout=WAIT_S)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+
+
+def die_with_begun_attempts(db: Path, *, begun: tuple[int, ...], committed: tuple[int, ...] = ()) -> None:
+    """A child claims tasks 1-3, begins attempts on ``begun`` in its ledger, commits the start of
+    ``committed`` (a subset of ``begun``), and is killed."""
+    run_child(f"""
+        import os, signal
+        from taskqueue.store import SQLiteStore
+        from taskqueue.task import Task
+        store = SQLiteStore({str(db)!r})
+        claims = {{n: store.commit(store.claim(Task(id=f"t{{n}}", image_key=f"src/o{{n}}.txt", variant="gzip"), 3))
+                   for n in (1, 2, 3)}}
+        for n in {begun!r}:
+            row = claims[n].row
+            assert store.ledger.begin(row.id, row.version) is not None
+            if n in {committed!r}:
+                store.commit(store.start(row.id, row.version, row.attempts))
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+
+
+# -- the ledger file --------------------------------------------------------------------------------
+
+def test_entries_are_read_back_slots_are_reused_and_close_deletes_the_file(tmp_path):
+    token = f"{HOST}:{os.getpid()}:-:abc123"
+    book = ledger.Ledger(str(tmp_path / "l"), token)
+    slots = [book.begin(n, n * 10) for n in range(1, ledger.SLOTS + 1)]
+    assert sorted(slots) == list(range(ledger.SLOTS))
+    assert book.begin(999, 1) is None  # every slot waits for its start's commit
+    book.end(slots[4])
+    assert book.begin(999, 1) == slots[4]
+    written_by, entries = ledger.read(book.path)
+    assert written_by == token
+    assert sorted(entries) == sorted([(n, n * 10) for n in range(1, ledger.SLOTS + 1) if n != 5] + [(999, 1)])
+    book.close()
+    assert not os.path.exists(book.path)
+
+
+def test_a_torn_entry_is_never_read_as_another_one(tmp_path):
+    book = ledger.Ledger(str(tmp_path / "l"), f"{HOST}:{os.getpid()}:-:abc123")
+    book.begin(7, 3)
+    book.begin(8, 4)
+    with open(book.path, "r+b") as f:  # a write cut short: the version half of the first entry is old
+        f.seek(256 + 8)
+        f.write((2).to_bytes(8, "little"))
+    assert ledger.read(book.path)[1] == [(8, 4)]
+    book.close()
+
+
+def test_an_owner_of_another_host_has_no_ledger_here(tmp_path):
+    assert ledger.path_for(str(tmp_path), f"elsewhere-{HOST}:12:-:abc") is None
+    with pytest.raises(ValueError, match="cannot name a ledger"):
+        ledger.Ledger(str(tmp_path), f"elsewhere-{HOST}:12:-:abc")
+
+
+# -- replay by the next store --------------------------------------------------------------------------
+
+def test_a_store_opening_counts_the_attempts_a_killed_process_began_and_deletes_its_ledger(tmp_path):
+    db = tmp_path / "tasks.db"
+    die_with_begun_attempts(db, begun=(1, 2), committed=(2,))
+    assert len(ledger_files(db)) == 1
+    key = {n: make_task(n).idempotency_key for n in (1, 2, 3)}
+    assert rows(db)[key[1]] == ("queued", 0, 0)  # its start never reached the database
+
+    store = SQLiteStore(db)
+    try:
+        after = rows(db)
+        assert after[key[1]] == ("running", 1, 1)  # begun, not committed: counted now
+        assert after[key[2]] == ("running", 1, 1)  # committed before the kill: counted once, not twice
+        assert after[key[3]] == ("queued", 0, 0)   # waiting, never begun: not charged
+        assert ledger_files(db) == [os.path.basename(store.ledger.path)]  # the dead one's is gone
+        recovered = store.commit(store.recover(max_attempts=1))
+        assert sorted(r.idempotency_key for r in recovered.dead) == [key[1], key[2]]
+        assert [r.idempotency_key for r in recovered.runnable] == [key[3]]
+        assert store.get(key[1]).error_class == WorkerCrashed.__name__
+    finally:
+        store.close()
+    assert ledger_files(db) == []
+
+
+@pytest.mark.parametrize("path", ["claim", "recover", "claim_due"])
+def test_a_process_dying_while_a_store_is_open_has_its_begun_attempt_counted_by_each_take_over(tmp_path, path):
+    """The ledger is replayed wherever a dead owner's rows are taken over, not only when a store opens."""
+    db = tmp_path / "tasks.db"
+    store = SQLiteStore(db, clock=lambda: time.time() + 10_000)  # the child's leases have all run out
+    try:
+        die_with_begun_attempts(db, begun=(1,))
+        key = make_task(1).idempotency_key
+        assert rows(db)[key] == ("queued", 0, 0)
+        if path == "claim":
+            claim = store.commit(store.claim(make_task(1), 1))
+            assert not claim.runnable and claim.row.status is TaskStatus.DEAD
+        elif path == "recover":
+            recovered = store.commit(store.recover(max_attempts=1))
+            assert [r.idempotency_key for r in recovered.dead] == [key]
+        else:
+            due = store.commit(store.claim_due(10, 1))
+            assert [r.idempotency_key for r in due.dead] == [key]
+            assert sorted(r.task_id for r in due.runnable) == ["t2", "t3"]
+        assert store.get(key).error_class == WorkerCrashed.__name__ and store.get(key).attempts == 1
+    finally:
+        store.close()
+
+
+def test_a_live_process_s_ledger_is_left_alone(tmp_path):
+    db = tmp_path / "tasks.db"
+    first = SQLiteStore(db)
+    try:
+        row = first.commit(first.claim(make_task(1), 3)).row
+        first.ledger.begin(row.id, row.version)  # begun, its start not handed over yet
+        second = SQLiteStore(db)
+        second.close()
+        assert os.path.exists(first.ledger.path)
+        assert rows(db)[row.idempotency_key] == ("queued", 0, 0)
+    finally:
+        first.close()
+
+
+# -- the engine ---------------------------------------------------------------------------------------
+
+def test_a_task_that_kills_its_process_before_its_start_is_committed_is_charged_the_attempt(tmp_path):
+    """The worker does not wait for its start to commit: here the writer is stalled on purpose, so
+    the start is still in memory when the task kills the process. The next queue counts it from the
+    ledger and, at ``max_attempts=1``, dead-letters the task instead of running it again."""
+    db, root = tmp_path / "tasks.db", tmp_path / "objects"
+    objects = LocalObjectStore(root, fsync=False)
+    objects.write("src/o1.txt", [b"one\n"])
+    run_child(f"""
+        import os, signal, threading
+        from taskqueue.config import Config
+        from taskqueue.engine import TaskQueue
+        from taskqueue.objectstore import LocalObjectStore
+        from taskqueue.processor import Processor
+        from taskqueue.store.machine import StateMachine
+        from taskqueue.task import Task
+
+        stalled = threading.Event()
+        def stall(self, conn, *args):  # the fault: the writer never commits a start
+            stalled.set()
+            threading.Event().wait()
+        StateMachine._start = stall
+
+        class Killer(Processor):
+            def process(self, task, attempt=1):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        objects = LocalObjectStore({str(root)!r}, fsync=False)
+        tq = TaskQueue({str(db)!r}, objects, config=Config(workers=1, max_attempts=1, fsync_outputs=False),
+                       processor=Killer(objects))
+        tq.submit(Task(id="t1", image_key="src/o1.txt", variant="gzip")).result(60)
+    """)
+    key = make_task(1).idempotency_key
+    assert rows(db)[key][:2] == ("queued", 0)  # the start never reached the database
+    tq = TaskQueue(db, objects, config=Config(workers=1, max_attempts=1, fsync_outputs=False))
+    try:
+        with pytest.raises(WorkerCrashed):
+            tq.submit(make_task(1)).result(WAIT_S)
+    finally:
+        assert tq.shutdown(wait=True, timeout=WAIT_S)
+    assert rows(db)[key][:2] == ("dead", 1)
+    assert ledger_files(db) == []
+
+
+class _Bump(Processor):
+    """Processes the first task only once the second one is submitted and its row has been taken by
+    "another process" (its version moved on behind the queue's back)."""
+
+    def __init__(self, objects, db: Path) -> None:
+        super().__init__(objects)
+        self.db = db
+        self.second_submitted = threading.Event()
+
+    def process(self, task, attempt=1):
+        if task.id == "t1":
+            assert self.second_submitted.wait(WAIT_S)
+            conn = sqlite3.connect(self.db, timeout=WAIT_S)
+            try:
+                conn.execute("UPDATE tasks SET version = version + 7, owner = 'elsewhere:1:-:x' WHERE task_id = 't2'")
+                conn.commit()
+            finally:
+                conn.close()
+        return super().process(task, attempt)
+
+
+def test_an_attempt_whose_posted_start_finds_the_row_taken_elsewhere_fails_as_claimed_elsewhere(tmp_path):
+    db = tmp_path / "tasks.db"
+    objects = LocalObjectStore(tmp_path / "objects", fsync=False)
+    for n in (1, 2):
+        objects.write(f"src/o{n}.txt", [b"x\n"])
+    processor = _Bump(objects, db)
+    tq = TaskQueue(db, objects, config=Config(workers=1, fsync_outputs=False), processor=processor)
+    try:
+        first, second = tq.submit(make_task(1)), tq.submit(make_task(2))
+        processor.second_submitted.set()
+        assert first.result(WAIT_S).status is TaskStatus.SUCCESS
+        with pytest.raises(ClaimedElsewhere, match="claimed by another process"):
+            second.result(WAIT_S)
+    finally:
+        assert tq.shutdown(wait=True, timeout=WAIT_S)
+    assert tq.final_metrics["counters"]["deduplicated"] == 1
+    assert rows(db)[make_task(2).idempotency_key] == ("queued", 0, 7)  # the other process's, untouched
