@@ -80,10 +80,11 @@ def _attempt(tq: "TaskQueue", index: int, item: WorkItem, outcome: Op | None) ->
     along = () if outcome is None else (outcome,)
     ledger = tq.store.ledger
     slot = None if ledger is None else ledger.begin(item.row_id, item.version)
+    item.refused = None
     try:
         if slot is not None:  # recorded where a crash cannot lose it: commit the start without waiting
             tq.store.post(*along, tq.store.start(item.row_id, item.version, item.attempts,
-                                                 done=_start_committed(ledger, item, slot)))
+                                                 done=_start_committed(tq, item, slot, item.version)))
             item.version, item.attempts = item.version + 1, item.attempts + 1
         else:
             started: Attempt = tq.store.commit(tq.store.start(item.row_id, item.version, item.attempts), along)
@@ -93,7 +94,7 @@ def _attempt(tq: "TaskQueue", index: int, item: WorkItem, outcome: Op | None) ->
         return None
     except Exception as exc:  # the store failed: fail this item, keep the worker alive
         if slot is not None:
-            ledger.end(slot)
+            ledger.end(slot, erase=True)  # never handed over: this attempt does not begin
         _store_failed(tq, item, exc)
         return None
     attempt = item.attempts
@@ -160,13 +161,32 @@ def _failed(tq: "TaskQueue", item: WorkItem, exc: Exception, attempt: int) -> Op
     return tq.store.dead_letter(item.row_id, item.version, exc, done=dead_committed)
 
 
-def _start_committed(ledger, item: WorkItem, slot: int):
-    """The ``done`` of a start posted without waiting: free its ledger slot; keep a refusal for the
-    outcome, which the same refusal will fail (see :func:`_store_failed`)."""
+def _start_committed(tq: "TaskQueue", item: WorkItem, slot: int, version: int):
+    """The ``done`` of a start posted without waiting (the attempt at ``version`` is running by now).
+
+    Committed: the database counts the attempt, the ledger slot is free. Refused as stale: the row
+    is another process's (an expired lease), which counts its own attempts. Failed otherwise (the
+    store is failing): this attempt runs uncounted, so the row is let go of with the attempt counted
+    from the ledger's record in the same operation; until that commits, the slot (and the ledger
+    file, at close) keeps the record for the next process to replay. Either refusal is kept for
+    the outcome, which the same cause fails (see :func:`_store_failed`).
+    """
+    ledger = tq.store.ledger
+
     def committed(_attempt: Attempt | None, error: BaseException | None) -> None:
-        ledger.end(slot)
-        if error is not None:
+        if error is None or isinstance(error, StaleVersion):
+            ledger.end(slot)
             item.refused = error
+            return
+        item.refused = error
+
+        def counted(_rows: int | None, give_up_error: BaseException | None) -> None:
+            if give_up_error is None:
+                ledger.end(slot)
+        try:
+            tq.store.post(tq.store.give_up(item.row_id, begun=version, done=counted))
+        except Exception:  # noqa: BLE001 - closed or broken: the ledger file keeps the record
+            pass
     return committed
 
 
@@ -195,8 +215,13 @@ def _store_failed(tq: "TaskQueue", item: WorkItem, error: BaseException) -> None
 
     An attempt whose start (posted without waiting) found the row taken by another process ran
     anyway: it is settled as claimed elsewhere, as if the start had been refused before it ran."""
-    if isinstance(item.refused, StaleVersion):
-        settle(tq, item, "deduplicated", error=_claimed_elsewhere(item, item.refused))
+    refused = item.refused
+    if isinstance(refused, StaleVersion):
+        settle(tq, item, "deduplicated", error=_claimed_elsewhere(item, refused))
+        return
+    if refused is not None:  # its start failed, and the row was let go of then (see _start_committed)
+        tq._log.error("could not record the attempt", extra=task_extra("store_error", item.task, error=refused))
+        settle(tq, item, "failed", error=refused)
         return
     tq._log.error("could not record outcome", extra=task_extra("store_error", item.task, error=error))
     settle(tq, item, "failed", error=error)

@@ -104,7 +104,7 @@ class Committer:
         self._conn_lock = threading.Lock()  # held by whichever thread is running ops on the connection
         self._state = threading.Lock()  # guards _closed, _pending and the order of hand-overs
         self._closed = False
-        self._pending = 0  # hand-overs not yet executed (queued, or drained and waiting for the connection)
+        self._pending = 0  # hand-overs not yet executed and reported (queued, drained, or delivering)
         self._broken: BaseException | None = None
         self._queued: queue.SimpleQueue = queue.SimpleQueue()  # _Calls for the writer, then _STOP
         self._local = threading.local()  # .delivering: this thread is running done callbacks
@@ -205,13 +205,13 @@ class Committer:
                     results = self._execute([op for c in calls for op in c.ops])
                 except BaseException as exc:  # noqa: BLE001 - this thread must outlive any error
                     results = [(None, exc)] * size
-            with self._state:
-                self._pending -= len(calls) + stopping
             position = 0
             for call in calls:
                 call.results = results[position:position + len(call.ops)]
                 position += len(call.ops)
             self._deliver(calls)
+            with self._state:  # only now: a direct commit's callbacks never run before these
+                self._pending -= len(calls) + stopping
 
     # -- running ops ------------------------------------------------------------------------
 

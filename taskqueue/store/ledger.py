@@ -28,6 +28,7 @@ the worker commits its start and waits, as before.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import struct
@@ -50,9 +51,14 @@ def directory_for(database: str) -> str:
 
 
 def path_for(directory: str, token: str) -> str | None:
-    """The ledger file of owner ``token`` in ``directory``; None for an owner on another host."""
+    """The ledger file of owner ``token`` in ``directory`` (None if the token cannot name one).
+
+    Named by pid and nonce, not by host: processes in containers that share a
+    database on one kernel have different host names but the same directory;
+    the owner token in the file's header says whose it is.
+    """
     owner = owners.Owner.parse(token)
-    if owner.host != owners.HOSTNAME or owner.pid is None or not owner.nonce.isalnum():
+    if owner.pid is None or not (owner.nonce.isascii() and owner.nonce.isalnum()):
         return None
     return os.path.join(directory, f"{owner.pid}-{owner.nonce}{SUFFIX}")
 
@@ -61,27 +67,35 @@ class Ledger:
     """This process's ledger for one open store (owner ``token``). Thread-safe.
 
     :meth:`begin` records an attempt and returns its slot (None when every slot
-    is taken); :meth:`end` frees the slot once the attempt's start is committed.
+    is taken); :meth:`end` frees the slot once the attempt is counted in the
+    database (its start, or a replay of it, committed). Raises ``OSError`` if
+    the file cannot be created.
     """
 
     def __init__(self, directory: str, token: str) -> None:
         path = path_for(directory, token)
-        if path is None:
-            raise ValueError(f"owner token {token!r} cannot name a ledger on this host")
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        header = token.encode()
+        if path is None or len(header) > _HEADER:
+            raise ValueError(f"owner token {token!r} cannot name a ledger")
+        os.makedirs(directory, exist_ok=True)  # permissions as SQLite's own -wal and -shm files: the umask's
+        # Written whole under a temporary name, then renamed: a ledger never lacks its owner's name.
+        temporary = f"{path}.{os.getpid()}.tmp"
+        fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        mapped = None
         try:
             os.ftruncate(fd, SIZE)
-            self._map = mmap.mmap(fd, SIZE)
+            mapped = mmap.mmap(fd, SIZE)
+            mapped[:len(header)] = header
+            os.rename(temporary, path)
         except BaseException:
-            os.close(fd)
-            os.unlink(path)
+            if mapped is not None:
+                mapped.close()
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
             raise
-        os.close(fd)  # the mapping keeps the file
-        header = token.encode()
-        if len(header) > _HEADER:
-            raise ValueError(f"owner token {token!r} is longer than {_HEADER} bytes")
-        self._map[:len(header)] = header
+        finally:
+            os.close(fd)  # the mapping keeps the file
+        self._map = mapped
         self.path = path
         self._free = list(range(SLOTS - 1, -1, -1))  # list.pop()/append() are atomic under the GIL
 
@@ -95,17 +109,28 @@ class Ledger:
         _ENTRY.pack_into(self._map, _HEADER + slot * _ENTRY.size, row_id, version, zlib.crc32(key))
         return slot
 
-    def end(self, slot: int) -> None:
-        """The start recorded in ``slot`` is committed (or refused): the slot may be reused."""
+    def end(self, slot: int, *, erase: bool = False) -> None:
+        """The attempt recorded in ``slot`` is counted in the database: the slot may be reused.
+        ``erase``: the attempt never began after all (its start was never handed over)."""
+        if erase:
+            _ENTRY.pack_into(self._map, _HEADER + slot * _ENTRY.size, 0, 0, 0)
         self._free.append(slot)
 
+    @property
+    def unsettled(self) -> int:
+        """Attempts begun and not yet counted in the database."""
+        return SLOTS - len(self._free)
+
     def close(self) -> None:
-        """Unmap and delete the file: call once every start it recorded is committed."""
+        """Unmap the file and delete it -- unless an attempt it records is still not counted in the
+        database (the store failed): then it stays, for whoever opens the store next to replay."""
+        keep = self.unsettled > 0
         self._map.close()
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        if not keep:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            with contextlib.suppress(OSError):  # the last one out removes the directory
+                os.rmdir(os.path.dirname(self.path))
 
 
 def read(path: str) -> tuple[str, list[tuple[int, int]]]:
@@ -132,7 +157,12 @@ def replay_entries(conn: Any, statement: str, token: str, entries: list[tuple[in
 
 
 def replay(conn: Any, statement: str, directory: str, tokens: Iterable[str], now: float) -> int:
-    """Replay the ledgers of the dead owners ``tokens`` (those without one are skipped) -> rows started."""
+    """Replay the ledgers of the orphaned owners ``tokens`` -> rows started.
+
+    An owner without a ledger here (another host, PostgreSQL, an older
+    version), or whose ledger cannot be read, is skipped: its rows are taken
+    over as its committed starts say.
+    """
     started = 0
     for token in tokens:
         path = path_for(directory, token) if token else None
@@ -140,7 +170,7 @@ def replay(conn: Any, statement: str, directory: str, tokens: Iterable[str], now
             continue
         try:
             written_by, entries = read(path)
-        except FileNotFoundError:  # it never began an attempt here, or its ledger was settled
+        except OSError:  # none (it never began an attempt here, or it was settled), or unreadable
             continue
         if written_by == token:
             started += replay_entries(conn, statement, token, entries, now)
@@ -148,16 +178,21 @@ def replay(conn: Any, statement: str, directory: str, tokens: Iterable[str], now
 
 
 def of_the_dead(directory: str | None, me: str, now: float) -> Iterator[tuple[str, str, list[tuple[int, int]]]]:
-    """``(path, owner token, entries)`` of each ledger in ``directory`` whose process is gone."""
-    if directory is None or not os.path.isdir(directory):
+    """``(path, owner token, entries)`` of each ledger in ``directory`` whose process is gone.
+
+    Ledgers it cannot read (another user's) are skipped; so is a directory it cannot list.
+    """
+    try:
+        names = sorted(os.listdir(directory)) if directory is not None else []
+    except OSError:
         return
-    for name in sorted(os.listdir(directory)):
+    for name in names:
         path = os.path.join(directory, name)
         if not name.endswith(SUFFIX):
             continue
         try:
             token, entries = read(path)
-        except FileNotFoundError:  # settled by another process meanwhile
+        except OSError:
             continue
         if path_for(directory, token) == path and not owners.alive(token, None, now, me):
             yield path, token, entries

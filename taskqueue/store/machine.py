@@ -126,13 +126,15 @@ class StateMachine(Reads):
         """
         return Op(self._claim_due, (limit, max_attempts), atomic=False)
 
-    def give_up(self, row_id: int) -> Op:
+    def give_up(self, row_id: int, begun: int | None = None, done: Done | None = None) -> Op:
         """Let go of one open row of ours whose outcome could not be recorded -> rows changed (0 or 1).
 
         No owner and a lease already run out: any process (this one's feeder, another worker,
         the next ``run``) takes it over, counting the attempt it had started, as after a crash.
+        ``begun``: the version at which an attempt began whose start was never committed (the
+        ledger recorded it): that attempt is counted first, in the same operation.
         """
-        return Op(self._give_up, (row_id,), wakes=True)
+        return Op(self._give_up, (row_id, begun), atomic=begun is None, done=done, wakes=True)
 
     def disown(self) -> Op:
         """Give up the waiting rows this store holds (shutdown): others may take them at once -> rows."""
@@ -154,7 +156,9 @@ class StateMachine(Reads):
                 continue
             if not self._orphaned(row, now):
                 return Claim(row, runnable=False)
-            if self._replay(conn, [row.owner], now):  # it had begun an attempt: the row is running now
+            # Its owner had begun an attempt: the row is running now. (A replayed start is a fact of
+            # its own: it may commit whatever the rest of this op does, so the op stays atomic.)
+            if self._replay(conn, [row.owner], now):
                 continue
             try:
                 return self._take_over(conn, row, now, max_attempts)
@@ -268,9 +272,9 @@ class StateMachine(Reads):
     def _claim_due(self, conn: Any, limit: int, max_attempts: int) -> Recovered:
         now = self._clock()
         runnable, dead = [], []
-        if self._ledgers is not None:  # waiting rows of lapsed owners: were any begun by a dead one?
-            self._replay(conn, [owner for (owner,) in conn.execute(self.sql["lapsed_owners"], (self.owner, now))
-                                if not owners.alive(owner, None, now, self.owner)], now)
+        if self._ledgers is not None:  # waiting rows whose owner's lease lapsed: had it begun any?
+            self._replay(conn, [owner for (owner,) in conn.execute(self.sql["lapsed_owners"], (self.owner, now))],
+                         now)
         for values in conn.execute(self.sql["expired"], (now, self.owner, limit)).fetchall():
             claim = self._take_over(conn, Row.from_db(values), now, max_attempts)
             (runnable if claim.runnable else dead).append(claim.row)
@@ -281,8 +285,10 @@ class StateMachine(Reads):
                                         limit - len(runnable))).fetchall()), key=lambda row: row.id)
         return Recovered(runnable, dead)
 
-    def _give_up(self, conn: Any, row_id: int) -> int:
+    def _give_up(self, conn: Any, row_id: int, begun: int | None) -> int:
         now = self._clock()
+        if begun is not None:
+            conn.execute(self.sql["replay"], (now, row_id, begun, self.owner))
         return conn.execute(self.sql["give_up"], (now, now, row_id, self.owner)).rowcount
 
     def _disown(self, conn: Any) -> int:
@@ -305,12 +311,12 @@ class StateMachine(Reads):
     def settle_ledgers(self) -> int:
         """Replay the ledger of every dead process beside this store, then delete it (after the
         commit: a replay that rolled back would find it again) -> rows started. Called when the
-        store opens; a live process's ledger is left alone. Raises ``OSError`` if unreadable."""
+        store opens; a live process's ledger is left alone, and so is one it cannot read."""
         started = 0
         for path, token, entries in ledgers.of_the_dead(self._ledgers, self.owner, self._clock()):
             started += self.commit(Op(ledgers.replay_entries, (self.sql["replay"], token, entries, self._clock()),
                                       atomic=False))
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # gone already, or not ours to delete: replayed either way
                 os.unlink(path)
         return started
 

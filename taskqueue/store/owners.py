@@ -42,7 +42,7 @@ class Owner(NamedTuple):
         if len(parts) != 4:
             return cls(token, None, None, "")
         host, pid, start, nonce = parts
-        return cls(host, int(pid) if pid.isdigit() else None, None if start == "-" else start, nonce)
+        return cls(host, int(pid) if pid.isascii() and pid.isdigit() else None, None if start == "-" else start, nonce)
 
 
 def _boot_id() -> str:

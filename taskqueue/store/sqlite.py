@@ -15,11 +15,13 @@ one holds has to look again, with a bounded backoff.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import time
 from typing import Callable, Iterator
 
+from ..logs import LOGGER_NAME
 from . import ledger
 from .committer import Committer
 from .machine import StateMachine
@@ -60,6 +62,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 """
 # The status CHECK is written with OR, not IN: SQLite compiles an IN list in a CHECK into an ephemeral
 # index it builds on every INSERT and UPDATE (a third of the SQL's instructions per task, measured).
+_log = logging.getLogger(LOGGER_NAME)
 APPLICATION_ID = 0x54517565  # "TQue": marks a SQLite file as this queue's database
 
 
@@ -133,12 +136,17 @@ class SQLiteStore(StateMachine):
         super().__init__(location=self.path, lease_s=lease_s, clock=clock)
         self.committer = Committer(conn, begin=begin_immediate, max_batch=max_batch)
         try:
-            self._ledgers = ledger.directory_for(os.path.abspath(self.path))
+            self._ledgers = ledger.directory_for(os.path.realpath(self.path))  # one name for every process
             self.settle_ledgers()
-            self.ledger = ledger.Ledger(self._ledgers, self.owner)
         except BaseException:
             self.close()
             raise
+        try:
+            self.ledger = ledger.Ledger(self._ledgers, self.owner)
+        except OSError as exc:  # e.g. another user's directory: correct without one, only slower
+            _log.warning("no start ledger: every attempt's start is committed before it runs", extra={
+                "event": "ledger_unavailable", "task_id": None, "idempotency_key": None,
+                "error_class": type(exc).__name__, "error": str(exc)})
 
     def _insert(self, conn: sqlite3.Connection, values: tuple) -> int | None:
         cursor = conn.execute(self.sql["insert"], values)  # no RETURNING: one sqlite3_step instead of two

@@ -27,6 +27,7 @@ from taskqueue.errors import ClaimedElsewhere, WorkerCrashed
 from taskqueue.objectstore import LocalObjectStore
 from taskqueue.processor import Processor
 from taskqueue.store import SQLiteStore, ledger
+from taskqueue.store.machine import StateMachine
 from taskqueue.task import Task, TaskStatus
 
 REPO = Path(__file__).resolve().parents[2]
@@ -93,8 +94,30 @@ def test_entries_are_read_back_slots_are_reused_and_close_deletes_the_file(tmp_p
     written_by, entries = ledger.read(book.path)
     assert written_by == token
     assert sorted(entries) == sorted([(n, n * 10) for n in range(1, ledger.SLOTS + 1) if n != 5] + [(999, 1)])
+    assert book.unsettled == ledger.SLOTS
+    for slot in range(ledger.SLOTS):
+        book.end(slot)
+    assert book.unsettled == 0
     book.close()
-    assert not os.path.exists(book.path)
+    assert not os.path.exists(book.path) and not (tmp_path / "l").exists()  # the last one out tidies up
+
+
+def test_a_ledger_closed_with_an_attempt_not_yet_counted_stays_for_the_next_process(tmp_path):
+    token = f"{HOST}:{os.getpid()}:-:abc123"
+    book = ledger.Ledger(str(tmp_path / "l"), token)
+    counted = book.begin(1, 0)
+    book.begin(2, 5)  # its start never committed (the store failed)
+    book.end(counted)
+    book.close()
+    assert ledger.read(book.path) == (token, [(1, 0), (2, 5)])
+
+
+def test_an_attempt_never_handed_over_is_erased(tmp_path):
+    book = ledger.Ledger(str(tmp_path / "l"), f"{HOST}:{os.getpid()}:-:abc123")
+    slot = book.begin(3, 1)
+    book.end(slot, erase=True)
+    assert ledger.read(book.path)[1] == []
+    book.close()
 
 
 def test_a_torn_entry_is_never_read_as_another_one(tmp_path):
@@ -108,10 +131,16 @@ def test_a_torn_entry_is_never_read_as_another_one(tmp_path):
     book.close()
 
 
-def test_an_owner_of_another_host_has_no_ledger_here(tmp_path):
-    assert ledger.path_for(str(tmp_path), f"elsewhere-{HOST}:12:-:abc") is None
+@pytest.mark.parametrize("token", ["no-colons", f"{HOST}:x:-:abc", f"{HOST}:\u00b2:-:abc", f"{HOST}:12:-:a/b"])
+def test_a_token_that_cannot_name_a_ledger_file_is_refused(tmp_path, token):
+    assert ledger.path_for(str(tmp_path), token) is None
     with pytest.raises(ValueError, match="cannot name a ledger"):
-        ledger.Ledger(str(tmp_path), f"elsewhere-{HOST}:12:-:abc")
+        ledger.Ledger(str(tmp_path), token)
+
+
+def test_a_ledger_is_named_by_pid_and_nonce_not_host(tmp_path):
+    """Containers sharing a database on one kernel have different host names and one directory."""
+    assert ledger.path_for(str(tmp_path), "box-a:12:-:abc") == ledger.path_for(str(tmp_path), "box-b:12:-:abc")
 
 
 # -- replay by the next store --------------------------------------------------------------------------
@@ -163,18 +192,62 @@ def test_a_process_dying_while_a_store_is_open_has_its_begun_attempt_counted_by_
         store.close()
 
 
-def test_a_live_process_s_ledger_is_left_alone(tmp_path):
+def test_a_live_process_s_ledger_is_left_alone_until_it_dies(tmp_path):
     db = tmp_path / "tasks.db"
-    first = SQLiteStore(db)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TQ_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys
+        from taskqueue.store import SQLiteStore
+        from taskqueue.task import Task
+        store = SQLiteStore({str(db)!r})
+        row = store.commit(store.claim(Task(id="t1", image_key="src/o1.txt", variant="gzip"), 3)).row
+        store.ledger.begin(row.id, row.version)  # begun; its start not handed over yet
+        print("begun", flush=True)
+        sys.stdin.readline()  # alive until told
+    """)], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        row = first.commit(first.claim(make_task(1), 3)).row
-        first.ledger.begin(row.id, row.version)  # begun, its start not handed over yet
-        second = SQLiteStore(db)
-        second.close()
-        assert os.path.exists(first.ledger.path)
-        assert rows(db)[row.idempotency_key] == ("queued", 0, 0)
+        assert child.stdout.readline() == "begun\n"
+        key = make_task(1).idempotency_key
+        SQLiteStore(db).close()  # opens while the child lives: its ledger is not replayed
+        assert rows(db)[key] == ("queued", 0, 0) and len(ledger_files(db)) == 1
     finally:
-        first.close()
+        child.kill()
+        child.wait(WAIT_S)
+    SQLiteStore(db).close()  # and once it is dead, it is
+    assert rows(db)[key] == ("running", 1, 1) and ledger_files(db) == []
+
+
+def test_claim_due_counts_the_begun_attempt_of_an_owner_whose_lease_lapsed_like_recover_does(tmp_path):
+    """A live owner whose lease ran out (frozen, or its writer stalled) loses its rows to whoever
+    claims them; an attempt its ledger says it began is counted first, on every take-over path."""
+    db = tmp_path / "tasks.db"
+    frozen = SQLiteStore(db, lease_s=30.0)
+    later = SQLiteStore(db, lease_s=30.0, clock=lambda: time.time() + 1000)
+    try:
+        row = frozen.commit(frozen.claim(make_task(1), 3)).row
+        frozen.ledger.begin(row.id, row.version)
+        due = later.commit(later.claim_due(10, 3))
+        assert [r.attempts for r in due.runnable] == [1]  # taken over as an attempt that never finished
+        assert later.get(row.idempotency_key).owner == later.owner
+    finally:
+        later.close()
+        frozen.close()
+
+
+def test_a_store_that_cannot_keep_a_ledger_commits_each_start_before_the_attempt(tmp_path, caplog):
+    db = tmp_path / "tasks.db"
+    Path(ledger.directory_for(str(db))).write_text("not a directory")
+    objects = LocalObjectStore(tmp_path / "objects", fsync=False)
+    objects.write("src/o1.txt", [b"x\n"])
+    with caplog.at_level("WARNING", logger="taskqueue"):
+        tq = TaskQueue(db, objects, config=Config(workers=1, fsync_outputs=False))
+    try:
+        assert tq.store.ledger is None
+        assert "no start ledger" in caplog.text
+        assert tq.submit(make_task(1)).result(WAIT_S).attempts == 1
+    finally:
+        assert tq.shutdown(wait=True, timeout=WAIT_S)
 
 
 # -- the engine ---------------------------------------------------------------------------------------
@@ -230,8 +303,10 @@ class _Bump(Processor):
         super().__init__(objects)
         self.db = db
         self.second_submitted = threading.Event()
+        self.ran: list[str] = []
 
     def process(self, task, attempt=1):
+        self.ran.append(task.id)
         if task.id == "t1":
             assert self.second_submitted.wait(WAIT_S)
             conn = sqlite3.connect(self.db, timeout=WAIT_S)
@@ -259,4 +334,79 @@ def test_an_attempt_whose_posted_start_finds_the_row_taken_elsewhere_fails_as_cl
     finally:
         assert tq.shutdown(wait=True, timeout=WAIT_S)
     assert tq.final_metrics["counters"]["deduplicated"] == 1
+    # The cost of not waiting for the start: the attempt ran before the refusal came back (its
+    # output is the same bytes whoever writes it). Before, a refused start stopped it from running.
+    assert processor.ran == ["t1", "t2"]
     assert rows(db)[make_task(2).idempotency_key] == ("queued", 0, 7)  # the other process's, untouched
+
+
+class _Recording(Processor):
+    """Records each attempt it is asked for; on the first, notes how many ledger slots are taken."""
+
+    def __init__(self, objects) -> None:
+        super().__init__(objects)
+        self.attempts: list[tuple[str, int]] = []
+        self.unsettled_seen: list[int] = []
+        self.tq: TaskQueue | None = None
+        self.entered = threading.Event()
+
+    def process(self, task, attempt=1):
+        self.attempts.append((task.id, attempt))
+        self.unsettled_seen.append(self.tq.store.ledger.unsettled)
+        self.entered.set()
+        return super().process(task, attempt)
+
+
+def test_a_ledger_slot_stays_taken_until_the_start_it_records_is_committed(tmp_path, monkeypatch):
+    db = tmp_path / "tasks.db"
+    objects = LocalObjectStore(tmp_path / "objects", fsync=False)
+    objects.write("src/o1.txt", [b"x\n"])
+    release = threading.Event()
+    real_start = StateMachine._start
+
+    def stalled_start(self, conn, *args):  # the fault: the writer holds the start back until told
+        assert release.wait(WAIT_S)
+        return real_start(self, conn, *args)
+    monkeypatch.setattr(StateMachine, "_start", stalled_start)
+    processor = _Recording(objects)
+    tq = processor.tq = TaskQueue(db, objects, config=Config(workers=1, fsync_outputs=False), processor=processor)
+    try:
+        future = tq.submit(make_task(1))
+        assert processor.entered.wait(WAIT_S)  # running while its start waits in the writer
+        release.set()
+        assert future.result(WAIT_S).attempts == 1
+        tq.store.flush()
+        assert processor.unsettled_seen == [1] and tq.store.ledger.unsettled == 0
+    finally:
+        release.set()
+        assert tq.shutdown(wait=True, timeout=WAIT_S)
+    assert rows(db)[make_task(1).idempotency_key][:2] == ("success", 1)
+
+
+def test_a_start_the_store_fails_to_commit_is_still_counted_and_the_task_is_not_lost(tmp_path, monkeypatch):
+    """The attempt ran (the worker did not wait for its start); the start failed: the row is let go
+    of with that attempt counted from the ledger, and the next offer of the key runs attempt 2."""
+    db = tmp_path / "tasks.db"
+    objects = LocalObjectStore(tmp_path / "objects", fsync=False)
+    objects.write("src/o1.txt", [b"x\n"])
+    real_start = StateMachine._start
+    failures = [sqlite3.OperationalError("database is locked")]
+
+    def failing_start(self, conn, *args):  # the fault: the first start cannot be written
+        if failures:
+            raise failures.pop()
+        return real_start(self, conn, *args)
+    monkeypatch.setattr(StateMachine, "_start", failing_start)
+    processor = _Recording(objects)
+    tq = processor.tq = TaskQueue(db, objects, config=Config(workers=1, max_attempts=2, fsync_outputs=False),
+                                  processor=processor)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+            tq.submit(make_task(1)).result(WAIT_S)
+        tq.store.flush()
+        assert rows(db)[make_task(1).idempotency_key][:2] == ("running", 1)  # counted, and let go of
+        assert tq.store.ledger.unsettled == 0
+        assert tq.submit(make_task(1)).result(WAIT_S).attempts == 2
+    finally:
+        assert tq.shutdown(wait=True, timeout=WAIT_S)
+    assert processor.attempts == [("t1", 1), ("t1", 2)]
