@@ -237,13 +237,14 @@ class StateMachine(Reads):
     def _recover(self, conn: Any, max_attempts: int, unowned: bool) -> Recovered:
         now = self._clock()
         runnable, dead = [], []
-        rows = [Row.from_db(values) for values in conn.execute(self.sql["open_rows"]).fetchall()]
-        if self._replay(conn, {row.owner for row in rows if row.owner and row.owner != self.owner
-                               and self._orphaned(row, now)}, now):
-            rows = [Row.from_db(values) for values in conn.execute(self.sql["open_rows"]).fetchall()]
-        for row in rows:
-            if row.owner == self.owner or not self._orphaned(row, now) or (row.owner is None and not unowned):
-                continue  # ours (in flight here), a live owner's, or one nobody has held (left to claim_due)
+        # Not ours (in flight here), not a live owner's, and (unless asked) not one nobody has held yet
+        # (left to claim_due). Liveness is decided once: a replay changes no owner and no lease.
+        orphans = [row for row in map(Row.from_db, conn.execute(self.sql["open_rows"]).fetchall())
+                   if row.owner != self.owner and self._orphaned(row, now) and (row.owner is not None or unowned)]
+        if self._replay(conn, {row.owner for row in orphans if row.owner}, now):  # their begun attempts
+            fresh = {row.id: row for row in map(Row.from_db, conn.execute(self.sql["open_rows"]).fetchall())}
+            orphans = [fresh[row.id] for row in orphans if row.id in fresh]
+        for row in orphans:
             try:
                 claim = self._take_over(conn, row, now, max_attempts)
             except StaleVersion:  # another process took it between the scan and here (PostgreSQL)
