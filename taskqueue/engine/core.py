@@ -15,23 +15,21 @@ Futures, or on a Condition.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
 import random
 import threading
 import time
-import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator
 
 from .. import errors
 from ..config import Config
-from ..errors import ClaimedElsewhere, QueueFull, QueueShutDown
+from ..errors import ClaimedElsewhere, QueueFull
 from ..logs import LOGGER_NAME, task_extra
 from ..metrics import DepthSampler, Metrics
-from ..objectstore import LocalObjectStore, atomic_write_text
+from ..objectstore import LocalObjectStore
 from ..processor import Processor
 from ..retry import RetryPolicy
 from ..scheduler import RetryScheduler
@@ -39,11 +37,8 @@ from ..store import Recovered, Row, TaskStore, open_store
 from ..task import Task, TaskResult, TaskStatus
 from .inflight import InFlight, WorkItem
 from .leases import Heartbeat
-from . import takeover
-from .worker import STOP, describe, work
-
-_live_queues: "weakref.WeakSet[TaskQueue]" = weakref.WeakSet()
-
+from . import closing, takeover
+from .worker import describe, work
 
 class TaskQueue:
     """A durable, bounded, idempotent task queue running ``config.workers`` worker threads.
@@ -90,7 +85,7 @@ class TaskQueue:
         self._heartbeat = Heartbeat(self.store, self.store.lease_s / 3)
         self._executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="tq-worker")
         self._workers = [self._executor.submit(work, self, index) for index in range(config.workers)]
-        _live_queues.add(self)
+        closing.live_queues.add(self)
         self.recovered = self.recover_orphans(recover_unowned)
 
     # -- intake ------------------------------------------------------------------------------
@@ -258,73 +253,19 @@ class TaskQueue:
         Idempotent.
         """
         if self.inflight.close():
-            threading.Thread(target=self._close, args=(cancel_futures,), name="tq-shutdown", daemon=True).start()
+            threading.Thread(target=closing.close, args=(self, cancel_futures), name="tq-shutdown",
+                             daemon=True).start()
         elif cancel_futures:
-            self._cancel_pending()
+            closing.cancel_pending(self)
         if not wait:
             return True
         return self._finished.wait(timeout)
-
-    def _close(self, cancel_futures: bool) -> None:
-        try:
-            if cancel_futures:
-                self._cancel_pending()
-            self.join()
-            for _ in self._workers:
-                self._queue.put(STOP)
-            self._executor.shutdown(wait=True)
-            for item in self._scheduler.stop():  # only when cancelled concurrently: kept for the next run
-                self._abandon(item)
-            self._sampler.stop()
-            self._heartbeat.stop()
-            try:  # the waiting rows we still hold (cancelled at shutdown): others may take them at once
-                self.store.commit(self.store.disown())
-            except Exception as exc:  # noqa: BLE001 - they are freed anyway when our leases run out
-                self._log.warning("could not give up waiting rows at shutdown", extra={
-                    "event": "disown_failed", "task_id": None, "idempotency_key": None,
-                    "error_class": type(exc).__name__, "error": str(exc)})
-            self.store.close()
-            self.final_metrics = self.snapshot()
-            if self._metrics_out:
-                try:
-                    _write_json(self._metrics_out, self.final_metrics)
-                except OSError as exc:  # the metrics are lost, not the tasks: say so and finish
-                    self._log.error("could not write final metrics", extra={
-                        "event": "metrics_write_failed", "task_id": None, "idempotency_key": None,
-                        "error_class": type(exc).__name__, "error": str(exc), "path": self._metrics_out})
-        finally:
-            _live_queues.discard(self)
-            self._finished.set()
-
-    def _cancel_pending(self) -> None:
-        # Drain first: the scheduler thread may be blocked putting into a full queue.
-        self._drain()
-        for item in self._scheduler.stop():
-            self._abandon(item)
-        self._drain()
-
-    def _drain(self) -> None:
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if item is not STOP:
-                self._abandon(item)
-
-    def _abandon(self, item: WorkItem) -> None:
-        """Give up on an item at shutdown: its row stays open in the store for the next run."""
-        if item.future.cancel():
-            self.inflight.forget(item)
-        else:
-            self.inflight.settle(item, error=QueueShutDown(
-                f"task {item.task.id!r} was not finished before shutdown; it stays in the store"))
 
     # -- metrics -----------------------------------------------------------------------------------------
 
     def write_metrics(self, path: str) -> None:
         """Write :meth:`snapshot` to ``path`` as JSON, atomically. Raises ``OSError``."""
-        _write_json(path, self.snapshot())
+        closing.write_json(path, self.snapshot())
 
     def snapshot(self) -> dict:
         """Metrics plus the store's commit statistics, as a plain dict."""
@@ -363,19 +304,5 @@ def _stored_error(row: Row) -> BaseException:
         return cls(message)
     return errors.PermanentError(f"{row.error_class}: {message}")
 
-
-def _write_json(path: str, data: dict) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def _abandon_at_exit() -> None:
-    """At interpreter exit, stop queues nobody shut down (else their workers would block exit)."""
-    for tq in list(_live_queues):
-        tq.shutdown(wait=True, cancel_futures=True, timeout=5.0)
-
-
-# Registered like concurrent.futures does, so it runs before the executor's exit hook joins workers.
-if hasattr(threading, "_register_atexit"):
-    threading._register_atexit(_abandon_at_exit)
 
 __all__ = ["TaskQueue"]

@@ -17,6 +17,8 @@ from ..errors import QueueShutDown
 from ..store import Row
 from ..task import Task
 
+STOP = object()  # put on the bounded queue in place of a WorkItem: ends one worker loop
+
 
 class WorkItem:
     """A task on its way through the queue: its Future, and the row version this process last wrote."""

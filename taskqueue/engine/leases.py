@@ -1,4 +1,5 @@
-"""The heartbeat: keeps a live process's rows its own, however long its tasks run."""
+"""The heartbeat: keeps a live process's rows its own, however long its tasks run, and tidies up
+after the processes that died meanwhile."""
 
 from __future__ import annotations
 
@@ -19,6 +20,10 @@ class Heartbeat:
     :func:`taskqueue.store.owners.alive`): while this process lives, that
     never happens; once it dies, within ``store.lease_s``. The thread waits on
     an Event between beats, so :meth:`stop` returns at once.
+
+    Each beat also settles the start ledgers of processes that died since the
+    store opened (``TaskStore.settle_ledgers``): a long-running process would
+    otherwise leave them for the next one to open the store.
     """
 
     def __init__(self, store: TaskStore, interval_s: float) -> None:
@@ -30,10 +35,21 @@ class Heartbeat:
 
     def _run(self) -> None:
         while not self._stopped.wait(self._interval):
-            try:
-                self._store.post(self._store.renew(done=_report))
-            except StoreClosed:
+            if not self.beat():
                 return
+
+    def beat(self) -> bool:
+        """Renew this process's leases (without waiting), then settle dead ledgers; False once the store is closed."""
+        try:
+            self._store.post(self._store.renew(done=_report))
+            self._store.settle_ledgers()
+        except StoreClosed:
+            return False
+        except Exception as exc:  # noqa: BLE001 - the next beat tries again; the next store open does too
+            _log.error("could not settle the ledgers of dead processes", extra={
+                "event": "ledger_settle_failed", "task_id": None, "idempotency_key": None,
+                "error_class": type(exc).__name__, "error": str(exc)})
+        return True
 
     def stop(self) -> None:
         self._stopped.set()

@@ -13,6 +13,7 @@ from .. import errors
 from ..errors import ClaimedElsewhere
 from ..store import Recovered, Row
 from ..task import Task
+from . import closing
 
 if TYPE_CHECKING:
     from .core import TaskQueue
@@ -27,7 +28,7 @@ def recover(tq: "TaskQueue", unowned: bool) -> Recovered:
         if item is None:  # a submit of this key got there first; it holds the row
             continue
         if not tq._scheduler.schedule(max(0.0, (row.next_attempt_at or now) - now), item):
-            tq._abandon(item)
+            closing.abandon(tq, item)
     report_dead(tq, recovered.dead)
     if recovered.runnable or recovered.dead:
         tq._log.info("recovered open tasks", extra={

@@ -32,13 +32,11 @@ from ..processor import Output
 from ..retry import classify
 from ..store import Attempt, Op, Row
 from ..task import TaskResult, TaskStatus
-from .inflight import WorkItem
+from . import closing
+from .inflight import STOP, WorkItem
 
 if TYPE_CHECKING:
     from .core import TaskQueue
-
-STOP = object()  # the sentinel that ends one worker loop
-
 
 def work(tq: "TaskQueue", index: int) -> None:
     """One worker: take a task, claim its attempt, process it, record the outcome; until :data:`STOP`."""
@@ -145,7 +143,7 @@ def _failed(tq: "TaskQueue", item: WorkItem, exc: Exception, attempt: int) -> Op
             item.version = version
             tq.metrics.incr("retried")
             if not tq._scheduler.schedule(delay, item):  # shutting down with cancel_futures
-                tq._abandon(item)
+                closing.abandon(tq, item)
 
         return tq.store.fail(item.row_id, item.version, exc, tq._wall() + delay, done=retry_committed)
     level = logging.WARNING if isinstance(exc, errors.TaskQueueError) else logging.ERROR

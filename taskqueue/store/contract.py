@@ -172,6 +172,9 @@ class TaskStore(Protocol):
         """Block until everything handed over before is committed."""
     def close(self) -> None:
         """Commit what is pending and release the connection. Idempotent."""
+    def settle_ledgers(self) -> int:
+        """Commit the starts that processes which died had begun (their start ledgers), then delete
+        those ledgers -> rows started. Blocks; 0 where the store keeps no ledgers."""
 
     # -- reads ------------------------------------------------------------------------------
     def get(self, idempotency_key: str) -> Row | None: ...

@@ -312,7 +312,8 @@ class StateMachine(Reads):
     def settle_ledgers(self) -> int:
         """Replay the ledger of every dead process beside this store, then delete it (after the
         commit: a replay that rolled back would find it again) -> rows started. Called when the
-        store opens; a live process's ledger is left alone, and so is one it cannot read."""
+        store opens and on each heartbeat; a live process's ledger is left alone, and so is one
+        it cannot read."""
         started = 0
         for path, token, entries in ledgers.of_the_dead(self._ledgers, self.owner, self._clock()):
             started += self.commit(Op(ledgers.replay_entries, (self.sql["replay"], token, entries, self._clock()),

@@ -459,5 +459,5 @@ def test_metrics_file_that_cannot_be_written_does_not_hang_shutdown(tmp_path):
         out_dir.rmdir()  # the disk under the metrics file goes away during the run
         assert tq.shutdown(wait=True, timeout=3.0), "shutdown never completed"  # 3 s: a hang guard
     finally:
-        engine._live_queues.discard(tq)  # else the exit hook waits for it again
+        engine.live_queues.discard(tq)  # else the exit hook waits for it again
     assert db_row(tmp_path / "tasks.db", task.idempotency_key)["status"] == "success"

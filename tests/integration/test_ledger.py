@@ -192,6 +192,24 @@ def test_a_process_dying_while_a_store_is_open_has_its_begun_attempt_counted_by_
         store.close()
 
 
+def test_a_long_running_queue_settles_the_ledger_of_a_process_that_died_meanwhile_on_its_heartbeat(tmp_path):
+    """Not only the next store to open: a queue that stays open (a worker running for days) counts a
+    dead neighbour's begun attempts and deletes its ledger at its next heartbeat."""
+    db = tmp_path / "tasks.db"
+    tq = TaskQueue(db, LocalObjectStore(tmp_path / "objects"), config=Config(workers=1))  # beats every 100 s
+    try:
+        die_with_begun_attempts(db, begun=(1,))
+        key = make_task(1).idempotency_key
+        assert rows(db)[key] == ("queued", 0, 0) and len(ledger_files(db)) == 2
+        assert tq._heartbeat.beat()  # the beat the heartbeat thread runs, run here, now
+        assert rows(db)[key] == ("running", 1, 1)  # counted; the rows themselves are taken over as ever
+        assert ledger_files(db) == [os.path.basename(tq.store.ledger.path)]
+    finally:
+        assert tq.shutdown(timeout=WAIT_S)
+    assert not tq._heartbeat.beat()  # the store is closed: the heartbeat thread would stop here
+    assert ledger_files(db) == []
+
+
 def test_a_live_process_s_ledger_is_left_alone_until_it_dies(tmp_path):
     db = tmp_path / "tasks.db"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TQ_")}
