@@ -219,6 +219,14 @@ def test_timed_rows_in_the_plan(tmp_path):
     assert {(s["duration_s"], s["tasks"]) for s in fixed} == {(None, 50)}
 
 
+def test_full_runs_burst_at_sizes_past_the_engine_s_caches_filling():
+    from taskqueue.bench import cli as bench_cli
+    sizes = {spec["tasks"] for spec in bench_cli.plan(bench_cli.parser().parse_args(["--scenarios", "burst"]))}
+    full = {spec["tasks"] for spec in bench_cli.plan(bench_cli.parser().parse_args(["--scenarios", "burst", "--full"]))}
+    quick = {spec["tasks"] for spec in bench_cli.plan(bench_cli.parser().parse_args(["--scenarios", "burst", "--quick"]))}
+    assert (sizes, full, quick) == ({1000, 4000}, {4000, 16000}, {50, 150})
+
+
 def test_load_clients_reject_a_bad_client_count():
     with pytest.raises(ValueError):
         clients.closed_loop(_Instant(), _tasks(1), 0)
