@@ -22,6 +22,8 @@ from .errors import ConfigError
 from .processor import DEFAULT_MAX_IMAGE_PIXELS, FaultConfig
 
 ENV_PREFIX = "TQ_"
+METRICS_HOST = "127.0.0.1"
+METRICS_INTERVAL_S = 10.0
 
 
 def _positive_int(value: Any) -> int:
@@ -81,6 +83,25 @@ def _integer(value: Any) -> int:
     return value
 
 
+def _unset(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.strip().lower() in ("", "none"))
+
+
+def _port(value: Any) -> int | None:
+    if _unset(value):
+        return None
+    value = _integer(value)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be within [0, 65535] (0: any free port)")
+    return value
+
+
+def _host(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or any(c.isspace() or c == "\0" for c in value):
+        raise ValueError("must be a host name or address")
+    return value
+
+
 def _setting(default: Any, parse: Callable[[Any], Any], doc: str) -> Any:
     return dataclasses.field(default=default, metadata={"parse": parse, "doc": doc})
 
@@ -89,6 +110,10 @@ def _path(value: Any) -> str:
     if not isinstance(value, str) or not value.strip() or "\0" in value:
         raise ValueError("must be a non-empty path")
     return value
+
+
+def _optional_path(value: Any) -> str | None:
+    return None if _unset(value) else _path(value)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -129,6 +154,14 @@ class Config:
     fault_seed: int = _setting(0, _integer, "seed of the injected faults")
     log_level: str | None = _setting(None, _choice("debug", "info", "warning", "error", optional=True),
                                      "log level (none: info with --log-file, else warnings on stderr)")
+    log_file: str | None = _setting(None, _optional_path, "append JSON-lines logs here (none: warnings to stderr)")
+    metrics_out: str | None = _setting(None, _optional_path,
+                                       "write the metrics here as JSON, during a run and at its end")
+    metrics_interval_s: float = _setting(METRICS_INTERVAL_S, _number(0.0, low_open=True),
+                                         "how often metrics_out is rewritten during a run (seconds)")
+    metrics_port: int | None = _setting(None, _port, "serve GET /metrics and /healthz on this port while a run "
+                                                     "or worker lasts (0: any free port)")
+    metrics_host: str = _setting(METRICS_HOST, _host, "address the metrics port listens on")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

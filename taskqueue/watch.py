@@ -5,7 +5,9 @@ One object, :class:`Watch`, for a command that drives a
 tomorrow)::
 
     add_flags(parser)                    # --no-progress, --metrics-port/-host, --metrics-interval
-    watch = Watch.from_args(args)        # validates, binds the port: refuses before anything is created
+    config = config_from(args, ...)      # each flag over its TQ_* variable (see FIELDS)
+    watch = Watch.from_config(config, no_progress=args.no_progress)  # binds the port: refuses before
+                                                                     # anything is created
     ...create the TaskQueue...
     watch.start(tq, total=N)             # total None: open-ended, no percent or ETA
     ...run...
@@ -17,6 +19,10 @@ tomorrow)::
   (:mod:`taskqueue.metrics_http`) on ``--metrics-host`` (127.0.0.1);
 * ``--metrics-out`` is rewritten every ``--metrics-interval`` seconds
   (:mod:`taskqueue.metrics_writer`); the engine still writes it at shutdown.
+
+Each of these but the progress line is also a setting (``TQ_METRICS_PORT``,
+``TQ_METRICS_HOST``, ``TQ_METRICS_INTERVAL_S``, ``TQ_METRICS_OUT``): a fleet of
+workers is configured by its environment like everything else.
 """
 
 from __future__ import annotations
@@ -27,26 +33,30 @@ import os
 import sys
 from typing import Any, TextIO
 
+from .config import METRICS_HOST, METRICS_INTERVAL_S, Config
 from .errors import ConfigError
 from .metrics_http import MetricsServer
 from .metrics_writer import PeriodicMetricsWriter
 from .progress import ProgressLine
 from .prometheus import render
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_INTERVAL_S = 10.0
+DEFAULT_HOST = METRICS_HOST
+DEFAULT_INTERVAL_S = METRICS_INTERVAL_S
+FIELDS = ("metrics_out", "metrics_port", "metrics_host", "metrics_interval_s")  # the Config fields of these flags
+FLAG_NAMES = {"metrics_interval_s": "--metrics-interval"}  # where a flag is not --<field-with-dashes>
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true",
                         help="no live status line on stderr (shown only when stderr is a terminal)")
-    parser.add_argument("--metrics-port", type=int, metavar="PORT",
+    parser.add_argument("--metrics-port", metavar="PORT",
                         help="serve GET /metrics (Prometheus text) and /healthz on this port while the run "
-                             "lasts; 0 picks a free port (announced on stderr)")
-    parser.add_argument("--metrics-host", default=DEFAULT_HOST, metavar="HOST",
-                        help=f"address for --metrics-port (default {DEFAULT_HOST})")
-    parser.add_argument("--metrics-interval", type=float, default=DEFAULT_INTERVAL_S, metavar="SECONDS",
-                        help=f"rewrite --metrics-out this often during the run (default {DEFAULT_INTERVAL_S:g})")
+                             "lasts; 0 picks a free port (announced on stderr) (TQ_METRICS_PORT)")
+    parser.add_argument("--metrics-host", metavar="HOST",
+                        help=f"address for --metrics-port (TQ_METRICS_HOST, default {DEFAULT_HOST})")
+    parser.add_argument("--metrics-interval", dest="metrics_interval_s", metavar="SECONDS",
+                        help=f"rewrite --metrics-out this often during the run (TQ_METRICS_INTERVAL_S, "
+                             f"default {DEFAULT_INTERVAL_S:g})")
 
 
 class Watch:
@@ -70,12 +80,13 @@ class Watch:
         self.server = None if port is None else MetricsServer(self._render, host=host, port=port)
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, stream: TextIO | None = None) -> "Watch":
+    def from_config(cls, config: Config, *, no_progress: bool = False, stream: TextIO | None = None) -> "Watch":
+        """The watch ``config`` asks for (its settings validated already); the progress line only on a
+        terminal and without ``no_progress``."""
         stream = stream or sys.stderr
         on_terminal = _is_terminal(stream) and os.environ.get("TERM") != "dumb"
-        return cls(progress=on_terminal and not args.no_progress, port=args.metrics_port,
-                   host=args.metrics_host, metrics_out=args.metrics_out, interval_s=args.metrics_interval,
-                   stream=stream)
+        return cls(progress=on_terminal and not no_progress, port=config.metrics_port, host=config.metrics_host,
+                   metrics_out=config.metrics_out, interval_s=config.metrics_interval_s, stream=stream)
 
     def start(self, tq: Any, total: int | None) -> None:
         """Start watching ``tq`` (anything with ``snapshot()``; ``final_metrics`` is used once set)."""

@@ -70,13 +70,14 @@ def processing_flags(parser: argparse.ArgumentParser, queue_help: str | None = N
     parser.add_argument("--max-attempts", type=int)
     parser.add_argument("--grace", type=float, dest="shutdown_grace_s",
                         help="seconds in-flight tasks get after SIGINT/SIGTERM")
-    parser.add_argument("--metrics-out", help="write the final metrics here as JSON")
-    parser.add_argument("--log-file", help="append JSON-lines logs here (INFO); default: warnings to stderr")
+    parser.add_argument("--metrics-out", help="write the metrics here as JSON, during the run and at its end "
+                                              "(TQ_METRICS_OUT)")
+    parser.add_argument("--log-file", help="append JSON-lines logs here (INFO; TQ_LOG_FILE); default: warnings "
+                                           "to stderr")
     parser.add_argument("--log-level", help="debug | info | warning | error")
 
 
-def check_paths(config: Config, *, metrics_out: str | None = None, log_file: str | None = None,
-                store: bool = True) -> None:
+def check_paths(config: Config, *, store: bool = True) -> None:
     """Refuse paths that cannot work, naming the flag, before anything is created or processed.
 
     A SQLite ``--db`` must not be a directory, must sit in a directory that exists and, if it
@@ -87,7 +88,7 @@ def check_paths(config: Config, *, metrics_out: str | None = None, log_file: str
     local_db = None if is_url(config.db) else config.db
     if local_db and os.path.isdir(local_db):
         raise IsADirectoryError(f"db {config.db!r} is a directory, not a database file")
-    for flag, path in (("--db", local_db), ("--metrics-out", metrics_out), ("--log-file", log_file)):
+    for flag, path in (("--db", local_db), ("--metrics-out", config.metrics_out), ("--log-file", config.log_file)):
         if path:
             parent = os.path.dirname(os.path.abspath(path))
             if not os.path.isdir(parent):
@@ -114,7 +115,7 @@ def stop_on_signal(message: str, stop: Callable[[], None]) -> Callable:
 def config_from(args: argparse.Namespace, *names: str) -> Config:
     """The Config of a command: its flags ``names`` (and --db, --store) over TQ_* and .env."""
     return Config.from_env({name: getattr(args, name, None) for name in ("db", "store", *names)},
-                           flags={"shutdown_grace_s": "--grace"})
+                           flags={"shutdown_grace_s": "--grace", "metrics_interval_s": "--metrics-interval"})
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)

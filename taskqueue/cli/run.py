@@ -41,13 +41,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..engine import TaskQueue  # imported here so `status` and `dlq` stay light
 
     config = config_from(args, "workers", "queue_size", "on_full", "max_attempts", "shutdown_grace_s",
-                     "log_level")
-    check_paths(config, metrics_out=args.metrics_out, log_file=args.log_file)
+                         "log_level", "log_file", *watch.FIELDS)
+    check_paths(config)
     # Everything that can refuse the run does so before anything is created.
     loaded = load_tasks(args.tasks, max_bytes=config.max_task_file_bytes, check=Processor.check,
                         on_invalid=args.invalid)
-    watcher = watch.Watch.from_args(args)  # binds --metrics-port: a port in use refuses the run here
-    handler = logs.configure(config.log_level or ("info" if args.log_file else "warning"), path=args.log_file)
+    watcher = watch.Watch.from_config(config, no_progress=args.no_progress)  # binds the metrics port: a port
+    # in use refuses the run here
+    handler = logs.configure(config.log_level or ("info" if config.log_file else "warning"), path=config.log_file)
     held = hold_signals()  # before any thread starts: SIGINT/SIGTERM will reach the main thread only
     try:
         objects = LocalObjectStore(config.store, chunk_size=config.chunk_size, fsync=config.fsync_outputs)
@@ -60,11 +61,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         swept = objects.sweep_temp_files()
         started = time.perf_counter()
         tq = TaskQueue(config.db, objects, config=config, processor=processor,
-                       metrics_out=args.metrics_out)
+                       metrics_out=config.metrics_out)
         watcher.start(tq, total=len(loaded.tasks) + len(loaded.invalid) + len(tq.recovered.runnable)
                       + len(tq.recovered.dead))
         try:
-            return _drive(tq, loaded, config, started, swept, args.metrics_out, on_finished=watcher.stop,
+            return _drive(tq, loaded, config, started, swept, config.metrics_out, on_finished=watcher.stop,
                           held=held)
         except (*store_errors(), TaskQueueError, OSError) as exc:  # mid-run: some work may be done
             print(f"error: the run stopped: {exc}\nwhat finished is recorded; run again to finish the rest "

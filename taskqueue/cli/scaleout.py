@@ -77,12 +77,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from ..engine import TaskQueue
     from ..engine.feeder import Feeder, held_at_most
 
-    config = config_from(args, "workers", "queue_size", "max_attempts", "lease_s", "shutdown_grace_s", "log_level")
+    config = config_from(args, "workers", "queue_size", "max_attempts", "lease_s", "shutdown_grace_s", "log_level",
+                         "log_file", *watch.FIELDS)
     # The queue is sized to what the feeder holds, so its depth and capacity (progress, metrics) read true.
     config = config.replace(queue_size=held_at_most(config.queue_size, config.workers))
-    check_paths(config, metrics_out=args.metrics_out, log_file=args.log_file)
-    watcher = watch.Watch.from_args(args)  # binds --metrics-port: a port in use refuses the worker here
-    handler = logs.configure(config.log_level or ("info" if args.log_file else "warning"), path=args.log_file)
+    check_paths(config)
+    watcher = watch.Watch.from_config(config, no_progress=args.no_progress)  # binds the metrics port: a port
+    # in use refuses the worker here
+    handler = logs.configure(config.log_level or ("info" if config.log_file else "warning"), path=config.log_file)
     held = hold_signals()  # before any thread starts: SIGINT/SIGTERM will reach the main thread only
     try:
         objects = LocalObjectStore(config.store, chunk_size=config.chunk_size, fsync=config.fsync_outputs)
@@ -91,7 +93,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         if swept:
             print(f"temp files of dead writers swept: {swept}")
         started = time.perf_counter()
-        tq = TaskQueue(config.db, objects, config=config, processor=processor, metrics_out=args.metrics_out,
+        tq = TaskQueue(config.db, objects, config=config, processor=processor, metrics_out=config.metrics_out,
                        recover_unowned=False)
         feeder = Feeder(tq, exit_when_idle=args.exit_when_idle)
         watcher.start(tq, total=None)  # open-ended: done so far and the rate, no percent or ETA

@@ -352,6 +352,38 @@ def test_bad_watch_flags_exit_2_naming_them(held, extra, named):
     assert not held["db"].exists()
 
 
+@pytest.mark.parametrize("variable, value", [("TQ_METRICS_PORT", "65536"), ("TQ_METRICS_INTERVAL_S", "-5"),
+                                             ("TQ_METRICS_OUT", "none/such/dir/m.json")])
+def test_bad_watch_variables_exit_2_naming_them(held, variable, value):
+    result = subprocess.run(run_args(held), cwd=held["work"], env={**env(), variable: value},
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=HANG_S)
+    assert result.returncode == 2, result.stderr
+    assert (variable if variable != "TQ_METRICS_OUT" else value) in result.stderr and "Traceback" not in result.stderr
+    assert not held["db"].exists()
+
+
+def test_a_worker_configured_by_its_environment_alone_serves_and_writes_metrics_and_logs(tmp_path):
+    """TQ_METRICS_PORT, TQ_METRICS_OUT, TQ_METRICS_INTERVAL_S and TQ_LOG_FILE do what their flags do:
+    a fleet of workers is configured by its environment, like every other setting."""
+    tasks = generate_tasks(6, seed=3, variants="gzip")
+    store = tmp_path / "store"
+    create_sources(LocalObjectStore(store, fsync=False), tasks, seed=3)
+    tasks.append({"id": "lost", "image_key": "missing/never.txt", "variant": "gzip"})  # a warning in the log
+    (tmp_path / "tasks.json").write_text(json.dumps(tasks), encoding="utf-8")
+    metrics_out, log_file = tmp_path / "metrics.json", tmp_path / "worker.log"
+    environ = {**env(), "TQ_DB": str(tmp_path / "tasks.db"), "TQ_STORE": str(store), "TQ_METRICS_PORT": "0",
+               "TQ_METRICS_OUT": str(metrics_out), "TQ_METRICS_INTERVAL_S": "0.05", "TQ_LOG_FILE": str(log_file)}
+    for argv in (["enqueue", "--tasks", str(tmp_path / "tasks.json")], ["worker", "--exit-when-idle"]):
+        result = subprocess.run([sys.executable, str(SCRIPT), *argv], cwd=tmp_path, env=environ,
+                                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=HANG_S)
+        assert result.returncode == 0, result.stderr
+    assert ANNOUNCE.search(result.stderr), result.stderr  # served on a port of its own choosing
+    counters = json.loads(metrics_out.read_text(encoding="utf-8"))["counters"]
+    assert (counters["succeeded"], counters["dead_lettered"]) == (len({t["image_key"] for t in tasks}) - 1, 1)
+    events = [json.loads(line)["event"] for line in log_file.read_text(encoding="utf-8").splitlines()]
+    assert "dead_lettered" in events
+
+
 # -- a worker process: the same watching, open-ended -------------------------------------------------
 
 OPEN_FRAME = re.compile(r"(\d+) done \| (?:--|\d+\.\d) tasks/s \| retries (\d+) \| dead (\d+) \| queue (\d+)/(\d+)")

@@ -21,7 +21,8 @@ from taskqueue.errors import ConfigError
 from taskqueue.metrics import Metrics
 from taskqueue.metrics_http import MetricsServer
 from taskqueue.metrics_writer import PeriodicMetricsWriter
-from taskqueue.watch import Watch, add_flags
+from taskqueue.config import Config
+from taskqueue.watch import FIELDS, Watch, add_flags
 
 WAIT_S = 30  # hang guard only
 
@@ -220,12 +221,20 @@ class FakeQueue:
         return self.metrics.snapshot()
 
 
+def watch_of(args: argparse.Namespace, environ: dict | None = None, stream=None) -> Watch:
+    """What a command builds: its flags over the TQ_* variables (here ``environ`` only), then the Watch."""
+    config = Config.from_env({name: getattr(args, name) for name in FIELDS}, environ=environ or {},
+                             dotenv_path=None, flags={"metrics_interval_s": "--metrics-interval"})
+    return Watch.from_config(config, no_progress=args.no_progress, stream=stream or io.StringIO())
+
+
 def test_watch_defaults_show_nothing_on_a_pipe():
     args = parsed()
-    assert (args.no_progress, args.metrics_port, args.metrics_host, args.metrics_interval) == \
-        (False, None, "127.0.0.1", 10.0)
+    assert (args.no_progress, args.metrics_port, args.metrics_host, args.metrics_interval_s) == \
+        (False, None, None, None)  # unset: the setting's variable or default decides
+    assert (Config().metrics_port, Config().metrics_host, Config().metrics_interval_s) == (None, "127.0.0.1", 10.0)
     out = io.StringIO()
-    watch = Watch.from_args(args, stream=out)
+    watch = watch_of(args, stream=out)
     watch.start(FakeQueue(), total=3)
     watch.stop()
     assert (watch.progress, watch.server, watch.writer) == (None, None, None)
@@ -240,13 +249,33 @@ def test_watch_defaults_show_nothing_on_a_pipe():
 ])
 def test_watch_refuses_bad_flags(argv, message):
     with pytest.raises(ConfigError, match=message):
-        Watch.from_args(parsed(*argv), stream=io.StringIO())
+        watch_of(parsed(*argv))
+
+
+@pytest.mark.parametrize("variable, value", [
+    ("TQ_METRICS_PORT", "65536"), ("TQ_METRICS_PORT", "http"), ("TQ_METRICS_INTERVAL_S", "0"),
+    ("TQ_METRICS_HOST", "  "), ("TQ_METRICS_OUT", "a\0b"),
+])
+def test_watch_refuses_bad_variables_naming_them(variable, value):
+    with pytest.raises(ConfigError, match=f"{variable} \\(environment\\)"):
+        watch_of(parsed(), environ={variable: value})
+
+
+def test_a_flag_beats_its_variable_and_a_variable_alone_configures_the_watch(tmp_path):
+    environ = {"TQ_METRICS_PORT": "0", "TQ_METRICS_INTERVAL_S": "3600", "TQ_METRICS_OUT": str(tmp_path / "m.json")}
+    watch = watch_of(parsed(), environ=environ)
+    try:
+        assert watch.server is not None and watch._interval == 3600 and watch._metrics_out == str(tmp_path / "m.json")
+    finally:
+        watch.stop()
+    with pytest.raises(ConfigError, match="--metrics-port"):  # the flag is the one that counts, and is wrong
+        watch_of(parsed("--metrics-port", "-1"), environ=environ)
 
 
 def test_watch_serves_and_writes_from_the_final_metrics_once_set(tmp_path):
     out, queue = io.StringIO(), FakeQueue()
-    watch = Watch.from_args(parsed("--metrics-port", "0", "--metrics-interval", "3600",
-                                   metrics_out=str(tmp_path / "m.json")), stream=out)
+    watch = watch_of(parsed("--metrics-port", "0", "--metrics-interval", "3600",
+                            metrics_out=str(tmp_path / "m.json")), stream=out)
     watch.start(queue, total=None)
     try:
         assert out.getvalue() == f"serving metrics on {watch.server.url} (and /healthz)\n"
