@@ -40,6 +40,7 @@ from .leases import Heartbeat
 from . import closing, takeover
 from .worker import describe, work
 
+
 class TaskQueue:
     """A durable, bounded, idempotent task queue running ``config.workers`` worker threads.
 
