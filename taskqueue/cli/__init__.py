@@ -88,7 +88,8 @@ def check_paths(config: Config, *, store: bool = True) -> None:
     local_db = None if is_url(config.db) else config.db
     if local_db and os.path.isdir(local_db):
         raise IsADirectoryError(f"db {config.db!r} is a directory, not a database file")
-    for flag, path in (("--db", local_db), ("--metrics-out", config.metrics_out), ("--log-file", config.log_file)):
+    for flag, path in (("--db", local_db), ("--metrics-out (TQ_METRICS_OUT)", config.metrics_out),
+                       ("--log-file (TQ_LOG_FILE)", config.log_file)):
         if path:
             parent = os.path.dirname(os.path.abspath(path))
             if not os.path.isdir(parent):

@@ -322,14 +322,16 @@ SETTINGS = [f.name for f in dataclasses.fields(Config)]
 # Values a setting cannot parse at all, and values it parses but must refuse as out of range.
 UNPARSABLE = {name: "not-a-number!" for name in SETTINGS}
 UNPARSABLE.update(db="   ", store="   ", on_full="drop", db_synchronous="sometimes", log_level="loud",
-                  fsync_outputs="maybe")
+                  fsync_outputs="maybe", metrics_host="two words")
+del UNPARSABLE["log_file"], UNPARSABLE["metrics_out"]  # any path parses; where it leads: PATH_CASES below
 OUT_OF_RANGE = [
     ("workers", "0"), ("workers", "-4"), ("queue_size", "0"), ("max_attempts", "0"), ("busy_timeout_ms", "0"),
     ("chunk_size", "0"), ("max_task_file_bytes", "-1"), ("lease_s", "0"), ("put_timeout_s", "0"),
     ("fault_timeout_s", "-1"), ("retry_base_s", "-0.5"), ("retry_cap_s", "-1"), ("shutdown_grace_s", "-1"),
     ("fault_latency_s", "-0.001"), ("fault_jitter_s", "3601"), ("fault_latency_s", "inf"),
     ("fault_transient_rate", "1.5"), ("fault_transient_rate", "-0.1"), ("fault_permanent_rate", "1.01"),
-    ("fault_permanent_rate", "nan"), ("workers", "2.5"),
+    ("fault_permanent_rate", "nan"), ("workers", "2.5"), ("metrics_port", "65536"), ("metrics_port", "-1"),
+    ("metrics_interval_s", "0"),
 ]
 CASES = [(name, raw) for name, raw in UNPARSABLE.items()] + OUT_OF_RANGE
 
@@ -473,6 +475,16 @@ def test_path_that_cannot_work_exits_2_at_start_up_and_creates_nothing(paths, fl
         assert text in result.stderr, result.stderr
     assert tree(paths["base"]) == before  # no db, no store, no metrics or log file, no output
     assert (paths["base"] / "a-file").read_text(encoding="utf-8") == "not a directory\n"
+
+
+@pytest.mark.parametrize("var", ["TQ_METRICS_OUT", "TQ_LOG_FILE"])
+def test_an_output_path_from_a_variable_that_cannot_work_exits_2_naming_it(paths, var):
+    before = tree(paths["base"])
+    result = cli("run", "--tasks", str(paths["tasks"]), "--db", str(paths["db"]), "--store", str(paths["store"]),
+                 cwd=paths["work"], env={var: str(paths["base"] / "no-such-dir" / "out")})
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stderr.startswith("error: ") and var in result.stderr and "does not exist" in result.stderr
+    assert tree(paths["base"]) == before
 
 
 @pytest.mark.parametrize("where", ["environment", ".env"])
