@@ -24,6 +24,7 @@ from .processor import DEFAULT_MAX_IMAGE_PIXELS, FaultConfig
 ENV_PREFIX = "TQ_"
 METRICS_HOST = "127.0.0.1"
 METRICS_INTERVAL_S = 10.0
+FLAG_NAMES = {"shutdown_grace_s": "--grace", "metrics_interval_s": "--metrics-interval"}  # not --<name>
 
 
 def _positive_int(value: Any) -> int:

@@ -43,7 +43,6 @@ from .prometheus import render
 DEFAULT_HOST = METRICS_HOST
 DEFAULT_INTERVAL_S = METRICS_INTERVAL_S
 FIELDS = ("metrics_out", "metrics_port", "metrics_host", "metrics_interval_s")  # the Config fields of these flags
-FLAG_NAMES = {"metrics_interval_s": "--metrics-interval"}  # where a flag is not --<field-with-dashes>
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:

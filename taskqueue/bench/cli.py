@@ -94,7 +94,7 @@ def parser() -> argparse.ArgumentParser:
                         f"--full {FULL_DURATION_S:g}); ignored with --tasks or --quick")
     p.add_argument("--full", action="store_true",
                    help=f"the run the README quotes: io and overhead rows run {FULL_DURATION_S:g} s and "
-                        f"{FULL_REPEAT} times each, burst at 4000 and 16000 tasks (about 15 minutes)")
+                        f"{FULL_REPEAT} times each, burst at 4000 and 16000 tasks (about 12 minutes; 15 with thumbs)")
     p.add_argument("--quick", action="store_true",
                    help="tiny sizes and one repeat: a smoke run of a few seconds, not a measurement")
     p.add_argument("--record-outputs", action="store_true",

@@ -20,7 +20,7 @@ import sys
 import threading
 from typing import Callable
 
-from ..config import Config
+from ..config import FLAG_NAMES, Config
 from ..errors import ConfigError, InvalidTask
 from ..store import check_database, is_url, store_errors
 
@@ -77,7 +77,7 @@ def processing_flags(parser: argparse.ArgumentParser, queue_help: str | None = N
     parser.add_argument("--log-level", help="debug | info | warning | error")
 
 
-def check_paths(config: Config, *, store: bool = True) -> None:
+def check_paths(config: Config, *, store: bool = True, outputs: bool = True) -> None:
     """Refuse paths that cannot work, naming the flag, before anything is created or processed.
 
     A SQLite ``--db`` must not be a directory, must sit in a directory that exists and, if it
@@ -88,8 +88,10 @@ def check_paths(config: Config, *, store: bool = True) -> None:
     local_db = None if is_url(config.db) else config.db
     if local_db and os.path.isdir(local_db):
         raise IsADirectoryError(f"db {config.db!r} is a directory, not a database file")
-    for flag, path in (("--db", local_db), ("--metrics-out (TQ_METRICS_OUT)", config.metrics_out),
-                       ("--log-file (TQ_LOG_FILE)", config.log_file)):
+    checked = [("--db", local_db)]
+    if outputs:  # a command that writes them (not enqueue, whatever the environment says)
+        checked += [("--metrics-out (TQ_METRICS_OUT)", config.metrics_out), ("--log-file (TQ_LOG_FILE)", config.log_file)]
+    for flag, path in checked:
         if path:
             parent = os.path.dirname(os.path.abspath(path))
             if not os.path.isdir(parent):
@@ -116,7 +118,7 @@ def stop_on_signal(message: str, stop: Callable[[], None]) -> Callable:
 def config_from(args: argparse.Namespace, *names: str) -> Config:
     """The Config of a command: its flags ``names`` (and --db, --store) over TQ_* and .env."""
     return Config.from_env({name: getattr(args, name, None) for name in ("db", "store", *names)},
-                           flags={"shutdown_grace_s": "--grace", "metrics_interval_s": "--metrics-interval"})
+                           flags=FLAG_NAMES)
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)

@@ -50,7 +50,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
     config = config_from(args)
-    check_paths(config, store=False)
+    check_paths(config, store=False, outputs=False)
     loaded = load_tasks(args.tasks, max_bytes=config.max_task_file_bytes, check=Processor.check,
                         on_invalid=args.invalid)
     store = open_store(config.db, lease_s=config.lease_s, synchronous=config.db_synchronous,

@@ -13,6 +13,7 @@ as ``concurrent.futures`` does for its executors.
 
 from __future__ import annotations
 
+import concurrent.futures.thread  # noqa: F401 - registers its exit hook first, so that ours runs first
 import json
 import queue
 import threading
@@ -99,6 +100,7 @@ def at_exit() -> None:
         tq.shutdown(wait=True, cancel_futures=True, timeout=5.0)
 
 
-# Registered like concurrent.futures does, so it runs before the executor's exit hook joins workers.
+# Registered like concurrent.futures does, and after it (exit hooks run newest first), so it stops the
+# queues before the executor's hook joins their workers, which would otherwise wait on the queue forever.
 if hasattr(threading, "_register_atexit"):
     threading._register_atexit(at_exit)

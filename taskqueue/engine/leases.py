@@ -19,7 +19,8 @@ class Heartbeat:
     Another process takes over a row only once its lease has run out (see
     :func:`taskqueue.store.owners.alive`): while this process lives, that
     never happens; once it dies, within ``store.lease_s``. The thread waits on
-    an Event between beats, so :meth:`stop` returns at once.
+    an Event between beats, so :meth:`stop` returns at once unless a beat is
+    committing a dead process's ledger.
 
     Each beat also settles the start ledgers of processes that died since the
     store opened (``TaskStore.settle_ledgers``): a long-running process would
@@ -39,10 +40,17 @@ class Heartbeat:
                 return
 
     def beat(self) -> bool:
-        """Renew this process's leases (without waiting), then settle dead ledgers; False once the store is closed."""
+        """Renew this process's leases (handed over, not waited for), then settle the ledgers of dead
+        processes (this waits for its commit, only when there is one); False once the store is closed."""
         try:
             self._store.post(self._store.renew(done=_report))
-            self._store.settle_ledgers()
+        except StoreClosed:
+            return False
+        settle = getattr(self._store, "settle_ledgers", None)  # a store written to an older contract: none
+        if settle is None:
+            return True
+        try:
+            settle()
         except StoreClosed:
             return False
         except Exception as exc:  # noqa: BLE001 - the next beat tries again; the next store open does too

@@ -38,6 +38,7 @@ from .inflight import STOP, WorkItem
 if TYPE_CHECKING:
     from .core import TaskQueue
 
+
 def work(tq: "TaskQueue", index: int) -> None:
     """One worker: take a task, claim its attempt, process it, record the outcome; until :data:`STOP`."""
     tasks, store = tq._queue, tq.store

@@ -843,3 +843,29 @@ def test_the_writer_keeps_serving_when_a_done_callback_of_a_client_raises(make_q
         tq.submit(t).add_done_callback(lambda f: 1 / 0)
     assert tq.join(timeout=WAIT_S)
     assert tq.submit(make_tasks(objects, 6, prefix="u")[5]).result(timeout=WAIT_S).status is TaskStatus.SUCCESS
+
+
+@pytest.mark.parametrize("started", [False, True])
+def test_a_process_that_never_shuts_its_queue_down_still_exits(tmp_path, started):
+    """The exit hook stops the queues nobody shut down before concurrent.futures joins their workers
+    (which would wait on the bounded queue forever): whatever was imported first, the process ends,
+    with the work it accepted finished or left in the store for the next run."""
+    import subprocess
+    import sys
+    import textwrap
+    repo = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TQ_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH")]))
+    code = textwrap.dedent(f"""
+        from taskqueue.engine import TaskQueue  # the package first, as a user would import it
+        from taskqueue.objectstore import LocalObjectStore
+        from taskqueue.task import Task
+        objects = LocalObjectStore({str(tmp_path / "objects")!r})
+        objects.write("src/a.txt", [b"hello"])
+        tq = TaskQueue({str(tmp_path / "tasks.db")!r}, objects)
+        if {started!r}:
+            assert tq.submit(Task(id="a", image_key="src/a.txt", variant="gzip")).result(30).attempts == 1
+        print("leaving without shutdown()", flush=True)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout) == (0, "leaving without shutdown()\n"), result.stderr

@@ -135,6 +135,16 @@ def test_enqueue_adds_each_key_once_processes_nothing_and_says_what_it_did(datab
     assert database.statuses() == {"queued": unique}
 
 
+def test_enqueue_ignores_the_workers_output_settings_of_a_shared_environment(workload):
+    """A fleet shares one environment: the log and metrics files it names are the workers' (here in a
+    directory only the workers' machines have); enqueue writes neither, so it does not refuse them."""
+    elsewhere = workload["cwd"] / "only-on-the-workers"
+    result = run("enqueue", "--tasks", str(workload["file"]), "--db", str(workload["cwd"] / "tasks.db"),
+                 cwd=workload["cwd"], log_file=elsewhere / "worker.log", metrics_out=elsewhere / "metrics.json")
+    assert result.returncode == 0, result.stderr
+    assert f"enqueued {len(workload['keys'])} task(s)" in result.stdout and not elsewhere.exists()
+
+
 def test_enqueue_refuses_a_bad_file_whole_or_dead_letters_its_bad_items(database, tmp_path):
     items = [{"id": "ok-1", "image_key": "src/a.txt", "variant": "gzip"},
              {"id": "bad-1", "image_key": "src/b.txt", "variant": "nope"}]

@@ -21,7 +21,7 @@ from taskqueue.errors import ConfigError
 from taskqueue.metrics import Metrics
 from taskqueue.metrics_http import MetricsServer
 from taskqueue.metrics_writer import PeriodicMetricsWriter
-from taskqueue.config import Config
+from taskqueue.config import FLAG_NAMES, Config
 from taskqueue.watch import FIELDS, Watch, add_flags
 
 WAIT_S = 30  # hang guard only
@@ -224,7 +224,7 @@ class FakeQueue:
 def watch_of(args: argparse.Namespace, environ: dict | None = None, stream=None) -> Watch:
     """What a command builds: its flags over the TQ_* variables (here ``environ`` only), then the Watch."""
     config = Config.from_env({name: getattr(args, name) for name in FIELDS}, environ=environ or {},
-                             dotenv_path=None, flags={"metrics_interval_s": "--metrics-interval"})
+                             dotenv_path=None, flags=FLAG_NAMES)
     return Watch.from_config(config, no_progress=args.no_progress, stream=stream or io.StringIO())
 
 
