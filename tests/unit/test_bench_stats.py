@@ -196,6 +196,9 @@ def test_burst_rss_target_at_the_threshold_and_past_it():
     assert verdict.rss_target(rows(6000))["status"] == "MET"
     # A baseline that does not grow cannot be outgrown: not MET even for a flat engine.
     assert verdict.rss_target(rows(6000, baseline_large_kib=1000))["status"] == "MISSED"
+    # A miss measured from below the size where the engine's caches have filled says so.
+    assert "--full measures from 4000" in verdict.rss_target(rows(7004))["detail"]
+    assert "--full" not in verdict.rss_target(rows(7000))["detail"]
 
 
 def test_burst_rss_target_needs_two_sizes():
