@@ -27,6 +27,11 @@ METRICS_INTERVAL_S = 10.0
 FLAG_NAMES = {"shutdown_grace_s": "--grace", "metrics_interval_s": "--metrics-interval"}  # not --<name>
 
 
+def _unset(value: Any) -> bool:
+    """An optional setting left unset: None, or an empty or "none" string (from a variable or .env)."""
+    return value is None or (isinstance(value, str) and value.strip().lower() in ("", "none"))
+
+
 def _positive_int(value: Any) -> int:
     value = _integer(value)
     if value <= 0:
@@ -37,7 +42,7 @@ def _positive_int(value: Any) -> int:
 def _number(low: float, high: float = math.inf, *, low_open: bool = False,
             optional: bool = False) -> Callable[[Any], float | None]:
     def parse(value: Any) -> float | None:
-        if optional and (value is None or (isinstance(value, str) and value.strip().lower() in ("", "none"))):
+        if optional and _unset(value):
             return None
         if isinstance(value, str):
             try:
@@ -55,7 +60,7 @@ def _number(low: float, high: float = math.inf, *, low_open: bool = False,
 
 def _choice(*options: str, optional: bool = False) -> Callable[[Any], str | None]:
     def parse(value: Any) -> str | None:
-        if optional and (value is None or (isinstance(value, str) and value.strip().lower() in ("", "none"))):
+        if optional and _unset(value):
             return None
         if not isinstance(value, str) or value.strip().lower() not in options:
             raise ValueError(f"must be one of {', '.join(options)}")
@@ -82,10 +87,6 @@ def _integer(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError("must be an integer")
     return value
-
-
-def _unset(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and value.strip().lower() in ("", "none"))
 
 
 def _port(value: Any) -> int | None:
@@ -143,8 +144,7 @@ class Config:
     max_image_pixels: int = _setting(DEFAULT_MAX_IMAGE_PIXELS, _positive_int,
                                      "largest source image accepted, width x height, read from its header "
                                      "before decoding (larger: ImageTooLarge)")
-    retry_seed: int | None = _setting(None, lambda v: None if v is None or (isinstance(v, str) and v.strip().lower()
-                                                                               in ("", "none")) else _integer(v),
+    retry_seed: int | None = _setting(None, lambda v: None if _unset(v) else _integer(v),
                                       "seed of the backoff jitter (none: random)")
     fault_latency_s: float = _setting(0.0, _number(0.0, 3600.0), "injected latency per attempt")
     fault_jitter_s: float = _setting(0.0, _number(0.0, 3600.0), "injected extra latency, uniform")

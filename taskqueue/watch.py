@@ -40,8 +40,6 @@ from .metrics_writer import PeriodicMetricsWriter
 from .progress import ProgressLine
 from .prometheus import render
 
-DEFAULT_HOST = METRICS_HOST
-DEFAULT_INTERVAL_S = METRICS_INTERVAL_S
 FIELDS = ("metrics_out", "metrics_port", "metrics_host", "metrics_interval_s")  # the Config fields of these flags
 
 
@@ -52,17 +50,17 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                         help="serve GET /metrics (Prometheus text) and /healthz on this port while the run "
                              "lasts; 0 picks a free port (announced on stderr) (TQ_METRICS_PORT)")
     parser.add_argument("--metrics-host", metavar="HOST",
-                        help=f"address for --metrics-port (TQ_METRICS_HOST, default {DEFAULT_HOST})")
+                        help=f"address for --metrics-port (TQ_METRICS_HOST, default {METRICS_HOST})")
     parser.add_argument("--metrics-interval", dest="metrics_interval_s", metavar="SECONDS",
                         help=f"rewrite --metrics-out this often during the run (TQ_METRICS_INTERVAL_S, "
-                             f"default {DEFAULT_INTERVAL_S:g})")
+                             f"default {METRICS_INTERVAL_S:g})")
 
 
 class Watch:
     """The progress line, the metrics server and the metrics file writer of one run; each optional."""
 
-    def __init__(self, *, progress: bool = False, port: int | None = None, host: str = DEFAULT_HOST,
-                 metrics_out: str | None = None, interval_s: float = DEFAULT_INTERVAL_S,
+    def __init__(self, *, progress: bool = False, port: int | None = None, host: str = METRICS_HOST,
+                 metrics_out: str | None = None, interval_s: float = METRICS_INTERVAL_S,
                  stream: TextIO | None = None) -> None:
         if port is not None and not 0 <= port <= 65535:
             raise ConfigError(f"--metrics-port: must be within [0, 65535], got {port!r}")

@@ -20,6 +20,7 @@ import sys
 import threading
 from typing import Callable
 
+from .. import logs
 from ..config import FLAG_NAMES, Config
 from ..errors import ConfigError, InvalidTask
 from ..store import check_database, is_url, store_errors
@@ -98,6 +99,12 @@ def check_paths(config: Config, *, store: bool = True, outputs: bool = True) -> 
                 raise FileNotFoundError(f"{flag} {path!r}: directory {parent!r} does not exist")
     if local_db:
         check_database(local_db)
+
+
+def start_logging(config: Config):
+    """Send the logs where ``config`` says (``log_file``, else stderr), at ``log_level`` (default: info into a
+    file, warnings on stderr); returns the handler to remove and close at the end."""
+    return logs.configure(config.log_level or ("info" if config.log_file else "warning"), path=config.log_file)
 
 
 def stop_on_signal(message: str, stop: Callable[[], None]) -> Callable:

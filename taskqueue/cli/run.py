@@ -21,7 +21,7 @@ from ..processor import Processor
 from ..store import store_errors
 from ..taskfile import ON_INVALID, load_tasks
 from . import (EXIT_OK, EXIT_UNFINISHED, check_paths, config_from, hold_signals, processing_flags,
-               release_signals, run_with_signals, stop_on_signal)
+               release_signals, run_with_signals, start_logging, stop_on_signal)
 
 
 def add_command(sub: argparse._SubParsersAction) -> None:
@@ -48,7 +48,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                         on_invalid=args.invalid)
     watcher = watch.Watch.from_config(config, no_progress=args.no_progress)  # binds the metrics port: a port
     # in use refuses the run here
-    handler = logs.configure(config.log_level or ("info" if config.log_file else "warning"), path=config.log_file)
+    handler = start_logging(config)
     held = hold_signals()  # before any thread starts: SIGINT/SIGTERM will reach the main thread only
     try:
         objects = LocalObjectStore(config.store, chunk_size=config.chunk_size, fsync=config.fsync_outputs)

@@ -23,7 +23,7 @@ from ..errors import TaskQueueError
 from ..store import open_store, store_errors
 from ..taskfile import ON_INVALID, load_tasks
 from . import (EXIT_OK, EXIT_UNFINISHED, check_paths, config_from, hold_signals, processing_flags, release_signals,
-               run_with_signals, stop_on_signal, store_flags)
+               run_with_signals, start_logging, stop_on_signal, store_flags)
 
 ENQUEUE_BATCH = 500  # tasks per transaction: all of a batch or none of it
 
@@ -84,7 +84,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     check_paths(config)
     watcher = watch.Watch.from_config(config, no_progress=args.no_progress)  # binds the metrics port: a port
     # in use refuses the worker here
-    handler = logs.configure(config.log_level or ("info" if config.log_file else "warning"), path=config.log_file)
+    handler = start_logging(config)
     held = hold_signals()  # before any thread starts: SIGINT/SIGTERM will reach the main thread only
     try:
         objects = LocalObjectStore(config.store, chunk_size=config.chunk_size, fsync=config.fsync_outputs)

@@ -173,11 +173,10 @@ def _start_committed(tq: "TaskQueue", item: WorkItem, slot: int, version: int):
     ledger = tq.store.ledger
 
     def committed(_attempt: Attempt | None, error: BaseException | None) -> None:
+        item.refused = error
         if error is None or isinstance(error, StaleVersion):
             ledger.end(slot)
-            item.refused = error
             return
-        item.refused = error
 
         def counted(_rows: int | None, give_up_error: BaseException | None) -> None:
             if give_up_error is None:
