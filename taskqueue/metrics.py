@@ -14,6 +14,12 @@ the number of buckets between ``min_value`` and ``max_value``: about 1,200 for
 Processing times are also counted exactly into a few fixed buckets
 (``DURATION_BUCKETS_S``), the Prometheus histogram of a task attempt's
 duration: quantiles cannot be added up across processes, bucket counts can.
+
+Every task records five samples (two depths, three durations). On its path a
+sample is only appended to a list; every ``FOLD_AT`` samples, and before any
+read, the list is folded into its statistics in one call whose per-sample work
+runs in C (``map``, ``sum``, ``Counter.update``). The result is the same as
+recording each sample on its own, at about a tenth of the Python per task.
 """
 
 from __future__ import annotations
@@ -21,9 +27,12 @@ from __future__ import annotations
 import bisect
 import json
 import math
+import operator
 import threading
 import time
-from typing import Callable
+from collections import Counter
+from itertools import repeat
+from typing import Callable, Sequence
 
 COUNTERS = ("enqueued", "dequeued", "deduplicated", "rejected", "succeeded", "failed", "retried",
             "dead_lettered")
@@ -31,6 +40,8 @@ SNAPSHOT_KEYS = ("counters", "rates", "latency_s", "queue_wait_s", "processing_s
                  "queue_depth", "queue_depth_sampled", "workers", "elapsed_s")
 # Upper bounds (inclusive, seconds) of the processing-time buckets; +Inf is implied.
 DURATION_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+FOLD_AT = 512  # samples held per statistic before they are folded in (bounded memory: a few KiB each)
+_LOW = -(2 ** 31)  # the bucket of values at or below min_value
 
 
 class LatencyHistogram:
@@ -49,14 +60,13 @@ class LatencyHistogram:
         self._log_gamma = math.log(self.gamma)
         self.min_value = min_value
         self.max_value = max_value
-        self._buckets: dict[int, int] = {}
+        self._buckets: Counter[int] = Counter()
         self.count = 0
         self.total = 0.0
         self.min = math.inf
         self.max = 0.0
 
     def record(self, value: float) -> None:
-        # On every task's path (three times): plain comparisons, one log, one dict update.
         if value > self.min_value:
             if value > self.max_value:
                 value = self.max_value
@@ -64,7 +74,7 @@ class LatencyHistogram:
         else:
             if value < 0.0:
                 value = 0.0
-            key = -(2 ** 31)
+            key = _LOW
         buckets = self._buckets
         buckets[key] = buckets.get(key, 0) + 1
         self.count += 1
@@ -73,6 +83,26 @@ class LatencyHistogram:
             self.min = value
         if value > self.max:
             self.max = value
+
+    def record_many(self, values: Sequence[float]) -> None:
+        """:meth:`record` each of ``values``, with the per-value work done in C."""
+        if not values:
+            return
+        low, high = self.min_value, self.max_value
+        above = [v for v in values if v > low]
+        below = [v if v > 0.0 else 0.0 for v in values if not v > low] if len(above) < len(values) else []
+        clamped = list(map(min, above, repeat(high)))
+        self._buckets.update(map(math.ceil, map(operator.truediv, map(math.log, clamped), repeat(self._log_gamma))))
+        if below:
+            self._buckets[_LOW] = self._buckets.get(_LOW, 0) + len(below)
+        self.count += len(values)
+        self.total += sum(clamped) + sum(below)
+        smallest = min(below) if below else min(clamped)
+        largest = max(clamped) if clamped else max(below)
+        if smallest < self.min:
+            self.min = smallest
+        if largest > self.max:
+            self.max = largest
 
     def quantile(self, q: float) -> float | None:
         """The nearest-rank ``q``-quantile (``q`` in [0, 1]) within relative error ``alpha``."""
@@ -85,7 +115,7 @@ class LatencyHistogram:
         for key in sorted(self._buckets):
             seen += self._buckets[key]
             if seen >= rank:
-                if key == -(2 ** 31):
+                if key == _LOW:
                     return self.min_value
                 # Any value in (gamma**(k-1), gamma**k] is within alpha of this estimate.
                 estimate = 2.0 * self.gamma ** key / (self.gamma + 1.0)
@@ -119,13 +149,20 @@ class DepthStats:
         self.current = 0
 
     def record(self, depth: int) -> None:
-        depth = min(max(depth, 0), len(self._counts) - 1)
-        self._counts[depth] += 1
-        self.count += 1
-        self.total += depth
-        self.current = depth
-        if depth > self.max:
-            self.max = depth
+        self.record_many((depth,))
+
+    def record_many(self, depths: Sequence[int]) -> None:
+        """Record each of ``depths`` in order (clamped to 0..capacity)."""
+        if not depths:
+            return
+        top = len(self._counts) - 1
+        depths = list(map(min, map(max, depths, repeat(0)), repeat(top)))
+        for depth, n in Counter(depths).items():
+            self._counts[depth] += n
+        self.count += len(depths)
+        self.total += sum(depths)
+        self.current = depths[-1]
+        self.max = max(self.max, max(depths))
 
     def summary(self) -> dict:
         p95 = None
@@ -142,7 +179,11 @@ class DepthStats:
 
 
 class Metrics:
-    """All of a queue's metrics behind one lock. Every method is thread-safe and O(1)."""
+    """All of a queue's metrics behind one lock. Every method is thread-safe and O(1) (amortised).
+
+    The hot-path methods append their samples to ``_samples`` (see ``FOLD_AT``);
+    :meth:`_fold` moves them into the statistics, under the lock, before any read.
+    """
 
     def __init__(self, *, workers: int, queue_capacity: int,
                  clock: Callable[[], float] = time.perf_counter) -> None:
@@ -158,6 +199,11 @@ class Metrics:
         self._busy = [0.0] * workers
         self._tasks_per_worker = [0] * workers
         self._duration_counts = [0] * (len(DURATION_BUCKETS_S) + 1)  # per bucket, the last one is +Inf
+        # Samples not folded in yet: depths (at puts and gets, in order), waits, processing times, latencies.
+        self._depths: list[int] = []
+        self._waits: list[float] = []
+        self._busies: list[float] = []
+        self._latencies: list[float] = []
 
     def incr(self, name: str, n: int = 1) -> None:
         with self._lock:
@@ -166,13 +212,17 @@ class Metrics:
     def on_put(self, depth: int) -> None:
         with self._lock:
             self._counters["enqueued"] += 1
-            self._depth.record(depth)
+            self._depths.append(depth)
+            if len(self._depths) >= FOLD_AT:
+                self._fold()
 
     def on_get(self, depth: int, waited_s: float) -> None:
         with self._lock:
             self._counters["dequeued"] += 1
-            self._depth.record(depth)
-            self.queue_wait.record(waited_s)
+            self._depths.append(depth)
+            self._waits.append(waited_s)
+            if len(self._depths) >= FOLD_AT:
+                self._fold()
 
     def sample_depth(self, depth: int) -> None:
         with self._lock:
@@ -182,18 +232,32 @@ class Metrics:
         with self._lock:
             self._busy[worker] += busy_s
             self._tasks_per_worker[worker] += 1
-            self.processing.record(busy_s)
-            self._duration_counts[bisect.bisect_left(DURATION_BUCKETS_S, busy_s)] += 1
+            self._busies.append(busy_s)
+            if len(self._busies) >= FOLD_AT:
+                self._fold()
 
     def on_outcome(self, counter: str, latency_s: float | None) -> None:
         """Count a terminal outcome or a retry, and record the submit-to-outcome latency."""
         with self._lock:
             self._counters[counter] += 1
             if latency_s is not None:
-                self.latency.record(latency_s)
+                self._latencies.append(latency_s)
+                if len(self._latencies) >= FOLD_AT:
+                    self._fold()
+
+    def _fold(self) -> None:
+        """Fold every pending sample into its statistics (the caller holds the lock)."""
+        self._depth.record_many(self._depths)
+        self.queue_wait.record_many(self._waits)
+        self.processing.record_many(self._busies)
+        self.latency.record_many(self._latencies)
+        for index, n in Counter(map(bisect.bisect_left, repeat(DURATION_BUCKETS_S), self._busies)).items():
+            self._duration_counts[index] += n
+        self._depths, self._waits, self._busies, self._latencies = [], [], [], []
 
     def snapshot(self) -> dict:
         with self._lock:
+            self._fold()
             elapsed = max(self._clock() - self._started, 1e-9)
             counters = dict(self._counters)
             busy = list(self._busy)

@@ -34,6 +34,10 @@ _temp_counter = itertools.count()
 # temp files of dead writers on its own host (another host's pids mean nothing here).
 HOST_TAG = hashlib.sha1(socket.gethostname().encode("utf-8", "surrogatepass")).hexdigest()[:8]
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+# The keys almost every caller uses, accepted by one match (the checks below would accept them too):
+# ASCII segments that start with a letter, digit, "_" or "-" (so never "", "." or ".."), no ":" or "\\".
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.=+@-]{0,%d}(?:/[A-Za-z0-9_-][A-Za-z0-9_.=+@-]{0,%d})*"
+                        % (MAX_SEGMENT_LENGTH - 1, MAX_SEGMENT_LENGTH - 1))
 
 
 def validate_key(key: object) -> str:
@@ -44,6 +48,13 @@ def validate_key(key: object) -> str:
     segments (``a//b``, trailing ``/``), ``.`` and ``..`` segments, and
     segments that look like this store's temporary files.
     """
+    if type(key) is str and len(key) <= MAX_KEY_LENGTH and _PLAIN_KEY.fullmatch(key) and TEMP_MARKER not in key:
+        return key
+    return _check_key(key)
+
+
+def _check_key(key: object) -> str:
+    """:func:`validate_key`, one rule at a time (each refusal says which rule)."""
     if not isinstance(key, str):
         raise InvalidKey(f"object key must be a string, got {type(key).__name__}")
     if not key:

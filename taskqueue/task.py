@@ -88,11 +88,14 @@ class Task:
                 f"(lowercase letters, digits and '_', starting with a letter, at most 32)")
         _check_params(self.params)
         # Freeze a private copy so a Task is a value: nobody can change it under the queue.
-        object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+        params = self.params
+        object.__setattr__(self, "params", MappingProxyType(dict(params)))
+        # Read several times on a task's way through the queue: made once (not a field, so not compared).
+        object.__setattr__(self, "_key", make_idempotency_key(self.image_key, self.variant, params.get("format")))
 
     @property
     def idempotency_key(self) -> str:
-        return make_idempotency_key(self.image_key, self.variant, self.params.get("format"))
+        return self._key
 
     @classmethod
     def from_dict(cls, obj: Any) -> "Task":
@@ -153,7 +156,7 @@ def _check_id(value: Any) -> None:
 
 
 def _check_params(params: Any) -> None:
-    if not isinstance(params, Mapping):
+    if not (isinstance(params, dict) or isinstance(params, Mapping)):  # dict first: no ABC machinery
         raise InvalidTask(f"field 'params': expected an object, got {_show(params)}")
     if len(params) > MAX_PARAMS:
         raise InvalidTask(f"field 'params': {len(params)} entries, at most {MAX_PARAMS} allowed")

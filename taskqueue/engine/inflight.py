@@ -57,6 +57,7 @@ class InFlight:
         self._items: dict[str, WorkItem] = {}
         self._unfinished = 0
         self._closed = False
+        self._waiters = 0  # threads in wait_settled() or join(): only then does a settle notify
         self.settled = 0  # items settled so far
 
     def admit(self, task: Task) -> tuple[WorkItem, bool]:
@@ -120,7 +121,8 @@ class InFlight:
                 del self._items[item.key]
             self._unfinished -= 1
             self.settled += 1
-            self._settled.notify_all()
+            if self._waiters:
+                self._settled.notify_all()
 
     def close(self) -> bool:
         """Refuse new items from now on; True if this call closed it."""
@@ -132,8 +134,7 @@ class InFlight:
                      also: Callable[[], bool] | None = None) -> bool:
         """Block until more than ``seen`` items have settled (or ``also()`` is true after a
         :meth:`poke`); False on timeout."""
-        with self._settled:
-            return self._settled.wait_for(lambda: self.settled > seen or (also is not None and also()), timeout)
+        return self._wait_for(lambda: self.settled > seen or (also is not None and also()), timeout)
 
     def poke(self) -> None:
         """Wake every :meth:`wait_settled` to look at its ``also`` again."""
@@ -142,8 +143,15 @@ class InFlight:
 
     def join(self, timeout: float | None = None) -> bool:
         """Block until no item is unfinished; False if ``timeout`` passed first."""
+        return self._wait_for(lambda: self._unfinished == 0, timeout)
+
+    def _wait_for(self, predicate: Callable[[], bool], timeout: float | None) -> bool:
         with self._settled:
-            return self._settled.wait_for(lambda: self._unfinished == 0, timeout)
+            self._waiters += 1
+            try:
+                return self._settled.wait_for(predicate, timeout)
+            finally:
+                self._waiters -= 1
 
     def __len__(self) -> int:
         with self._lock:

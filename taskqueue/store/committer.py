@@ -66,16 +66,21 @@ class Op(NamedTuple):
 
 
 class _Call:
-    """Ops handed over together; ``results`` is filled in, then ``ready`` is released."""
+    """Ops handed over together. A caller that waits holds ``ready`` (acquired): the committing
+    thread fills in ``results``, then releases it. A post has no ``ready`` and no ``results``."""
 
     __slots__ = ("ops", "results", "ready")
 
-    def __init__(self, ops: list[Op], wait: bool) -> None:
+    def __init__(self, ops: list[Op], ready: Any = None) -> None:
         self.ops = ops
         self.results: list | None = None
-        self.ready = allocate_lock() if wait else None
-        if wait:
-            self.ready.acquire()
+        self.ready = ready
+
+
+def _waiting(ops: list[Op]) -> _Call:
+    ready = allocate_lock()
+    ready.acquire()
+    return _Call(ops, ready)
 
 
 class Committer:
@@ -131,7 +136,7 @@ class Committer:
             # writer's batch (else, under contention, the writer would starve for the connection).
             idle = not in_callback and self._pending == 0 and self._conn_lock.acquire(blocking=False)
             if not (idle or in_callback):  # busy: join the writer's next group commit
-                call = _Call(ops, wait=True)
+                call = _waiting(ops)
                 self._pending += 1
                 self._queued.put(call)
         if idle or in_callback:
@@ -139,15 +144,15 @@ class Committer:
                 # A done callback committing more work: wait for the connection itself rather than
                 # queue behind the writer, which may be the very thread running this callback.
                 self._conn_lock.acquire()
-            call = _Call(ops, wait=False)
             try:
-                call.results = self._execute(ops)
+                results = self._execute(ops)
             finally:
                 self._conn_lock.release()
-            self._deliver([call])
+            self._deliver([_Call(ops)], results)
         else:
             call.ready.acquire()
-        result, error = call.results[-1]
+            results = call.results
+        result, error = results[-1]
         if error is not None:
             raise error
         return result
@@ -158,11 +163,11 @@ class Committer:
             if self._closed:
                 raise StoreClosed("the task store is closed")
             self._pending += 1
-            self._queued.put(_Call(list(ops), wait=False))
+            self._queued.put(_Call(ops))
 
     def flush(self) -> None:
         """Block until every op handed over before this call is committed."""
-        call = _Call([Op(_nothing)], wait=True)
+        call = _waiting([Op(_nothing)])
         with self._state:
             if self._closed:
                 return
@@ -186,30 +191,25 @@ class Committer:
 
     def _run(self) -> None:
         """Group-commit whatever was queued while the connection was busy, until the stop marker."""
-        stopping = False
+        queued, stopping = self._queued, False
         while not stopping:
-            calls = [self._queued.get()]
+            calls = [queued.get()]
             with self._conn_lock:
                 # Drain only once the connection is ours: what queued up meanwhile joins this commit.
-                size = len(calls[0].ops) if calls[0] is not _STOP else 0
-                while size < self._max_batch:
+                while len(calls) < self._max_batch:
                     try:
-                        call = self._queued.get_nowait()
+                        calls.append(queued.get_nowait())
                     except queue.Empty:
                         break
-                    calls.append(call)
-                    size += 0 if call is _STOP else len(call.ops)
-                stopping = calls[-1] is _STOP or _STOP in calls
-                calls = [c for c in calls if c is not _STOP]
+                stopping = calls[-1] is _STOP  # nothing is queued after the stop marker
+                if stopping:
+                    calls.pop()
+                ops = [op for call in calls for op in call.ops]
                 try:
-                    results = self._execute([op for c in calls for op in c.ops])
+                    results = self._execute(ops)
                 except BaseException as exc:  # noqa: BLE001 - this thread must outlive any error
-                    results = [(None, exc)] * size
-            position = 0
-            for call in calls:
-                call.results = results[position:position + len(call.ops)]
-                position += len(call.ops)
-            self._deliver(calls)
+                    results = [(None, exc)] * len(ops)
+            self._deliver(calls, results)
             with self._state:  # only now: a direct commit's callbacks never run before these
                 self._pending -= len(calls) + stopping
 
@@ -229,13 +229,17 @@ class Committer:
             return [_run_op(conn, op) for op in ops]
         isolate = self._isolate_every_op and len(ops) > 1
         results: list = []
+        append = results.append
         try:
             self._begin(conn)
-            for op in ops:
+            for op in ops:  # _run_op written out: this loop runs once per op of every group commit
                 if op.atomic and not isolate:
-                    results.append(_run_op(conn, op))
+                    try:
+                        append((op.fn(conn, *op.args), None))
+                    except Exception as exc:  # one bad op must not sink the batch
+                        append((None, exc))
                 else:
-                    results.append(_run_in_savepoint(conn, op))
+                    append(_run_in_savepoint(conn, op))
             if wakes:
                 self._notify(conn)
             status = getattr(conn.execute("COMMIT"), "statusmessage", None)
@@ -260,14 +264,21 @@ class Committer:
                     "event": "store_broken", "task_id": None, "idempotency_key": None,
                     "error_class": type(exc).__name__, "error": str(exc)})
 
-    def _deliver(self, calls: list[_Call]) -> None:
-        """Report results: ``done`` callbacks first (in this thread), then wake the waiting callers."""
+    def _deliver(self, calls: list[_Call], results: list[tuple[Any, BaseException | None]]) -> None:
+        """Report ``results`` (one per op of ``calls``, in order): ``done`` callbacks first (in this
+        thread), then wake the waiting callers."""
         local = self._local
         outer = getattr(local, "delivering", False)
         local.delivering = True
+        position = 0
+        for call in calls:  # every waiting caller has its results before any callback runs
+            if call.ready is not None:
+                call.results = results[position:position + len(call.ops)]
+            position += len(call.ops)
+        each = iter(results)
         try:
             for call in calls:
-                for op, (result, error) in zip(call.ops, call.results):
+                for op, (result, error) in zip(call.ops, each):  # ops first: zip stops at the call's end
                     if op.done is not None:
                         try:
                             op.done(result, error)

@@ -71,9 +71,8 @@ _STATUS = {status.value: status for status in TaskStatus}
 COLUMNS = ", ".join(Row._fields)
 
 
-@dataclass(frozen=True)
-class Claim:
-    """What offering a task's key found.
+class Claim(NamedTuple):
+    """What offering a task's key found (a tuple: one is built per submit).
 
     ``row`` is the row as it now stands. ``runnable``: this process now owns
     an open row and must run it -- it ``inserted`` it, or took over a row
@@ -101,9 +100,12 @@ class Recovered:
     dead: list[Row]
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True)  # json.dumps(..., sort_keys=True) without a new encoder per call
+
+
 def task_payload(task: Task) -> str:
     """The task as stored in the row (canonical JSON)."""
-    return json.dumps(task.to_dict(), sort_keys=True)
+    return _CANONICAL.encode(task.to_dict())
 
 
 def error_text(error: BaseException) -> str:

@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from taskqueue.metrics import (COUNTERS, DURATION_BUCKETS_S, SNAPSHOT_KEYS, DepthSampler, DepthStats,
+from taskqueue.metrics import (COUNTERS, DURATION_BUCKETS_S, FOLD_AT, SNAPSHOT_KEYS, DepthSampler, DepthStats,
                                LatencyHistogram, Metrics)
 
 WAIT_S = 30  # hang guard only
@@ -130,6 +130,24 @@ def test_values_at_the_edges_are_documented_not_lost():
     assert histogram.max == 10.0
 
 
+EDGES = [0.0, -1.0, 1e9, 1e-7, 1e-6, 86400.0, 86400.5, 5e-324]
+
+
+@pytest.mark.parametrize("name", sorted(DISTRIBUTIONS) + ["edges"])
+def test_record_many_is_record_of_each_value(name):
+    values = EDGES * 3 if name == "edges" else DISTRIBUTIONS[name](random.Random(name), 3000) + EDGES
+    one_by_one, at_once = LatencyHistogram(), LatencyHistogram()
+    for v in values:
+        one_by_one.record(v)
+    at_once.record_many(values[:1000])
+    at_once.record_many([])
+    at_once.record_many(values[1000:])
+    assert dict(at_once._buckets) == dict(one_by_one._buckets)
+    assert (at_once.count, at_once.min, at_once.max) == (one_by_one.count, one_by_one.min, one_by_one.max)
+    assert at_once.total == pytest.approx(one_by_one.total, rel=1e-12)
+    assert at_once.summary() == pytest.approx(one_by_one.summary(), rel=1e-12)
+
+
 @pytest.mark.parametrize("alpha", [0.0, 1.0, -0.1, 2.0])
 def test_alpha_must_be_a_fraction(alpha):
     with pytest.raises(ValueError, match="alpha"):
@@ -157,6 +175,17 @@ def test_depth_stats_are_exact(seed):
     summary = stats.summary()
     assert summary == {"current": depths[-1], "max": max(depths), "mean": pytest.approx(sum(depths) / len(depths)),
                        "p95": nearest_rank(depths, 0.95), "observations": len(depths), "capacity": capacity}
+
+
+def test_depth_stats_record_many_clamps_and_keeps_the_order():
+    depths = [3, -2, 70, 0, 64, 5]
+    one_by_one, at_once = DepthStats(64), DepthStats(64)
+    for d in depths:
+        one_by_one.record(d)
+    at_once.record_many(depths[:4])
+    at_once.record_many(depths[4:])
+    assert at_once.summary() == one_by_one.summary()
+    assert at_once.summary()["current"] == 5 and at_once.summary()["max"] == 64
 
 
 def test_depth_stats_empty():
@@ -280,6 +309,37 @@ def test_duration_buckets_in_the_snapshot_are_cumulative_and_json_safe():
     assert buckets["cumulative"][-1] == 5 and buckets["count"] == 6  # 100 s only in +Inf
     assert buckets["sum"] == pytest.approx(0.0005 + 0.001 + 0.02 + 0.02 + 7.0 + 100.0)
     assert json.loads(json.dumps(buckets)) == buckets  # no inf in the JSON
+
+
+def test_samples_held_back_are_folded_before_every_read():
+    """However the samples fall around FOLD_AT, a snapshot sees every one: the same statistics as
+    recording each sample on its own."""
+    rng = random.Random(5)
+    metrics = Metrics(workers=2, queue_capacity=128, clock=SteppedClock())
+    latency, wait, processing = LatencyHistogram(), LatencyHistogram(), LatencyHistogram()
+    depths = DepthStats(128)
+    for i in range(3 * FOLD_AT + 7):
+        put_depth, get_depth = rng.randint(0, 128), rng.randint(0, 128)
+        waited, busy, total = rng.uniform(0, 0.01), rng.lognormvariate(-5, 1), rng.uniform(0, 1)
+        metrics.on_put(put_depth)
+        metrics.on_get(get_depth, waited)
+        metrics.on_processed(i % 2, busy)
+        metrics.on_outcome("succeeded", total)
+        depths.record(put_depth)
+        depths.record(get_depth)
+        wait.record(waited)
+        processing.record(busy)
+        latency.record(total)
+        if i in (0, FOLD_AT - 1, FOLD_AT, 2 * FOLD_AT + 3):
+            snap = metrics.snapshot()
+            assert snap["latency_s"]["count"] == snap["processing_s"]["count"] == i + 1
+            assert snap["queue_depth"]["current"] == get_depth
+    snap = metrics.snapshot()
+    assert snap["latency_s"] == pytest.approx(latency.summary(), rel=1e-12)
+    assert snap["queue_wait_s"] == pytest.approx(wait.summary(), rel=1e-12)
+    assert snap["processing_s"] == pytest.approx(processing.summary(), rel=1e-12)
+    assert snap["queue_depth"] == pytest.approx(depths.summary(), rel=1e-12)
+    assert snap["task_duration_s"]["count"] == 3 * FOLD_AT + 7
 
 
 # -- DepthSampler -----------------------------------------------------------------------------------

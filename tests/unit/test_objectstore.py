@@ -81,6 +81,28 @@ def test_validate_key_refuses_empty_and_too_long_keys():
         validate_key(too_long)
 
 
+def _outcome(check, key):
+    try:
+        return check(key)
+    except InvalidKey as exc:
+        return f"refused: {exc}"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_one_match_for_plain_keys_decides_as_every_rule_does(seed):
+    """validate_key accepts the common keys with one regular expression before the rule-by-rule checks:
+    on random keys built from the characters that matter, both must decide alike (and say the same)."""
+    import random
+    rng = random.Random(seed)
+    pieces = ["a", "Z", "0", "_", "-", ".", "..", "/", "//", ":", "\\", "=", "+", "@", " ", "\x00", "\x7f", "é",
+              "\ud800", TEMP_MARKER, "x" * (MAX_SEGMENT_LENGTH - 1), "y" * MAX_SEGMENT_LENGTH]
+    for _ in range(4000):
+        key = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 8)))
+        assert _outcome(validate_key, key) == _outcome(objectstore._check_key, key), key
+    for key in ["a" * MAX_KEY_LENGTH, "a" * (MAX_KEY_LENGTH + 1), "photos/2024/img_001.jpg", "a/" + "b" * 201, "C:x"]:
+        assert _outcome(validate_key, key) == _outcome(objectstore._check_key, key), key
+
+
 @pytest.mark.parametrize("key", [None, 1, b"abc", ["a"]], ids=repr)
 def test_validate_key_refuses_non_strings(key):
     with pytest.raises(InvalidKey, match=type(key).__name__):
