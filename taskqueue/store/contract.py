@@ -23,6 +23,7 @@ not), so a caller can hand several changes over in one transaction.
 from __future__ import annotations
 
 import json
+import json.encoder
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, NamedTuple, Protocol
 
@@ -101,11 +102,17 @@ class Recovered:
 
 
 _CANONICAL = json.JSONEncoder(sort_keys=True)  # json.dumps(..., sort_keys=True) without a new encoder per call
+_quoted = json.encoder.encode_basestring_ascii  # a JSON string literal, as that encoder writes it
 
 
 def task_payload(task: Task) -> str:
-    """The task as stored in the row (canonical JSON)."""
-    return _CANONICAL.encode(task.to_dict())
+    """The task as stored in the row: ``json.dumps(task.to_dict(), sort_keys=True)``.
+
+    Made once per submit: a task without params (most) is written out directly, the same text.
+    """
+    if task.params:
+        return _CANONICAL.encode(task.to_dict())
+    return f'{{"id": {_quoted(task.id)}, "image_key": {_quoted(task.image_key)}, "variant": {_quoted(task.variant)}}}'
 
 
 def error_text(error: BaseException) -> str:

@@ -230,3 +230,15 @@ def test_task_result_defaults_and_is_frozen():
     assert (result.queue_wait_s, result.processing_s, result.output_bytes) == (None, None, None)
     with pytest.raises(dataclasses.FrozenInstanceError):
         result.attempts = 2
+
+
+@pytest.mark.parametrize("task", [
+    Task(id="t1", image_key="k/1.jpg", variant="gzip"),
+    Task(id="a:b@c/d+e=f-g.h", image_key="photos/été/\u00e9\u4e2d\U0001f600.png", variant="thumb_256"),
+    Task(id="q", image_key='say "hi"/back\\slash'.replace("\\", "_"), variant="gray"),
+    Task(id="p", image_key="k", variant="thumb_64", params={"format": "png", "quality": 80, "z": None}),
+], ids=["plain", "unicode", "quotes", "params"])
+def test_the_stored_payload_is_the_canonical_json_of_the_task(task):
+    from taskqueue.store.contract import task_payload
+    assert task_payload(task) == json.dumps(task.to_dict(), sort_keys=True)
+    assert Task.from_dict(json.loads(task_payload(task))) == task
