@@ -117,7 +117,6 @@ class TaskQueue:
         if not new:
             self.metrics.incr("deduplicated")
             return item.future
-        item.future.add_done_callback(self.inflight.on_done)  # frees the key at once if its client cancels
         accepted = False
         try:  # other submitters of this key may hold item.future from here on: it must be resolved
             if self.config.on_full == "reject" and self._queue.full():

@@ -49,6 +49,9 @@ class InFlight:
 
     ``_lock`` guards every field; ``_settled`` (a Condition on it) announces
     that an item settled. Only a Future's own lock is taken while it is held.
+    An item whose client cancelled its Future is not in flight any more: its
+    key may be offered (or adopted) again at once, though the item stays
+    unfinished until a worker drops it.
     """
 
     def __init__(self) -> None:
@@ -70,8 +73,8 @@ class InFlight:
             if self._closed:
                 raise QueueShutDown("submit() after shutdown()")
             item = self._items.get(task.idempotency_key)
-            if item is not None:
-                return item, False
+            if item is not None and not item.future.cancelled():
+                return item, False  # (a cancelled one is forgotten when a worker drops it; see forget)
             item = self._items[task.idempotency_key] = WorkItem(task)
             self._unfinished += 1
             return item, True
@@ -80,25 +83,12 @@ class InFlight:
         """A new item for a row taken over (recovery, a worker's claim), or None if a submit holds its
         key already. ``task`` is the row's task when the caller has decoded it already."""
         with self._lock:
-            if row.idempotency_key in self._items:
+            held = self._items.get(row.idempotency_key)
+            if held is not None and not held.future.cancelled():
                 return None
             item = self._items[row.idempotency_key] = WorkItem(task or row.task()).bind(row)
             self._unfinished += 1
             return item
-
-    def on_done(self, future: Future) -> None:
-        """A done-callback for an item's Future: if its client cancelled it, the key may be offered
-        again at once (the item stays unfinished until a worker drops it).
-
-        It finds the item by its Future, so the Future holds no reference back to its item: no
-        reference cycle per task for the garbage collector to find.
-        """
-        if future.cancelled():
-            with self._lock:
-                for key, item in self._items.items():
-                    if item.future is future:
-                        del self._items[key]
-                        return
 
     def settle(self, item: WorkItem, result: object = None, error: BaseException | None = None) -> None:
         """Resolve ``item``'s Future (unless its client cancelled it) and stop tracking it."""

@@ -1,0 +1,169 @@
+"""Python work per task, counted rather than timed: bytecode instructions by thread and by function.
+
+    python -m taskqueue.bench.opcount [--tasks 3000] [--clients 100] [--top 25] [engine|pool|MODULE:CLASS ...]
+
+On two shared cores a timed run moves by a quarter from one minute to the
+next; the number of bytecode instructions a task costs does not (it moves by
+a few per cent with how the writer's group commits happen to fall). At zero
+task length, throughput follows it closely, so this is the measure to
+compare a hot-path change by. Each option runs the closed loop of the side-by-side harness
+(``clients`` threads, each submitting one zero-length task and waiting for
+its result, then the next; 8 workers) under ``sys.settrace`` with opcode
+events, which makes it some ten times slower: the figures are counts, never rates.
+
+``engine`` is a :class:`~taskqueue.engine.TaskQueue` on a temporary SQLite
+file with a processor that does nothing (the harness's ``tq_adapter``);
+``pool`` is ``ThreadPoolExecutor(8).submit(f).result()``. ``MODULE:CLASS``
+loads an option of the harness in ``../shared/bench`` (``peer_bench:BQSqliteGroupCommitOption``
+with that directory on ``PYTHONPATH``): it needs ``start(workers, workdir)``,
+``run_one(tid, s, timeout)`` and ``stop()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import importlib
+import os
+import sys
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+WORKERS = 8
+
+
+class Count:
+    """Instructions executed while :attr:`on`, by thread name (digits stripped) and by function."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.by_thread: collections.Counter[str] = collections.Counter()
+        self.by_function: collections.Counter[str] = collections.Counter()
+
+    def trace(self, frame, event: str, arg: Any):
+        frame.f_trace_opcodes = True
+        return self._opcode
+
+    def _opcode(self, frame, event: str, arg: Any):
+        if event == "opcode" and self.on:
+            self.by_thread[threading.current_thread().name.rstrip("0123456789_-")] += 1
+            code = frame.f_code
+            self.by_function[f"{os.path.basename(code.co_filename)}:{code.co_name}"] += 1
+        return self._opcode
+
+
+class EngineOption:
+    """The project's TaskQueue as the harness drives it (durable, queue 128, block), doing nothing per task."""
+
+    def start(self, workers: int, workdir: str) -> None:
+        from ..config import Config
+        from ..engine import TaskQueue
+        from ..processor import Output
+        from ..task import Task
+
+        class Nothing:
+            check = staticmethod(lambda task: None)
+            output_key = staticmethod(lambda task: "out/" + task.image_key)
+            process = staticmethod(lambda task, attempt=1: Output(key="out/" + task.image_key, size=0))
+
+        self._task = Task
+        self.tq = TaskQueue(os.path.join(workdir, "tq.db"), os.path.join(workdir, "store"),
+                            config=Config(workers=workers, queue_size=128, on_full="block"), processor=Nothing())
+
+    def run_one(self, tid: int, s: float, timeout: float) -> Any:
+        return self.tq.submit(self._task(id=f"t{tid}", image_key=f"k/{tid}", variant="gzip")).result(timeout)
+
+    def stop(self) -> None:
+        self.tq.shutdown(wait=True)
+
+
+class PoolOption:
+    """``ThreadPoolExecutor(workers)``: the in-process ceiling, nothing durable."""
+
+    def start(self, workers: int, workdir: str) -> None:
+        self.pool = ThreadPoolExecutor(workers)
+
+    def run_one(self, tid: int, s: float, timeout: float) -> Any:
+        return self.pool.submit(int, tid).result(timeout)
+
+    def stop(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+OPTIONS: dict[str, Callable[[], Any]] = {"engine": EngineOption, "pool": PoolOption}
+
+
+def load(name: str) -> Any:
+    """An option by name, or ``module:Class`` imported (``ValueError`` naming it if that fails)."""
+    if name in OPTIONS:
+        return OPTIONS[name]()
+    module, _, attr = name.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)()
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ValueError(f"option {name!r}: not {' or '.join(OPTIONS)}, and not an importable module:Class ({exc})")
+
+
+def measure(option: Any, tasks: int, clients: int, warmup: int = 50) -> Count:
+    """Run ``tasks`` zero-length tasks from ``clients`` closed-loop threads; count what the run executes."""
+    count = Count()
+    threading.settrace(count.trace)  # before the option starts its threads: they are traced from birth
+    try:
+        with tempfile.TemporaryDirectory(prefix="tq-opcount-") as workdir:
+            option.start(WORKERS, workdir)
+            try:
+                for i in range(warmup):
+                    option.run_one(10 ** 9 + i, 0.0, 30.0)
+                go = threading.Barrier(clients + 1)
+
+                def client(first: int) -> None:
+                    go.wait()
+                    for tid in range(first, tasks, clients):
+                        option.run_one(tid, 0.0, 60.0)
+
+                threads = [threading.Thread(target=client, args=(k,), name="client") for k in range(clients)]
+                for thread in threads:
+                    thread.start()
+                count.on = True
+                go.wait()
+                for thread in threads:
+                    thread.join()
+                count.on = False
+            finally:
+                option.stop()
+    finally:
+        threading.settrace(None)  # type: ignore[arg-type]
+    return count
+
+
+def report(name: str, count: Count, tasks: int, top: int) -> str:
+    total = sum(count.by_thread.values())
+    lines = [f"{name}: {total / tasks:.0f} instructions per task"]
+    lines += [f"  {thread:<24} {n / tasks:8.1f}" for thread, n in count.by_thread.most_common() if n / tasks >= 0.5]
+    lines += [f"      {n / tasks:8.1f}  {function}" for function, n in count.by_function.most_common(top)]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m taskqueue.bench.opcount", description=__doc__.split("\n\n")[0])
+    parser.add_argument("options", nargs="*", default=["pool", "engine"], metavar="OPTION")
+    parser.add_argument("--tasks", type=int, default=3000)
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--top", type=int, default=25, help="functions listed per option (default 25)")
+    args = parser.parse_args(argv)
+    if args.tasks < 1 or args.clients < 1 or args.top < 0:
+        parser.error(f"--tasks and --clients must be at least 1 and --top at least 0 "
+                     f"(got {args.tasks}, {args.clients}, {args.top})")
+    try:
+        options = [(name, load(name)) for name in args.options]
+    except ValueError as exc:
+        parser.error(str(exc))
+    for name, option in options:
+        print(report(name, measure(option, args.tasks, args.clients), args.tasks, args.top), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
