@@ -173,10 +173,32 @@ def run_spec(spec: dict) -> dict:
 
 def _machine() -> dict:
     affinity = getattr(os, "sched_getaffinity", None)
+    workdir = tempfile.gettempdir()
     return {"platform": platform.platform(), "python": platform.python_version(),
             "implementation": platform.python_implementation(), "cpus": os.cpu_count(),
             "cpus_available": len(affinity(0)) if affinity else os.cpu_count(),
-            "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+            "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+            "workdir": workdir, "workdir_fs": filesystem_of(workdir)}
+
+
+def filesystem_of(path: str, mounts: str = "/proc/mounts") -> str | None:
+    """The type of the filesystem ``path`` is on (``ext4``, ``tmpfs``...), or None where it cannot be told.
+
+    Every row's database and objects live under the temporary directory (``TMPDIR``): on a disk the
+    fsyncs of the outputs are real work, and their latency is the disk's, so the report says which.
+    """
+    try:
+        with open(mounts, encoding="utf-8", errors="replace") as f:
+            table = [line.split()[1:3] for line in f if len(line.split()) >= 3]
+    except OSError:
+        return None
+    real = os.path.realpath(path)
+    best, kind = "", None
+    for point, fstype in table:
+        point = point.replace("\\040", " ")
+        if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) > len(best):
+            best, kind = point, fstype
+    return kind
 
 
 def _settings(args: argparse.Namespace, specs: list[dict]) -> dict:
@@ -262,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"Benchmark: {len(runs)} runs of {len(rows)} rows in {wall:.1f} s on {machine['cpus']} cores "
           f"(Python {machine['python']}, seed {args.seed}, {_repeats_text(settings)})")
-    print(f"command: {command}\n")
+    print(f"command: {command}")
+    print(f"rows ran in {machine['workdir']} ({machine['workdir_fs'] or 'filesystem unknown'}; set TMPDIR to move them)\n")
     print(report.table(rows))
     burst = report.burst_table(rows)
     if burst:

@@ -9,7 +9,8 @@ runs of one (scenario, clients, implementation, tasks): every metric in
 
     schema, created (UTC ISO 8601), command, wall_s (whole benchmark)
     machine   {platform, python, implementation, cpus, cpus_available,
-               load_average_start, load_average_end}
+               load_average_start, load_average_end,
+               workdir (where the rows' databases and objects were: TMPDIR), workdir_fs (its filesystem type)}
     settings  {seed, repeat (the most any scenario ran), quick, workers, queue_size,
                warmup_tasks, variant, fsync_outputs,
                scenarios: {name: {scenario parameters, clients_run, tasks_run [sizes],

@@ -366,3 +366,17 @@ def test_engine_meets_the_requirements_against_the_baseline(tmp_path):
         assert check["throughput_ratio"] >= 2.0, check["detail"]
         assert check["p95_ratio"] <= 0.60, check["detail"]
         assert check["status"] == "PASS"
+
+
+def test_the_report_says_which_filesystem_the_rows_ran_on(tmp_path):
+    from taskqueue.bench.cli import filesystem_of
+    mounts = tmp_path / "mounts"
+    mounts.write_text("/dev/vda / ext4 rw 0 0\n"
+                      "tmpfs /data tmpfs rw 0 0\n"
+                      "/dev/vdb /data/fast\\040disk xfs rw 0 0\n"
+                      "garbage\n")
+    assert filesystem_of("/data/x/y", str(mounts)) == "tmpfs"
+    assert filesystem_of("/data", str(mounts)) == "tmpfs"
+    assert filesystem_of("/database", str(mounts)) == "ext4"  # a prefix of the name is not a mount
+    assert filesystem_of("/data/fast disk/rows", str(mounts)) == "xfs"
+    assert filesystem_of("/anything", str(tmp_path / "missing")) is None
