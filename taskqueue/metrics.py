@@ -25,6 +25,7 @@ as recording each sample on its own, for a fraction of the Python per task.
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 from array import array
 import math
@@ -32,7 +33,7 @@ import operator
 import threading
 import time
 from collections import Counter
-from itertools import repeat
+from itertools import chain, repeat
 from typing import Callable, Sequence
 
 COUNTERS = ("enqueued", "dequeued", "deduplicated", "rejected", "succeeded", "failed", "retried",
@@ -90,24 +91,20 @@ class LatencyHistogram:
             self.max = value
 
     def record_many(self, values: Sequence[float]) -> None:
-        """:meth:`record` each of ``values``, with the per-value work done in C."""
+        """:meth:`record` each of ``values`` in order, with the per-value work done in C: the same
+        buckets, count, total (added in the same order), min and max, bit for bit."""
         if not values:
             return
         low, high = self.min_value, self.max_value
-        above = [v for v in values if v > low]
-        below = [v if v > 0.0 else 0.0 for v in values if not v > low] if len(above) < len(values) else []
-        clamped = list(map(min, above, repeat(high)))
-        self._buckets.update(map(math.ceil, map(operator.truediv, map(math.log, clamped), repeat(self._log_gamma))))
-        if below:
-            self._buckets[_LOW] = self._buckets.get(_LOW, 0) + len(below)
-        self.count += len(values)
-        self.total += sum(clamped) + sum(below)
-        smallest = min(below) if below else min(clamped)
-        largest = max(clamped) if clamped else max(below)
-        if smallest < self.min:
-            self.min = smallest
-        if largest > self.max:
-            self.max = largest
+        clamped = [(high if v > high else v) if v > low else (0.0 if v < 0.0 else v) for v in values]
+        above = [v for v in clamped if v > low]
+        self._buckets.update(map(math.ceil, map(operator.truediv, map(math.log, above), repeat(self._log_gamma))))
+        if len(above) < len(clamped):
+            self._buckets[_LOW] = self._buckets.get(_LOW, 0) + len(clamped) - len(above)
+        self.count += len(clamped)
+        self.total = functools.reduce(operator.add, clamped, self.total)
+        self.min = min(chain((self.min,), clamped))  # min() and max() replace only on < and >, as record()
+        self.max = max(chain((self.max,), clamped))
 
     def quantile(self, q: float) -> float | None:
         """The nearest-rank ``q``-quantile (``q`` in [0, 1]) within relative error ``alpha``."""

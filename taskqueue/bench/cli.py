@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -194,9 +195,9 @@ def filesystem_of(path: str, mounts: str = "/proc/mounts") -> str | None:
         return None
     real = os.path.realpath(path)
     best, kind = "", None
-    for point, fstype in table:
-        point = point.replace("\\040", " ")
-        if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) > len(best):
+    for point, fstype in table:  # the longest mount point holding the path; of equal ones, the last (on top)
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), point)  # \040 is a space
+        if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
             best, kind = point, fstype
     return kind
 

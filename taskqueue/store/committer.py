@@ -195,12 +195,16 @@ class Committer:
         while not stopping:
             calls = [queued.get()]
             with self._conn_lock:
-                # Drain only once the connection is ours: what queued up meanwhile joins this commit.
-                while len(calls) < self._max_batch:
+                # Drain only once the connection is ours: what queued up meanwhile joins this commit,
+                # up to max_batch ops.
+                size = 0 if calls[0] is _STOP else len(calls[0].ops)
+                while size < self._max_batch:
                     try:
-                        calls.append(queued.get_nowait())
+                        call = queued.get_nowait()
                     except queue.Empty:
                         break
+                    calls.append(call)
+                    size += 0 if call is _STOP else len(call.ops)
                 stopping = calls[-1] is _STOP  # nothing is queued after the stop marker
                 if stopping:
                     calls.pop()

@@ -374,9 +374,12 @@ def test_the_report_says_which_filesystem_the_rows_ran_on(tmp_path):
     mounts.write_text("/dev/vda / ext4 rw 0 0\n"
                       "tmpfs /data tmpfs rw 0 0\n"
                       "/dev/vdb /data/fast\\040disk xfs rw 0 0\n"
+                      "tmpfs /data/over tmpfs rw 0 0\n"
+                      "/dev/vdc /data/over btrfs rw 0 0\n"
                       "garbage\n")
     assert filesystem_of("/data/x/y", str(mounts)) == "tmpfs"
     assert filesystem_of("/data", str(mounts)) == "tmpfs"
     assert filesystem_of("/database", str(mounts)) == "ext4"  # a prefix of the name is not a mount
     assert filesystem_of("/data/fast disk/rows", str(mounts)) == "xfs"
+    assert filesystem_of("/data/over/x", str(mounts)) == "btrfs"  # mounted over the tmpfs: the one seen
     assert filesystem_of("/anything", str(tmp_path / "missing")) is None
