@@ -72,9 +72,9 @@ class InFlight:
         with self._lock:
             if self._closed:
                 raise QueueShutDown("submit() after shutdown()")
-            item = self._items.get(task.idempotency_key)
-            if item is not None and not item.future.cancelled():
-                return item, False  # (a cancelled one is forgotten when a worker drops it; see forget)
+            item = self._held(task.idempotency_key)
+            if item is not None:
+                return item, False
             item = self._items[task.idempotency_key] = WorkItem(task)
             self._unfinished += 1
             return item, True
@@ -83,12 +83,17 @@ class InFlight:
         """A new item for a row taken over (recovery, a worker's claim), or None if a submit holds its
         key already. ``task`` is the row's task when the caller has decoded it already."""
         with self._lock:
-            held = self._items.get(row.idempotency_key)
-            if held is not None and not held.future.cancelled():
+            if self._held(row.idempotency_key) is not None:
                 return None
             item = self._items[row.idempotency_key] = WorkItem(task or row.task()).bind(row)
             self._unfinished += 1
             return item
+
+    def _held(self, key: str) -> WorkItem | None:
+        """The item in flight for ``key`` (the caller holds the lock); a cancelled one does not count
+        (it is forgotten when a worker drops it, see :meth:`forget`)."""
+        item = self._items.get(key)
+        return None if item is None or item.future.cancelled() else item
 
     def settle(self, item: WorkItem, result: object = None, error: BaseException | None = None) -> None:
         """Resolve ``item``'s Future (unless its client cancelled it) and stop tracking it."""

@@ -36,7 +36,7 @@ import logging
 import queue
 import threading
 from _thread import allocate_lock
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 from ..errors import StoreBroken, StoreClosed
 from ..logs import LOGGER_NAME
@@ -71,13 +71,13 @@ class _Call:
 
     __slots__ = ("ops", "results", "ready")
 
-    def __init__(self, ops: list[Op], ready: Any = None) -> None:
+    def __init__(self, ops: Sequence[Op], ready: Any = None) -> None:
         self.ops = ops
         self.results: list | None = None
         self.ready = ready
 
 
-def _waiting(ops: list[Op]) -> _Call:
+def _waiting(ops: Sequence[Op]) -> _Call:
     ready = allocate_lock()
     ready.acquire()
     return _Call(ops, ready)
