@@ -96,7 +96,8 @@ class InFlight:
         return None if item is None or item.future.cancelled() else item
 
     def settle(self, item: WorkItem, result: object = None, error: BaseException | None = None) -> None:
-        """Resolve ``item``'s Future (unless its client cancelled it) and stop tracking it."""
+        """Resolve ``item``'s Future (unless its client cancelled it) and stop tracking it, even when
+        a done-callback of the Future raises what the Future does not catch (``SystemExit``)."""
         try:
             if error is None:
                 item.future.set_result(result)
@@ -104,7 +105,8 @@ class InFlight:
                 item.future.set_exception(error)
         except InvalidStateError:
             pass  # cancelled meanwhile; whatever the outcome, it is in the store
-        self.forget(item)
+        finally:
+            self.forget(item)
 
     def forget(self, item: WorkItem) -> None:
         """``item`` settled (or was never accepted): stop tracking it."""

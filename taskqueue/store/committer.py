@@ -27,7 +27,9 @@ more work (a Future's done-callback that submits a task) runs it right there.
 
 The writer never dies silently: an error it cannot recover from (a ROLLBACK
 that fails) marks the committer broken, and every op, queued or later, fails
-with :class:`~taskqueue.errors.StoreBroken`.
+with :class:`~taskqueue.errors.StoreBroken`. A callback that raises -- even
+``KeyboardInterrupt`` or ``SystemExit`` -- is logged, and the other ops are
+still told.
 """
 
 from __future__ import annotations
@@ -280,20 +282,27 @@ class Committer:
                 call.results = results[position:position + len(call.ops)]
             position += len(call.ops)
         each = iter(results)
+        interrupted: BaseException | None = None
         try:
             for call in calls:
                 for op, (result, error) in zip(call.ops, each):  # ops first: zip stops at the call's end
                     if op.done is not None:
                         try:
                             op.done(result, error)
-                        except Exception:  # noqa: BLE001 - a callback's bug must not stop delivery
+                        except BaseException as exc:  # noqa: BLE001 - a callback must not stop delivery
                             _log.exception("store callback failed", extra={
                                 "event": "callback_error", "task_id": None, "idempotency_key": None})
+                            if not isinstance(exc, Exception) and interrupted is None:
+                                interrupted = exc
         finally:
             local.delivering = outer
             for call in calls:
                 if call.ready is not None:
                     call.ready.release()
+        # A KeyboardInterrupt or SystemExit from a callback is raised again once every result is out,
+        # in a caller's thread; the writer thread, which nobody can interrupt, logged it and goes on.
+        if interrupted is not None and threading.current_thread() is not self._writer:
+            raise interrupted
 
 
 def _run_op(conn: Any, op: Op) -> tuple[Any, BaseException | None]:

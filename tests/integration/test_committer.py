@@ -142,6 +142,41 @@ def test_a_callback_that_raises_is_logged_and_the_others_are_still_told(store, c
     assert store.commit(store.claim(make_task(4), 3)).inserted  # the committer still serves
 
 
+def test_a_callback_that_raises_system_exit_in_the_writer_neither_kills_it_nor_skips_the_others(store, caplog):
+    """Before: the writer thread died with it, and every later commit waited forever."""
+    told = []
+
+    def leaving(_result, _error):
+        raise SystemExit("a done callback that exits")
+
+    store.post(store.claim(make_task(1), 3)._replace(done=leaving),
+               store.claim(make_task(2), 3)._replace(done=lambda r, e: told.append(r)))
+    flushed = threading.Thread(target=store.flush, daemon=True)
+    flushed.start()
+    flushed.join(WAIT_S)  # hang guard only: the flush returns as soon as the writer has delivered
+    assert not flushed.is_alive()
+    assert len(told) == 1 and told[0].inserted
+    assert any(r.getMessage() == "store callback failed" for r in caplog.records)
+    assert store.committer._writer.is_alive()
+    assert store.commit(store.claim(make_task(3), 3)).inserted  # the committer still serves
+
+
+def test_a_keyboard_interrupt_from_a_callback_reaches_the_caller_after_every_result_is_out(store):
+    """In a direct commit the callbacks run in the caller's thread: the interrupt is the caller's,
+    raised once the other ops have been told."""
+    told = []
+
+    def interrupted(_result, _error):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        store.commit(store.claim(make_task(3), 3), along=(
+            store.claim(make_task(1), 3)._replace(done=interrupted),
+            store.claim(make_task(2), 3)._replace(done=lambda r, e: told.append(r))))
+    assert len(told) == 1 and told[0].inserted
+    assert store.commit(store.claim(make_task(4), 3)).inserted
+
+
 def test_a_multi_statement_op_that_fails_rolls_back_its_own_statements_only(store, db):
     def half_done(conn):
         conn.execute("INSERT INTO dead_letters VALUES ('k', 't', '{}', 1, 'E', 'm', 0, 0)")

@@ -12,6 +12,7 @@ import json
 import os
 import random
 import sqlite3
+import sys
 import threading
 from collections import Counter
 from concurrent.futures import CancelledError, Future
@@ -843,6 +844,20 @@ def test_the_writer_keeps_serving_when_a_done_callback_of_a_client_raises(make_q
         tq.submit(t).add_done_callback(lambda f: 1 / 0)
     assert tq.join(timeout=WAIT_S)
     assert tq.submit(make_tasks(objects, 6, prefix="u")[5]).result(timeout=WAIT_S).status is TaskStatus.SUCCESS
+
+
+def test_a_done_callback_that_raises_system_exit_still_lets_the_task_settle(make_queue, objects):
+    """Future's own callback runner catches only Exception: a SystemExit got through to the writer,
+    which died, and the task never left the in-flight table (join and shutdown hung)."""
+    processor = GatedProcessor(objects, gated=True)
+    tq = make_queue(processor=processor)
+    task, later = make_tasks(objects, 2)
+    future = tq.submit(task)
+    future.add_done_callback(lambda f: sys.exit("a callback that exits"))  # attached before the outcome
+    processor.gate.set()
+    assert tq.join(timeout=WAIT_S)
+    assert future.result(timeout=0).status is TaskStatus.SUCCESS and len(tq.inflight) == 0
+    assert tq.submit(later).result(timeout=WAIT_S).status is TaskStatus.SUCCESS
 
 
 @pytest.mark.parametrize("started", [False, True])
