@@ -29,7 +29,7 @@ The writer never dies silently: an error it cannot recover from (a ROLLBACK
 that fails) marks the committer broken, and every op, queued or later, fails
 with :class:`~taskqueue.errors.StoreBroken`. A callback that raises -- even
 ``KeyboardInterrupt`` or ``SystemExit`` -- is logged, and the other ops are
-still told.
+still told; in the main thread such an interrupt is then raised again.
 """
 
 from __future__ import annotations
@@ -300,8 +300,9 @@ class Committer:
                 if call.ready is not None:
                     call.ready.release()
         # A KeyboardInterrupt or SystemExit from a callback is raised again once every result is out,
-        # in a caller's thread; the writer thread, which nobody can interrupt, logged it and goes on.
-        if interrupted is not None and threading.current_thread() is not self._writer:
+        # in the main thread only: a Ctrl-C lands in whatever the main thread runs, and must reach it.
+        # Elsewhere (the writer, a worker committing its start) it was logged, and the thread goes on.
+        if interrupted is not None and threading.current_thread() is threading.main_thread():
             raise interrupted
 
 

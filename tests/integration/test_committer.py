@@ -161,9 +161,9 @@ def test_a_callback_that_raises_system_exit_in_the_writer_neither_kills_it_nor_s
     assert store.commit(store.claim(make_task(3), 3)).inserted  # the committer still serves
 
 
-def test_a_keyboard_interrupt_from_a_callback_reaches_the_caller_after_every_result_is_out(store):
-    """In a direct commit the callbacks run in the caller's thread: the interrupt is the caller's,
-    raised once the other ops have been told."""
+def test_a_keyboard_interrupt_from_a_callback_reaches_the_main_thread_after_every_result_is_out(store):
+    """In a direct commit the callbacks run in the caller's thread: in the main thread (where a
+    Ctrl-C lands) the interrupt is raised again once the other ops have been told."""
     told = []
 
     def interrupted(_result, _error):
@@ -175,6 +175,27 @@ def test_a_keyboard_interrupt_from_a_callback_reaches_the_caller_after_every_res
             store.claim(make_task(2), 3)._replace(done=lambda r, e: told.append(r))))
     assert len(told) == 1 and told[0].inserted
     assert store.commit(store.claim(make_task(4), 3)).inserted
+
+
+def test_a_system_exit_from_a_callback_in_another_thread_is_logged_and_that_thread_goes_on(store, caplog):
+    """A worker committing its start runs the previous outcome's callbacks in its own thread: an
+    exit raised by a client's callback there is not the worker's to act on."""
+    told, outcome = [], []
+
+    def leaving(_result, _error):
+        raise SystemExit("a done callback that exits")
+
+    def commit_in_a_thread():
+        outcome.append(store.commit(store.claim(make_task(3), 3), along=(
+            store.claim(make_task(1), 3)._replace(done=leaving),
+            store.claim(make_task(2), 3)._replace(done=lambda r, e: told.append(r)))))
+
+    thread = threading.Thread(target=commit_in_a_thread)
+    thread.start()
+    thread.join(WAIT_S)
+    assert not thread.is_alive() and len(outcome) == 1 and outcome[0].inserted
+    assert len(told) == 1 and told[0].inserted
+    assert any(r.getMessage() == "store callback failed" for r in caplog.records)
 
 
 def test_a_multi_statement_op_that_fails_rolls_back_its_own_statements_only(store, db):
