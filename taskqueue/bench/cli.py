@@ -27,6 +27,11 @@ from .scenarios import ALL_SCENARIOS, QUEUE_SIZE, SCENARIOS, VARIANT, WARMUP_TAS
 DEFAULT_REPEAT = 3
 FULL_REPEAT = 5        # --full: repeats of the timed (io, overhead) rows
 FULL_DURATION_S = 8.0  # --full: how long each of them runs
+# --full: rounds of the timed rows run first and kept out of the medians. This machine's shared disk
+# syncs faster after a pause: the first 8-s io rows after ~2 minutes of quiet ran ~10 % faster than
+# the ones after them, for the engine and the pool alike, then steadied (measured three times, once
+# across a 2-minute pause in the middle of a series, which made the next round fast again).
+FULL_WARMUP = 1
 DEFAULT_SEED = 42
 ROW_TIMEOUT_GRACE_S = 30.0  # beyond the runner's own watchdog: guards against a hung interpreter
 
@@ -46,6 +51,16 @@ def _positive_int(text: str) -> int:
     if len(values) != 1 or "," in text:
         raise argparse.ArgumentTypeError(f"expected one integer greater than 0, got {text!r}")
     return values[0]
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of rounds, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more rounds, got {text!r}")
+    return value
 
 
 def _positive_float(text: str) -> float:
@@ -95,7 +110,11 @@ def parser() -> argparse.ArgumentParser:
                         f"--full {FULL_DURATION_S:g}); ignored with --tasks or --quick")
     p.add_argument("--full", action="store_true",
                    help=f"the run the README quotes: io and overhead rows run {FULL_DURATION_S:g} s and "
-                        f"{FULL_REPEAT} times each, burst at 4000 and 16000 tasks (about 12 minutes; 15 with thumbs)")
+                        f"{FULL_REPEAT} times each after {FULL_WARMUP} warm-up round, burst at 4000 and 16000 "
+                        f"tasks (about 14 minutes; 17 with thumbs)")
+    p.add_argument("--warmup", type=_non_negative_int, default=None,
+                   help=f"rounds of the timed (io, overhead) rows run first and reported apart, not in "
+                        f"the medians (default 0; with --full {FULL_WARMUP})")
     p.add_argument("--quick", action="store_true",
                    help="tiny sizes and one repeat: a smoke run of a few seconds, not a measurement")
     p.add_argument("--record-outputs", action="store_true",
@@ -118,9 +137,31 @@ def duration(args: argparse.Namespace, scenario) -> float | None:
     return FULL_DURATION_S if getattr(args, "full", False) else scenario.duration_s
 
 
+def warmups(args: argparse.Namespace) -> int:
+    """Warm-up rounds of the timed rows: ``--warmup``, else 1 with --full, else 0 (none with --quick)."""
+    if args.quick or args.tasks:
+        return 0
+    if getattr(args, "warmup", None) is not None:
+        return args.warmup
+    return FULL_WARMUP if getattr(args, "full", False) else 0
+
+
 def plan(args: argparse.Namespace) -> list[dict]:
-    """Every row spec to run, repeat-major (a scenario with fewer repeats drops out of later rounds)."""
+    """Every row spec to run: the warm-up rounds of the timed rows (``"warmup": True``), then the
+    measured ones, repeat-major (a scenario with fewer repeats drops out of later rounds)."""
     specs = []
+    for index in range(warmups(args)):
+        for name in args.scenarios:
+            scenario = ALL_SCENARIOS[name]
+            seconds = duration(args, scenario)
+            if name == thumbs.NAME or seconds is None:
+                continue
+            for tasks, rows in scenario.sizes(args.quick, seconds, getattr(args, "full", False)):
+                for clients in args.clients or scenario.clients:
+                    for impl, on_full in rows:
+                        specs.append({**row_spec(scenario, impl, on_full, clients=clients, tasks=tasks,
+                                                 seed=args.seed, repeat=index, duration_s=seconds),
+                                      "warmup": True})
     for index in range(max(repeats(args, ALL_SCENARIOS[name]) for name in args.scenarios)):
         for name in args.scenarios:
             scenario = ALL_SCENARIOS[name]
@@ -203,7 +244,9 @@ def filesystem_of(path: str, mounts: str = "/proc/mounts") -> str | None:
 
 
 def _settings(args: argparse.Namespace, specs: list[dict]) -> dict:
+    specs = [s for s in specs if not s.get("warmup")]
     return {"seed": args.seed, "repeat": max(s["repeat"] for s in specs) + 1, "quick": args.quick,
+            "warmup_rounds": warmups(args),
             "workers": WORKERS, "queue_size": QUEUE_SIZE, "warmup_tasks": WARMUP_TASKS,
             "variant": VARIANT, "fsync_outputs": True,
             "scenarios": {name: {**ALL_SCENARIOS[name].describe(),
@@ -225,7 +268,8 @@ def _run_all(specs: list[dict], progress: bool) -> tuple[list[dict], list[str]]:
     for number, spec in enumerate(specs, 1):
         if progress:
             print(f"[{number:>3}/{len(specs)}] {spec['scenario']:<8} {spec['clients']:>4} clients "
-                  f"{spec['tasks']:>5} tasks {spec['label']:<13} repeat {spec['repeat'] + 1}", end="",
+                  f"{spec['tasks']:>5} tasks {spec['label']:<13} "
+                  f"{'warm-up' if spec.get('warmup') else 'repeat'} {spec['repeat'] + 1}", end="",
                   file=sys.stderr, flush=True)
         row_began = time.perf_counter()
         try:
@@ -264,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - began
     machine["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
-    rows = report.aggregate(runs)
+    warm = [run for run in runs if run.get("warmup")]
+    rows = report.aggregate([run for run in runs if not run.get("warmup")])
     result = verdict.verdict(rows)
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     command = shlex.join(["python3", "benchmark.py", *arg_list])
@@ -274,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     thumbs_section = thumbs.summary(rows, probe) if thumbs.NAME in args.scenarios else None
     if thumbs_section is not None:
         doc["thumbs"] = thumbs_section
+    if warm:
+        doc["warmup"] = report.aggregate(warm)
     os.makedirs(args.out, exist_ok=True)
     paths = {ext: os.path.join(args.out, f"benchmark.{ext}") for ext in ("json", "csv", "svg")}
     report.write_json(paths["json"], doc)
@@ -283,11 +330,14 @@ def main(argv: list[str] | None = None) -> int:
         subtitle=f"{created}, {machine['cpus']} cores, Python {machine['python']}, "
                  f"medians of {_repeats_text(settings)}, seed {args.seed}"))
 
-    print(f"Benchmark: {len(runs)} runs of {len(rows)} rows in {wall:.1f} s on {machine['cpus']} cores "
+    warm_text = f" (and {len(warm)} warm-up runs)" if warm else ""
+    print(f"Benchmark: {len(runs) - len(warm)} runs of {len(rows)} rows{warm_text} in {wall:.1f} s on {machine['cpus']} cores "
           f"(Python {machine['python']}, seed {args.seed}, {_repeats_text(settings)})")
     print(f"command: {command}")
     print(f"rows ran in {machine['workdir']} ({machine['workdir_fs'] or 'filesystem unknown'}; set TMPDIR to move them)\n")
     print(report.table(rows))
+    if warm:
+        print("\n" + report.warmup_line(doc["warmup"]))
     burst = report.burst_table(rows)
     if burst:
         print("\n" + burst)

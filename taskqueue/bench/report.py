@@ -20,6 +20,8 @@ runs of one (scenario, clients, implementation, tasks): every metric in
                 errors_by_type (summed over repeats), spread {metric: [min, max]},
                 runs [runner result per repeat (see runner._measurements); with
                       --record-outputs each has outputs {task id: {key, sha256} | {error}}]}]
+    warmup    (only when warm-up rounds ran: --full, --warmup N) rows as above, of the warm-up
+              rounds of the timed rows, which are in no median and no verdict
     verdict   {requirements: [{scenario, clients, status PASS|FAIL|n/a, throughput_ratio,
                                p95_ratio, need, detail}],
                targets: [{target, status MET|MISSED|n/a, value, detail}]}
@@ -217,6 +219,14 @@ def burst_table(rows: list[dict]) -> str:
 
 
 # -- files -------------------------------------------------------------------------------
+
+def warmup_line(rows: list[dict]) -> str:
+    """One line on the warm-up rounds: what each timed row made before the measured repeats."""
+    made = ", ".join(f"{r['scenario']}@{r['clients']} {r['label']} "
+                     + "/".join(f"{run['throughput_per_s']:.0f}" for run in r["runs"]) for r in rows)
+    return (f"warm-up ({max(r['repeats'] for r in rows)} round(s) of the timed rows first, in no median "
+            f"and no verdict), tasks/s: {made}")
+
 
 def document(rows: list[dict], *, verdict: dict, settings: dict, machine: dict, wall_s: float,
              created: str, command: str) -> dict:

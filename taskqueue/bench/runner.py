@@ -156,6 +156,7 @@ def _measurements(spec: dict, load: clients.LoadResult, metrics: dict, processor
         **{k: spec[k] for k in ("scenario", "label", "impl", "on_full", "clients", "tasks", "seed",
                                 "repeat")},
         "duration_s": spec.get("duration_s"),
+        "warmup": bool(spec.get("warmup")),
         "dealt": load.dealt,
         "ran_out": load.ran_out,
         "completed": load.completed,

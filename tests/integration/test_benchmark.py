@@ -214,9 +214,44 @@ def test_timed_rows_in_the_plan(tmp_path):
     assert {s["duration_s"] for s in plan if s["scenario"] == "burst"} == {None}  # open loop: all its tasks
     full = bench_cli.plan(bench_cli.parser().parse_args(["--scenarios", "io", "--full"]))
     assert {s["duration_s"] for s in full} == {bench_cli.FULL_DURATION_S}
-    assert len(full) == len(io_rows) // 3 * bench_cli.FULL_REPEAT
+    assert len([s for s in full if not s.get("warmup")]) == len(io_rows) // 3 * bench_cli.FULL_REPEAT
+    assert len([s for s in full if s.get("warmup")]) == len(io_rows) // 3 * bench_cli.FULL_WARMUP
     fixed = bench_cli.plan(bench_cli.parser().parse_args(["--scenarios", "io", "--tasks", "50"]))
     assert {(s["duration_s"], s["tasks"]) for s in fixed} == {(None, 50)}
+
+
+def test_full_runs_a_warm_up_round_of_the_timed_rows_first():
+    """The shared disk syncs faster after a pause: --full's first round of the timed rows is a
+    warm-up, run before the measured repeats and flagged so that it enters no median."""
+    from taskqueue.bench import cli as bench_cli
+    full = bench_cli.plan(bench_cli.parser().parse_args(["--scenarios", "io,burst", "--full"]))
+    warm = [s for s in full if s.get("warmup")]
+    measured = [s for s in full if not s.get("warmup")]
+    assert full[:len(warm)] == warm  # first
+    assert {s["scenario"] for s in warm} == {"io"}  # only the timed rows
+    assert sorted((s["clients"], s["label"]) for s in warm) == \
+        sorted((s["clients"], s["label"]) for s in measured if s["scenario"] == "io" and s["repeat"] == 0)
+    assert len(measured) == len(bench_cli.plan(bench_cli.parser().parse_args(
+        ["--scenarios", "io,burst", "--full", "--warmup", "0"])))
+    for argv in (["--scenarios", "io"], ["--full", "--quick"], ["--full", "--tasks", "20"]):
+        assert not any(s.get("warmup") for s in bench_cli.plan(bench_cli.parser().parse_args(argv)))
+    assert sum(s.get("warmup", False) for s in bench_cli.plan(bench_cli.parser().parse_args(
+        ["--scenarios", "io", "--warmup", "2"]))) == 12
+    with pytest.raises(SystemExit):
+        bench_cli.parser().parse_args(["--warmup", "-1"])
+
+
+def test_warm_up_runs_are_reported_apart_and_in_no_median(tmp_path):
+    code, stdout = _run_benchmark(["--scenarios", "overhead", "--clients", "2", "--duration", "0.2",
+                                   "--repeat", "1", "--warmup", "1", "--out", str(tmp_path)])
+    assert code == 0, stdout
+    doc = json.loads((tmp_path / "benchmark.json").read_text(encoding="utf-8"))
+    assert doc["settings"]["warmup_rounds"] == 1 and doc["settings"]["repeat"] == 1
+    assert sorted(r["label"] for r in doc["warmup"]) == ["baseline", "engine", "stdlib"]
+    assert all(run["warmup"] for r in doc["warmup"] for run in r["runs"])
+    assert all(r["repeats"] == 1 and not r["runs"][0]["warmup"] for r in doc["rows"])
+    assert "warm-up (1 round(s) of the timed rows first, in no median and no verdict)" in stdout
+    assert "3 runs of 3 rows (and 3 warm-up runs)" in stdout
 
 
 def test_full_runs_burst_at_sizes_past_the_engine_s_caches_filling():
