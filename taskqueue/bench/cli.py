@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 
 from . import report, svg, thumbs, verdict
 from .impls import REPO_ROOT
-from .plan import DEFAULT_REPEAT, FULL_DURATION_S, FULL_REPEAT, FULL_WARMUP, plan, prepare_sources, warmups
+from .plan import DEFAULT_REPEAT, FULL_DURATION_S, FULL_REPEAT, FULL_WARMUP, plan, prepare_sources
 from .scenarios import ALL_SCENARIOS, QUEUE_SIZE, SCENARIOS, VARIANT, WARMUP_TASKS, WORKERS
 
 DEFAULT_SEED = 42
@@ -105,7 +105,7 @@ def parser() -> argparse.ArgumentParser:
                         f"tasks (about 14 minutes; 17 with thumbs)")
     p.add_argument("--warmup", type=_non_negative_int, default=None,
                    help=f"rounds of the timed (io, overhead) rows run first and reported apart, not in "
-                        f"the medians (default 0; with --full {FULL_WARMUP})")
+                        f"the medians (default 0; with --full {FULL_WARMUP}; ignored with --tasks or --quick)")
     p.add_argument("--quick", action="store_true",
                    help="tiny sizes and one repeat: a smoke run of a few seconds, not a measurement")
     p.add_argument("--record-outputs", action="store_true",
@@ -158,9 +158,10 @@ def filesystem_of(path: str, mounts: str = "/proc/mounts") -> str | None:
 
 
 def _settings(args: argparse.Namespace, specs: list[dict]) -> dict:
+    warm = [s["repeat"] for s in specs if s.get("warmup")]
     specs = [s for s in specs if not s.get("warmup")]
     return {"seed": args.seed, "repeat": max(s["repeat"] for s in specs) + 1, "quick": args.quick,
-            "warmup_rounds": warmups(args),
+            "warmup_rounds": max(warm) + 1 if warm else 0,  # as planned (none where no row is timed)
             "workers": WORKERS, "queue_size": QUEUE_SIZE, "warmup_tasks": WARMUP_TASKS,
             "variant": VARIANT, "fsync_outputs": True,
             "scenarios": {name: {**ALL_SCENARIOS[name].describe(),
@@ -251,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"rows ran in {machine['workdir']} ({machine['workdir_fs'] or 'filesystem unknown'}; set TMPDIR to move them)\n")
     print(report.table(rows))
     if warm:
-        print("\n" + report.warmup_line(doc["warmup"]))
+        print("\n" + report.warmup_line(doc["warmup"], settings["warmup_rounds"]))
     burst = report.burst_table(rows)
     if burst:
         print("\n" + burst)

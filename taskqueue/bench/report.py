@@ -220,12 +220,11 @@ def burst_table(rows: list[dict]) -> str:
 
 # -- files -------------------------------------------------------------------------------
 
-def warmup_line(rows: list[dict]) -> str:
-    """One line on the warm-up rounds: what each timed row made before the measured repeats."""
+def warmup_line(rows: list[dict], rounds: int) -> str:
+    """One line on the ``rounds`` warm-up rounds: what each timed row made before the measured repeats."""
     made = ", ".join(f"{r['scenario']}@{r['clients']} {r['label']} "
                      + "/".join(f"{run['throughput_per_s']:.0f}" for run in r["runs"]) for r in rows)
-    return (f"warm-up ({max(r['repeats'] for r in rows)} round(s) of the timed rows first, in no median "
-            f"and no verdict), tasks/s: {made}")
+    return f"warm-up ({rounds} round(s) of the timed rows first, in no median and no verdict), tasks/s: {made}"
 
 
 def document(rows: list[dict], *, verdict: dict, settings: dict, machine: dict, wall_s: float,

@@ -21,6 +21,7 @@ import weakref
 from typing import TYPE_CHECKING
 
 from ..errors import QueueShutDown
+from ..logs import task_extra
 from ..objectstore import atomic_write_text
 from .inflight import STOP, WorkItem
 
@@ -82,12 +83,24 @@ def drain(tq: "TaskQueue") -> None:
 
 
 def abandon(tq: "TaskQueue", item: WorkItem) -> None:
-    """Give up on an item at shutdown: its row stays open in the store for the next run."""
-    if item.future.cancel():
+    """Give up on an item at shutdown: its row stays open in the store for the next run.
+
+    A done-callback of its Future that raises what ``Future`` does not catch (``SystemExit``) is
+    logged and the item forgotten; the interrupt is raised again only in the main thread (where a
+    Ctrl-C lands). Elsewhere -- the shutdown thread, the writer -- the shutdown goes on.
+    """
+    try:
+        if item.future.cancel():
+            tq.inflight.forget(item)
+        else:
+            tq.inflight.settle(item, error=QueueShutDown(
+                f"task {item.task.id!r} was not finished before shutdown; it stays in the store"))
+    except BaseException as exc:  # noqa: BLE001 - see above
         tq.inflight.forget(item)
-    else:
-        tq.inflight.settle(item, error=QueueShutDown(
-            f"task {item.task.id!r} was not finished before shutdown; it stays in the store"))
+        tq._log.error("a done-callback raised while the task was given up", exc_info=True,
+                      extra=task_extra("callback_error", item.task, error=exc))
+        if threading.current_thread() is threading.main_thread():
+            raise
 
 
 def write_json(path: str, data: dict) -> None:

@@ -59,7 +59,8 @@ def work(tq: "TaskQueue", index: int) -> None:
             outcome = _attempt(tq, index, item, outcome)
         except BaseException as exc:  # a bug here must not kill the worker or lose the Future
             tq._log.exception("worker error", extra=task_extra("worker_error", item.task, error=exc))
-            settle(tq, item, "failed", error=exc)
+            if not item.forgotten:  # settled already, if what escaped came from its Future's callback
+                settle(tq, item, "failed", error=exc)
             outcome = None
 
 
@@ -222,11 +223,13 @@ def _store_failed(tq: "TaskQueue", item: WorkItem, error: BaseException) -> None
         settle(tq, item, "failed", error=refused)
         return
     tq._log.error("could not record outcome", extra=task_extra("store_error", item.task, error=error))
-    settle(tq, item, "failed", error=error)
     try:
-        tq.store.post(tq.store.give_up(item.row_id))  # a row another process took: changes nothing
-    except Exception:  # noqa: BLE001 - the store is closed or broken: the lease runs out at exit
-        pass
+        settle(tq, item, "failed", error=error)
+    finally:  # even if a done-callback of its Future raised: the row must not stay ours
+        try:
+            tq.store.post(tq.store.give_up(item.row_id))  # a row another process took: changes nothing
+        except Exception:  # noqa: BLE001 - the store is closed or broken: the lease runs out at exit
+            pass
 
 
 def settle(tq: "TaskQueue", item: WorkItem, counter: str, *, result: TaskResult | None = None,

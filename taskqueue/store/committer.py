@@ -114,7 +114,7 @@ class Committer:
         self._pending = 0  # hand-overs not yet executed and reported (queued, drained, or delivering)
         self._broken: BaseException | None = None
         self._queued: queue.SimpleQueue = queue.SimpleQueue()  # _Calls for the writer, then _STOP
-        self._local = threading.local()  # .delivering: this thread is running done callbacks
+        self._local = _Delivery()
         self.commits = 0  # transactions (an autocommit statement counts as one)
         self.operations = 0
         self._writer = threading.Thread(target=self._run, name=name, daemon=True)
@@ -127,10 +127,12 @@ class Committer:
 
         ``along`` are companions reported through their own ``done`` (a
         worker hands over the previous task's outcome with its next claim).
-        Blocks until committed. Raises :class:`StoreClosed` after :meth:`close`.
+        Blocks until committed. Raises :class:`StoreClosed` after :meth:`close`. In the main
+        thread, a ``KeyboardInterrupt`` (or ``SystemExit``) raised by a ``done`` callback of
+        ``along`` is raised here once every op has been told: the ops are committed by then.
         """
         ops = [*along, op]
-        in_callback = getattr(self._local, "delivering", False)
+        in_callback = self._local.delivering
         with self._state:
             if self._closed:
                 raise StoreClosed("the task store is closed")
@@ -274,7 +276,7 @@ class Committer:
         """Report ``results`` (one per op of ``calls``, in order): ``done`` callbacks first (in this
         thread), then wake the waiting callers."""
         local = self._local
-        outer = getattr(local, "delivering", False)
+        outer = local.delivering
         local.delivering = True
         position = 0
         for call in calls:  # every waiting caller has its results before any callback runs
@@ -302,8 +304,24 @@ class Committer:
         # A KeyboardInterrupt or SystemExit from a callback is raised again once every result is out,
         # in the main thread only: a Ctrl-C lands in whatever the main thread runs, and must reach it.
         # Elsewhere (the writer, a worker committing its start) it was logged, and the thread goes on.
+        # A delivery nested in a callback (that callback committed more work) leaves it to the
+        # outermost one, so that the callbacks around it are all told first.
+        if outer:
+            if interrupted is not None and local.interrupted is None:
+                local.interrupted = interrupted
+            return
+        if local.interrupted is not None:
+            interrupted, local.interrupted = interrupted or local.interrupted, None
         if interrupted is not None and threading.current_thread() is threading.main_thread():
             raise interrupted
+
+
+class _Delivery(threading.local):
+    """Per thread: whether it is running ``done`` callbacks now, and an interrupt a delivery nested
+    in one of them left for the outermost delivery to raise."""
+
+    delivering = False
+    interrupted: BaseException | None = None
 
 
 def _run_op(conn: Any, op: Op) -> tuple[Any, BaseException | None]:

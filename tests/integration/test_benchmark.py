@@ -252,6 +252,18 @@ def test_warm_up_runs_are_reported_apart_and_in_no_median(tmp_path):
     assert all(r["repeats"] == 1 and not r["runs"][0]["warmup"] for r in doc["rows"])
     assert "warm-up (1 round(s) of the timed rows first, in no median and no verdict)" in stdout
     assert "3 runs of 3 rows (and 3 warm-up runs)" in stdout
+    assert len((tmp_path / "benchmark.csv").read_text(encoding="utf-8").splitlines()) == 1 + 3  # header, rows
+
+
+def test_no_warm_up_round_where_no_row_is_timed():
+    from taskqueue.bench import cli as bench_cli
+    for argv in (["--scenarios", "burst", "--full"], ["--scenarios", "burst", "--warmup", "2"]):
+        args = bench_cli.parser().parse_args(argv)
+        specs = bench_cli.plan(args)
+        assert not any(s.get("warmup") for s in specs)
+        assert bench_cli._settings(args, specs)["warmup_rounds"] == 0
+    args = bench_cli.parser().parse_args(["--scenarios", "io", "--warmup", "2"])
+    assert bench_cli._settings(args, bench_cli.plan(args))["warmup_rounds"] == 2
 
 
 def test_full_runs_burst_at_sizes_past_the_engine_s_caches_filling():

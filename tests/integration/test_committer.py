@@ -169,12 +169,36 @@ def test_a_keyboard_interrupt_from_a_callback_reaches_the_main_thread_after_ever
     def interrupted(_result, _error):
         raise KeyboardInterrupt
 
+    assert store.committer._pending == 0  # nothing handed over: this commit runs here, in the main thread
     with pytest.raises(KeyboardInterrupt):
         store.commit(store.claim(make_task(3), 3), along=(
             store.claim(make_task(1), 3)._replace(done=interrupted),
             store.claim(make_task(2), 3)._replace(done=lambda r, e: told.append(r))))
     assert len(told) == 1 and told[0].inserted
     assert store.commit(store.claim(make_task(4), 3)).inserted
+
+
+def test_an_interrupt_in_a_delivery_nested_in_a_callback_is_raised_once_by_the_outermost(store):
+    """A callback that commits more work delivers that work's results inside its own delivery: an
+    interrupt there must not cut the outer callback short, nor skip the callbacks after it."""
+    told = []
+
+    def interrupted(_result, _error):
+        raise KeyboardInterrupt
+
+    def commits_more(_result, _error):
+        told.append("first")
+        store.commit(store.claim(make_task(5), 3), along=(store.claim(make_task(4), 3)._replace(done=interrupted),))
+        told.append("first, after its nested commit")
+
+    assert store.committer._pending == 0
+    with pytest.raises(KeyboardInterrupt):
+        store.commit(store.claim(make_task(3), 3), along=(
+            store.claim(make_task(1), 3)._replace(done=commits_more),
+            store.claim(make_task(2), 3)._replace(done=lambda r, e: told.append("second"))))
+    assert told == ["first", "first, after its nested commit", "second"]
+    assert store.committer._local.interrupted is None  # raised, not left for the next delivery
+    assert store.commit(store.claim(make_task(6), 3)).inserted
 
 
 def test_a_system_exit_from_a_callback_in_another_thread_is_logged_and_that_thread_goes_on(store, caplog):

@@ -860,6 +860,28 @@ def test_a_done_callback_that_raises_system_exit_still_lets_the_task_settle(make
     assert tq.submit(later).result(timeout=WAIT_S).status is TaskStatus.SUCCESS
 
 
+def test_a_done_callback_that_raises_system_exit_while_shutdown_cancels_does_not_stop_the_shutdown(
+        make_queue, objects):
+    """Cancelling a queued task runs its Future's callbacks in the shutdown thread: a SystemExit there
+    killed that thread, so the other queued tasks were never cancelled and the store never closed."""
+    processor = GatedProcessor(objects, gated=True)
+    tq = make_queue(processor=processor, workers=1)
+    running, exiting, queued = make_tasks(objects, 3)
+    first = tq.submit(running)
+    processor.wait_entered(1)  # the one worker is busy: the other two wait in the queue
+    second, third = tq.submit(exiting), tq.submit(queued)
+    second.add_done_callback(lambda f: sys.exit("a callback that exits"))
+    third_done = threading.Event()
+    third.add_done_callback(lambda f: third_done.set())
+    tq.shutdown(wait=False, cancel_futures=True)
+    assert third_done.wait(WAIT_S)  # hang guard only (wait() does not count a cancel() as done)
+    assert third.cancelled() and second.cancelled()
+    processor.gate.set()
+    assert tq.shutdown(wait=True, timeout=WAIT_S)
+    assert first.result(timeout=0).status is TaskStatus.SUCCESS
+    assert len(tq.inflight) == 0 and tq.store.committer._closed
+
+
 @pytest.mark.parametrize("started", [False, True])
 def test_a_process_that_never_shuts_its_queue_down_still_exits(tmp_path, started):
     """The exit hook stops the queues nobody shut down before concurrent.futures joins their workers
