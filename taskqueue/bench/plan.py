@@ -54,35 +54,27 @@ def plan(args: argparse.Namespace) -> list[dict]:
     specs = []
     for index in range(warmups(args)):
         for name in args.scenarios:
-            scenario = ALL_SCENARIOS[name]
-            seconds = duration(args, scenario)
-            if name == thumbs.NAME or seconds is None:
-                continue
-            for tasks, rows in scenario.sizes(args.quick, seconds, getattr(args, "full", False)):
-                for clients in args.clients or scenario.clients:
-                    for impl, on_full in rows:
-                        specs.append({**row_spec(scenario, impl, on_full, clients=clients, tasks=tasks,
-                                                 seed=args.seed, repeat=index, duration_s=seconds),
-                                      "warmup": True})
+            if name != thumbs.NAME and duration(args, ALL_SCENARIOS[name]) is not None:
+                specs += [{**spec, "warmup": True} for spec in _round(args, name, index)]
     for index in range(max(repeats(args, ALL_SCENARIOS[name]) for name in args.scenarios)):
         for name in args.scenarios:
-            scenario = ALL_SCENARIOS[name]
-            if index >= repeats(args, scenario):
-                continue
-            if name == thumbs.NAME:
-                specs += thumbs.specs(scenario, clients=args.clients, tasks=args.tasks, quick=args.quick,
-                                      seed=args.seed, repeat=index, record_outputs=args.record_outputs)
-                continue
-            seconds = duration(args, scenario)
-            full = getattr(args, "full", False)
-            sizes = [(args.tasks, scenario.rows)] if args.tasks else scenario.sizes(args.quick, seconds, full)
-            for tasks, rows in sizes:
-                for clients in args.clients or scenario.clients:
-                    for impl, on_full in rows:
-                        specs.append(row_spec(scenario, impl, on_full, clients=clients, tasks=tasks,
-                                              seed=args.seed, repeat=index,
-                                              record_outputs=args.record_outputs, duration_s=seconds))
+            if index < repeats(args, ALL_SCENARIOS[name]):
+                specs += _round(args, name, index)
     return specs
+
+
+def _round(args: argparse.Namespace, name: str, index: int) -> list[dict]:
+    """The row specs of scenario ``name`` in round ``index``: every size, client count and implementation."""
+    scenario = ALL_SCENARIOS[name]
+    if name == thumbs.NAME:
+        return thumbs.specs(scenario, clients=args.clients, tasks=args.tasks, quick=args.quick,
+                            seed=args.seed, repeat=index, record_outputs=args.record_outputs)
+    seconds = duration(args, scenario)
+    full = getattr(args, "full", False)
+    sizes = [(args.tasks, scenario.rows)] if args.tasks else scenario.sizes(args.quick, seconds, full)
+    return [row_spec(scenario, impl, on_full, clients=clients, tasks=tasks, seed=args.seed, repeat=index,
+                     record_outputs=args.record_outputs, duration_s=seconds)
+            for tasks, rows in sizes for clients in args.clients or scenario.clients for impl, on_full in rows]
 
 
 def prepare_sources(specs: list[dict], cache_dir: str) -> None:
