@@ -1,6 +1,7 @@
 """Python work per task, counted rather than timed: bytecode instructions by thread and by function.
 
     python -m taskqueue.bench.opcount [--tasks 3000] [--clients 100] [--top 25] [engine|pool|MODULE:CLASS ...]
+    python -m taskqueue.bench.opcount --cpu ROUNDS [--tasks 3000] [--clients 100] [OPTION ...]
 
 On two shared cores a timed run moves by a quarter from one minute to the
 next; the number of bytecode instructions a task costs does not (it moves by
@@ -17,6 +18,15 @@ file with a processor that does nothing (the harness's ``tq_adapter``);
 loads an option of the harness in ``../shared/bench`` (``peer_bench:BQSqliteGroupCommitOption``
 with that directory on ``PYTHONPATH``): it needs ``start(workers, workdir)``,
 ``run_one(tid, s, timeout)`` and ``stop()``.
+
+``--cpu ROUNDS`` runs the same loop untraced and reports, per option, the
+median over ROUNDS of the process's CPU time per task (``time.process_time``:
+every thread, user and system, so thread switches count too), of tasks/s, and
+of cores used (CPU time over wall time). The options take turns within each
+round, so they share the machine's slow and fast stretches. Under the GIL a
+closed loop of zero-length tasks keeps about one core busy whatever runs it,
+so throughput is close to the inverse of CPU time per task: it says what a
+task must cost to reach a given rate.
 """
 
 from __future__ import annotations
@@ -25,11 +35,13 @@ import argparse
 import collections
 import importlib
 import os
+import statistics
 import sys
 import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 WORKERS = 8
 
@@ -111,31 +123,54 @@ def measure(option: Any, tasks: int, clients: int, warmup: int = 50) -> Count:
     count = Count()
     threading.settrace(count.trace)  # before the option starts its threads: they are traced from birth
     try:
-        with tempfile.TemporaryDirectory(prefix="tq-opcount-") as workdir:
-            option.start(WORKERS, workdir)
-            try:
-                for i in range(warmup):
-                    option.run_one(10 ** 9 + i, 0.0, 30.0)
-                go = threading.Barrier(clients + 1)
-
-                def client(first: int) -> None:
-                    go.wait()
-                    for tid in range(first, tasks, clients):
-                        option.run_one(tid, 0.0, 60.0)
-
-                threads = [threading.Thread(target=client, args=(k,), name="client") for k in range(clients)]
-                for thread in threads:
-                    thread.start()
-                count.on = True
-                go.wait()
-                for thread in threads:
-                    thread.join()
-                count.on = False
-            finally:
-                option.stop()
+        _closed_loop(option, tasks, clients, warmup, lambda on: setattr(count, "on", on))
     finally:
         threading.settrace(None)  # type: ignore[arg-type]
     return count
+
+
+class Timing(NamedTuple):
+    """One untraced run of the loop: the process's CPU seconds and the wall seconds it took."""
+
+    tasks: int
+    cpu_s: float
+    wall_s: float
+
+
+def time_once(option: Any, tasks: int, clients: int, warmup: int = 50) -> Timing:
+    """Run the loop of :func:`measure` untraced; the CPU time (all threads) and wall time it took."""
+    marks: list[tuple[float, float]] = []
+    _closed_loop(option, tasks, clients, warmup,
+                 lambda on: marks.append((time.process_time(), time.perf_counter())))
+    (cpu0, wall0), (cpu1, wall1) = marks
+    return Timing(tasks, cpu1 - cpu0, wall1 - wall0)
+
+
+def _closed_loop(option: Any, tasks: int, clients: int, warmup: int, timed: Callable[[bool], None]) -> None:
+    """Start ``option``, warm it up, run the clients; ``timed(True)`` as they are released, ``timed(False)``
+    once all have finished (before the option stops)."""
+    with tempfile.TemporaryDirectory(prefix="tq-opcount-") as workdir:
+        option.start(WORKERS, workdir)
+        try:
+            for i in range(warmup):
+                option.run_one(10 ** 9 + i, 0.0, 30.0)
+            go = threading.Barrier(clients + 1)
+
+            def client(first: int) -> None:
+                go.wait()
+                for tid in range(first, tasks, clients):
+                    option.run_one(tid, 0.0, 60.0)
+
+            threads = [threading.Thread(target=client, args=(k,), name="client") for k in range(clients)]
+            for thread in threads:
+                thread.start()
+            timed(True)
+            go.wait()
+            for thread in threads:
+                thread.join()
+            timed(False)
+        finally:
+            option.stop()
 
 
 def report(name: str, count: Count, tasks: int, top: int) -> str:
@@ -146,20 +181,39 @@ def report(name: str, count: Count, tasks: int, top: int) -> str:
     return "\n".join(lines)
 
 
+def cpu_report(name: str, timings: list[Timing]) -> str:
+    """Medians over the rounds: CPU microseconds per task, tasks/s, cores used."""
+    per_task = statistics.median(t.cpu_s / t.tasks * 1e6 for t in timings)
+    rate = statistics.median(t.tasks / t.wall_s for t in timings)
+    cores = statistics.median(t.cpu_s / t.wall_s for t in timings)
+    return f"{name}: {per_task:.0f} us CPU per task, {rate:.0f} tasks/s, {cores:.2f} cores (medians of {len(timings)})"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m taskqueue.bench.opcount", description=__doc__.split("\n\n")[0])
     parser.add_argument("options", nargs="*", default=["pool", "engine"], metavar="OPTION")
     parser.add_argument("--tasks", type=int, default=3000)
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--top", type=int, default=25, help="functions listed per option (default 25)")
+    parser.add_argument("--cpu", type=int, default=0, metavar="ROUNDS",
+                        help="time ROUNDS untraced runs of each option, taking turns: CPU per task, not instructions")
     args = parser.parse_args(argv)
-    if args.tasks < 1 or args.clients < 1 or args.top < 0:
-        parser.error(f"--tasks and --clients must be at least 1 and --top at least 0 "
-                     f"(got {args.tasks}, {args.clients}, {args.top})")
+    if args.tasks < 1 or args.clients < 1 or args.top < 0 or args.cpu < 0:
+        parser.error(f"--tasks and --clients must be at least 1, --top and --cpu at least 0 "
+                     f"(got {args.tasks}, {args.clients}, {args.top}, {args.cpu})")
+    names = args.options
     try:
-        options = [(name, load(name)) for name in args.options]
+        options = [(name, load(name)) for name in names]
     except ValueError as exc:
         parser.error(str(exc))
+    if args.cpu:
+        timings: dict[str, list[Timing]] = {name: [] for name in names}
+        for _ in range(args.cpu):
+            for name in names:  # a fresh option each run, as the harness does
+                timings[name].append(time_once(load(name), args.tasks, args.clients))
+        for name in names:
+            print(cpu_report(name, timings[name]), flush=True)
+        return 0
     for name, option in options:
         print(report(name, measure(option, args.tasks, args.clients), args.tasks, args.top), flush=True)
     return 0

@@ -35,3 +35,25 @@ def test_an_unknown_option_is_refused_by_name(capsys):
         opcount.main(["--tasks", "0", "pool"])
     assert info.value.code == 2
     assert "--tasks" in capsys.readouterr().err
+
+
+def test_cpu_mode_times_untraced_runs_and_reports_medians_per_task(capsys):
+    import sys
+    timing = opcount.time_once(opcount.EngineOption(), tasks=40, clients=4, warmup=3)
+    assert timing.tasks == 40 and timing.cpu_s > 0 and timing.wall_s > 0
+    assert sys.gettrace() is None
+    text = opcount.cpu_report("engine", [opcount.Timing(1000, 0.1, 0.05), opcount.Timing(1000, 0.3, 0.1),
+                                         opcount.Timing(1000, 0.2, 0.2)])
+    # medians: 200 us per task, 10000 tasks/s (of 20000, 10000, 5000), 2.00 cores (of 2, 3, 1)
+    assert text == "engine: 200 us CPU per task, 10000 tasks/s, 2.00 cores (medians of 3)"
+    assert opcount.main(["--cpu", "2", "--tasks", "20", "--clients", "2", "pool", "engine"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["pool", "engine"]
+    assert all("us CPU per task" in line and "(medians of 2)" in line for line in lines)
+
+
+def test_a_negative_cpu_round_count_is_refused_by_name(capsys):
+    with pytest.raises(SystemExit) as info:
+        opcount.main(["--cpu", "-1", "pool"])
+    assert info.value.code == 2
+    assert "--cpu" in capsys.readouterr().err
