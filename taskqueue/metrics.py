@@ -96,8 +96,10 @@ class LatencyHistogram:
         if not values:
             return
         low, high = self.min_value, self.max_value
-        clamped = [(high if v > high else v) if v > low else (0.0 if v < 0.0 else v) for v in values]
-        above = [v for v in clamped if v > low]
+        # max() and min() keep their first argument on a tie and when a comparison is false (NaN), as
+        # record()'s comparisons do: negatives become 0.0, values above max_value become it.
+        clamped = list(map(min, map(max, values, repeat(0.0)), repeat(high)))
+        above = list(filter(functools.partial(operator.lt, low), clamped))
         self._buckets.update(map(math.ceil, map(operator.truediv, map(math.log, above), repeat(self._log_gamma))))
         if len(above) < len(clamped):
             self._buckets[_LOW] = self._buckets.get(_LOW, 0) + len(clamped) - len(above)
