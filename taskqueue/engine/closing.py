@@ -73,13 +73,22 @@ def cancel_pending(tq: "TaskQueue") -> None:
 
 
 def drain(tq: "TaskQueue") -> None:
-    while True:
-        try:
-            item = tq._queue.get_nowait()
-        except queue.Empty:
-            return
-        if item is not STOP:
-            abandon(tq, item)
+    """Abandon every item waiting in the queue. A worker's stop sentinel goes back: a shutdown under
+    way queued it (this is a second, cancelling one: the exit hook's), and its worker must take it."""
+    stops = 0
+    try:
+        while True:
+            try:
+                item = tq._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is STOP:
+                stops += 1
+            else:
+                abandon(tq, item)
+    finally:
+        for _ in range(stops):
+            tq._queue.put(STOP)
 
 
 def abandon(tq: "TaskQueue", item: WorkItem) -> None:

@@ -882,6 +882,46 @@ def test_a_done_callback_that_raises_system_exit_while_shutdown_cancels_does_not
     assert len(tq.inflight) == 0 and tq.store.committer._closed
 
 
+def test_a_second_cancelling_shutdown_leaves_the_workers_their_stop_sentinels(make_queue, monkeypatch):
+    """shutdown(cancel_futures=True) after shutdown(wait=False) -- as the exit hook does when a program
+    returns before its shutdown finished -- took the sentinels the first had queued off the queue with
+    the tasks it cancelled: the workers never ended, nor did the shutdown, nor the process at exit."""
+    import queue
+    from taskqueue.engine import core
+    from taskqueue.engine.inflight import STOP
+    gate, queued_stops = threading.Event(), threading.Semaphore(0)
+
+    class HeldQueue(queue.Queue):
+        """The bounded queue, whose workers wait at ``gate`` before they block on it."""
+
+        def get(self, block=True, timeout=None):
+            if block:
+                gate.wait()
+            return super().get(block, timeout)
+
+        def put(self, item, block=True, timeout=None):
+            super().put(item, block, timeout)
+            if item is STOP:
+                queued_stops.release()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(core.queue, "Queue", HeldQueue)
+        tq = make_queue(workers=2)
+    try:
+        assert tq.shutdown(wait=False)
+        assert queued_stops.acquire(timeout=WAIT_S) and queued_stops.acquire(timeout=WAIT_S)
+        assert tq.shutdown(wait=False, cancel_futures=True)  # drains what waits in the queue
+        left = tq._queue.qsize()
+    finally:
+        gate.set()
+    finished = tq.shutdown(wait=True, timeout=WAIT_S)
+    if not finished:  # let the workers go, so that a failure cannot hang the test run at exit
+        tq._queue.put(STOP)
+        tq._queue.put(STOP)
+    assert (left, finished) == (2, True)
+    assert tq.store.committer._closed
+
+
 @pytest.mark.parametrize("started", [False, True])
 def test_a_process_that_never_shuts_its_queue_down_still_exits(tmp_path, started):
     """The exit hook stops the queues nobody shut down before concurrent.futures joins their workers
