@@ -201,17 +201,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.tasks < 1 or args.clients < 1 or args.top < 0 or args.cpu < 0:
         parser.error(f"--tasks and --clients must be at least 1, --top and --cpu at least 0 "
                      f"(got {args.tasks}, {args.clients}, {args.top}, {args.cpu})")
-    names = args.options
     try:
-        options = [(name, load(name)) for name in names]
+        options = [(name, load(name)) for name in args.options]
     except ValueError as exc:
         parser.error(str(exc))
     if args.cpu:
-        timings: dict[str, list[Timing]] = {name: [] for name in names}
+        timings: dict[str, list[Timing]] = {name: [] for name in args.options}
         for _ in range(args.cpu):
-            for name in names:  # a fresh option each run, as the harness does
+            for name in timings:  # a fresh option each run, as the harness does
                 timings[name].append(time_once(load(name), args.tasks, args.clients))
-        for name in names:
+        for name in timings:
             print(cpu_report(name, timings[name]), flush=True)
         return 0
     for name, option in options:
