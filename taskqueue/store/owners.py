@@ -120,10 +120,14 @@ def alive(owner: str | None, lease_until: float | None, now: float, me: str) -> 
     except ProcessLookupError:
         return False
     except OSError:  # EPERM: it exists, under another user
-        pass
+        foreign = True
+    else:
+        foreign = False
     if parsed.start is None:
         return True
     try:
         return process_start(parsed.pid) in (None, parsed.start)
     except ProcessLookupError:
-        return False
+        # Absent from /proc. For another user's process that exists, /proc may hide it (mounted with
+        # hidepid, systemd's ProtectProc): its start time is unknown, and its lease decides (above).
+        return foreign

@@ -52,6 +52,20 @@ def test_nobody_and_me():
         owners.closed(me)
 
 
+def test_another_users_process_hidden_from_proc_is_alive_while_its_lease_runs(monkeypatch, dead_pid):
+    """/proc mounted with hidepid=2: another user's process answers kill(pid, 0) with EPERM (it exists)
+    but has no /proc entry to read its start time from; it must not be taken for dead."""
+    def kill(pid, signal):
+        assert (pid, signal) == (dead_pid, 0)
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(owners.os, "kill", kill)  # the fault: an OS that hides the process (dead_pid has no /proc entry)
+    monkeypatch.setattr(owners, "_BOOT", "b00t")  # as on Linux, where start times are read
+    token = f"{HOST}:{dead_pid}:b00t.1234:x"
+    assert alive(token, NOW + 100, NOW, "me") is True
+    assert alive(token, NOW - 1, NOW, "me") is False  # its lease ran out: whatever the process table says
+
+
 def test_a_dead_pid_on_this_host_is_dead_and_a_live_one_alive(dead_pid, live_pid):
     me = "me"
     assert alive(f"{HOST}:{dead_pid}:-:x", NOW + 100, NOW, me) is False
