@@ -107,8 +107,8 @@ class TaskQueue:
         commit) -- when this returns, the task is durably accepted -- and, in
         ``block`` mode, while the queue is full (at most
         ``config.put_timeout_s`` if set). Raises :class:`QueueFull` in
-        ``reject`` mode or on that timeout (a row this call created is
-        deleted, so the task can be offered again), :class:`QueueShutDown`
+        ``reject`` mode or on that timeout (the row this call claimed is
+        given back, so the task can be offered again), :class:`QueueShutDown`
         after :meth:`shutdown`, and store errors as they come. Done-callbacks
         of Futures run in whichever thread commits the outcome: they must not
         block.
@@ -117,16 +117,20 @@ class TaskQueue:
         if not new:
             self.metrics.incr("deduplicated")
             return item.future
-        accepted = False
+        held = accepted = False
         try:  # other submitters of this key may hold item.future from here on: it must be resolved
             if self.config.on_full == "reject" and self._queue.full():
                 raise self._rejected(item)  # fail fast before claiming (put_nowait below decides)
             claim = self.store.commit(self.store.claim(task, self.config.max_attempts))
             item.bind(claim.row, inserted=claim.inserted)
             if not claim.runnable:
-                self.metrics.incr("deduplicated")
+                if claim.dead_lettered:  # its process died in its last attempt: the claim dead-lettered it
+                    takeover.report_dead(self, [claim.row])
+                else:
+                    self.metrics.incr("deduplicated")
                 self.inflight.settle(item, *_outcome_of(task, claim.row))
                 return item.future
+            held = True  # an open row of ours: given back below if the task is not accepted
             delay = (claim.row.next_attempt_at or 0.0) - self._wall()
             if not (delay > 0 and self._scheduler.schedule(delay, item)):  # a taken-over retry not yet due
                 self._put(item)
@@ -135,8 +139,8 @@ class TaskQueue:
         except BaseException as exc:  # QueueFull, a store error, even KeyboardInterrupt: leave nothing behind
             if accepted:
                 raise
-            if item.inserted:
-                self._release(item)
+            if held:
+                self._give_back(item)
             self.inflight.settle(item, error=exc)
             raise
 
@@ -156,12 +160,13 @@ class TaskQueue:
         self._log.info("queue full: task rejected", extra=task_extra("rejected", item.task))
         return QueueFull(f"queue is full ({self.config.queue_size} tasks); task {item.task.id!r} was not accepted")
 
-    def _release(self, item: WorkItem) -> None:
-        """Delete the row a submit created for a task it could not accept, so it can be offered again."""
+    def _give_back(self, item: WorkItem) -> None:
+        """Give back the row of a task this submit could not accept, so it can be offered again at once
+        (here or in another process): deleted if the submit created it, else no longer ours."""
         try:
-            self.store.commit(self.store.release(item.row_id, item.version))
+            self.store.commit(item.give_back(self.store))
         except Exception as exc:  # noqa: BLE001 - the row stays queued; the next start-up recovers it
-            self._log.warning("could not delete the row of a task not accepted", extra=task_extra(
+            self._log.warning("could not give back the row of a task not accepted", extra=task_extra(
                 "release_failed", item.task, error=exc))
 
     def _requeue(self, item: WorkItem) -> None:

@@ -14,7 +14,8 @@ from concurrent.futures import Future, InvalidStateError
 from typing import Callable
 
 from ..errors import QueueShutDown
-from ..store import Row
+from ..store import Op, Row, TaskStore
+from ..store.contract import Done
 from ..task import Task
 
 STOP = object()  # put on the bounded queue in place of a WorkItem: ends one worker loop
@@ -24,7 +25,7 @@ class WorkItem:
     """A task on its way through the queue: its Future, and the row version this process last wrote."""
 
     __slots__ = ("task", "key", "future", "row_id", "version", "attempts", "inserted", "started", "submitted",
-                 "enqueued", "forgotten", "refused")
+                 "enqueued", "forgotten", "refused", "uncounted")
 
     def __init__(self, task: Task) -> None:
         self.task = task
@@ -36,12 +37,21 @@ class WorkItem:
         self.inserted = False  # this process created the row: it may delete it if it never runs
         self.started = False   # set_running_or_notify_cancel() has been called
         self.refused: BaseException | None = None  # why its last start, posted without waiting, failed
+        self.uncounted: tuple[int, int] | None = None  # (ledger slot, version) of an attempt that start left uncounted
         self.forgotten = False  # settled (or given up): counted once, whatever calls forget() again
         self.submitted = self.enqueued = time.perf_counter()
 
     def bind(self, row: Row, inserted: bool = False) -> "WorkItem":
         self.row_id, self.version, self.attempts, self.inserted = row.id, row.version, row.attempts, inserted
         return self
+
+    def give_back(self, store: TaskStore, done: Done | None = None) -> Op:
+        """The op that gives back this item's row when its task will not run here (cancelled, refused):
+        deleted if this process inserted it, else left waiting with no owner, for any process to take
+        at once. Stale -- another claim took the row since -- it changes nothing."""
+        if self.inserted:
+            return store.release(self.row_id, self.version, done=done)
+        return store.let_go(self.row_id, self.version, done=done)
 
 
 class InFlight:
@@ -81,9 +91,11 @@ class InFlight:
 
     def adopt(self, row: Row, task: Task | None = None) -> WorkItem | None:
         """A new item for a row taken over (recovery, a worker's claim), or None if a submit holds its
-        key already. ``task`` is the row's task when the caller has decoded it already."""
+        key already or intake is closed (see :attr:`closed`: past ``shutdown()``'s wait for the items in
+        flight, an item adopted now would never be run). ``task`` is the row's task when the caller
+        has decoded it already."""
         with self._lock:
-            if self._held(row.idempotency_key) is not None:
+            if self._closed or self._held(row.idempotency_key) is not None:
                 return None
             item = self._items[row.idempotency_key] = WorkItem(task or row.task()).bind(row)
             self._unfinished += 1
@@ -120,6 +132,11 @@ class InFlight:
             self.settled += 1
             if self._waiters:
                 self._settled.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        """Intake is closed (shutdown began): no item is admitted or adopted any more."""
+        return self._closed
 
     def close(self) -> bool:
         """Refuse new items from now on; True if this call closed it."""

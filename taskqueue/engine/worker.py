@@ -19,6 +19,7 @@ letter) or its retry get scheduled.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -57,10 +58,13 @@ def work(tq: "TaskQueue", index: int) -> None:
             return
         try:
             outcome = _attempt(tq, index, item, outcome)
-        except BaseException as exc:  # a bug here must not kill the worker or lose the Future
+        except BaseException as exc:  # a bug, or process() raising SystemExit: keep the worker, settle the Future
             tq._log.exception("worker error", extra=task_extra("worker_error", item.task, error=exc))
             if not item.forgotten:  # settled already, if what escaped came from its Future's callback
-                settle(tq, item, "failed", error=exc)
+                with contextlib.suppress(Exception):  # its start, if handed over, has told whether it counted
+                    store.flush()
+                _let_go_of(tq, item)
+                settle(tq, item, "errored", error=exc)
             outcome = None
 
 
@@ -80,7 +84,7 @@ def _attempt(tq: "TaskQueue", index: int, item: WorkItem, outcome: Op | None) ->
     along = () if outcome is None else (outcome,)
     ledger = tq.store.ledger
     slot = None if ledger is None else ledger.begin(item.row_id, item.version)
-    item.refused = None
+    item.refused = item.uncounted = None
     try:
         if slot is not None:  # recorded where a crash cannot lose it: commit the start without waiting
             tq.store.post(*along, tq.store.start(item.row_id, item.version, item.attempts,
@@ -166,10 +170,12 @@ def _start_committed(tq: "TaskQueue", item: WorkItem, slot: int, version: int):
 
     Committed: the database counts the attempt, the ledger slot is free. Refused as stale: the row
     is another process's (an expired lease), which counts its own attempts. Failed otherwise (the
-    store is failing): this attempt runs uncounted, so the row is let go of with the attempt counted
-    from the ledger's record in the same operation; until that commits, the slot (and the ledger
-    file, at close) keeps the record for the next process to replay. Either refusal is kept for
-    the outcome, which the same cause fails (see :func:`_store_failed`).
+    store is failing): this attempt runs uncounted, while the row stays ours (queued, leased, so
+    nobody else runs it meanwhile); once the attempt has ended the row is let go of, with the
+    attempt counted from the ledger's record in the same operation (see :func:`_let_go_of`). Until
+    that commits, the slot (and the ledger file, at close) keeps the record for the next process
+    to replay. Either refusal is kept for the outcome, which the same cause fails (see
+    :func:`_store_failed`).
     """
     ledger = tq.store.ledger
 
@@ -177,15 +183,8 @@ def _start_committed(tq: "TaskQueue", item: WorkItem, slot: int, version: int):
         item.refused = error
         if error is None or isinstance(error, StaleVersion):
             ledger.end(slot)
-            return
-
-        def counted(_rows: int | None, give_up_error: BaseException | None) -> None:
-            if give_up_error is None:
-                ledger.end(slot)
-        try:
-            tq.store.post(tq.store.give_up(item.row_id, begun=version, done=counted))
-        except Exception:  # noqa: BLE001 - closed or broken: the ledger file keeps the record
-            pass
+        else:
+            item.uncounted = (slot, version)
     return committed
 
 
@@ -194,18 +193,21 @@ def _claimed_elsewhere(item: WorkItem, exc: StaleVersion) -> ClaimedElsewhere:
 
 
 def _drop_cancelled(tq: "TaskQueue", item: WorkItem) -> None:
-    """Forget a task its client cancelled; delete its row if we created it (unless re-adopted since)."""
-    tq.inflight.forget(item)
-    if item.inserted:
-        tq.store.post(tq.store.release(item.row_id, item.version, done=_log_release_error(tq, item)))
+    """Forget a task its client cancelled and give its row back (unless re-adopted since): deleted if
+    we created it, else free for anyone at once. Handed over first: once ``join()`` sees the item
+    forgotten, a ``flush()`` finds its row given back."""
+    try:
+        tq.store.post(item.give_back(tq.store, done=_log_give_back_error(tq, item)))
+    finally:
+        tq.inflight.forget(item)
 
 
-def _log_release_error(tq: "TaskQueue", item: WorkItem):
-    def released(_result: None, error: BaseException | None) -> None:
+def _log_give_back_error(tq: "TaskQueue", item: WorkItem):
+    def given_back(_result: None, error: BaseException | None) -> None:
         if error is not None and not isinstance(error, StaleVersion):  # stale: re-adopted, nothing to undo
-            tq._log.error("could not delete the row of a task not run", extra=task_extra(
+            tq._log.error("could not give back the row of a task not run", extra=task_extra(
                 "release_failed", item.task, error=error))
-    return released
+    return given_back
 
 
 def _store_failed(tq: "TaskQueue", item: WorkItem, error: BaseException) -> None:
@@ -218,18 +220,37 @@ def _store_failed(tq: "TaskQueue", item: WorkItem, error: BaseException) -> None
     if isinstance(refused, StaleVersion):
         settle(tq, item, "deduplicated", error=_claimed_elsewhere(item, refused))
         return
-    if refused is not None:  # its start failed, and the row was let go of then (see _start_committed)
+    if refused is not None:  # its start failed (see _start_committed): let go, the attempt counted
         tq._log.error("could not record the attempt", extra=task_extra("store_error", item.task, error=refused))
-        settle(tq, item, "failed", error=refused)
+        _let_go_of(tq, item)
+        settle(tq, item, "errored", error=refused)
         return
     tq._log.error("could not record outcome", extra=task_extra("store_error", item.task, error=error))
+    _let_go_of(tq, item)
+    settle(tq, item, "errored", error=error)
+
+
+def _let_go_of(tq: "TaskQueue", item: WorkItem) -> None:
+    """Let go of the row of an item whose outcome will not be recorded here (whatever its status: a
+    started attempt stays counted), so that it is not left open under this living, lease-renewing
+    process: anyone may take it over. An attempt whose start the database refused is counted in
+    the same operation, from the ledger's record (which is kept until that commits). Handed over
+    before its Future settles, so that offering the task again here finds the row free (a commit
+    never overtakes what was handed over before it). A row another process took: changes nothing."""
+    store, uncounted, item.uncounted = tq.store, item.uncounted, None
+    if uncounted is None:
+        op = store.give_up(item.row_id)
+    else:
+        slot, version = uncounted
+
+        def counted(_rows: int | None, error: BaseException | None) -> None:
+            if error is None:
+                store.ledger.end(slot)
+        op = store.give_up(item.row_id, begun=version, done=counted)
     try:
-        settle(tq, item, "failed", error=error)
-    finally:  # even if a done-callback of its Future raised: the row must not stay ours
-        try:
-            tq.store.post(tq.store.give_up(item.row_id))  # a row another process took: changes nothing
-        except Exception:  # noqa: BLE001 - the store is closed or broken: the lease runs out at exit
-            pass
+        store.post(op)
+    except Exception:  # noqa: BLE001 - the store is closed or broken: the lease runs out at exit (and
+        pass           # the ledger file keeps an uncounted attempt's record for the next process)
 
 
 def settle(tq: "TaskQueue", item: WorkItem, counter: str, *, result: TaskResult | None = None,

@@ -78,12 +78,15 @@ class Claim(NamedTuple):
     ``row`` is the row as it now stands. ``runnable``: this process now owns
     an open row and must run it -- it ``inserted`` it, or took over a row
     nobody runs (its owner died, ``dlq redrive``, a cancelled task). Otherwise
-    the row is finished (``success``/``dead``) or held by a live owner.
+    the row is finished (``success``/``dead``) or held by a live owner;
+    ``dead_lettered``: this claim dead-lettered it (its owner died in its last
+    attempt, see ``recover``).
     """
 
     row: Row
     runnable: bool
     inserted: bool = False
+    dead_lettered: bool = False
 
 
 class Attempt(NamedTuple):
@@ -153,6 +156,10 @@ class TaskStore(Protocol):
         """``running`` -> ``dead`` plus a dead-letter record -> the new version."""
     def release(self, row_id: int, version: int, done: Done | None = None) -> Op:
         """Delete a ``queued`` row this store inserted but could not enqueue -> None."""
+    def let_go(self, row_id: int, version: int, done: Done | None = None) -> Op:
+        """Give up a waiting (``queued``/``failed``) row of ours at ``version`` that will not run here
+        (its task was cancelled or refused, or taken over while shutting down): no owner, so any process
+        may take it at once -> None."""
     def record_invalid(self, task_id: str, idempotency_key: str, payload: str, error: BaseException) -> Op:
         """Dead-letter an item that failed validation -> True if recorded (False: key already there)."""
     def recover(self, max_attempts: int, unowned: bool = True) -> Op:

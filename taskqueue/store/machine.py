@@ -95,6 +95,9 @@ class StateMachine(Reads):
     def release(self, row_id: int, version: int, done: Done | None = None) -> Op:
         return Op(self._release, (row_id, version), done=done)
 
+    def let_go(self, row_id: int, version: int, done: Done | None = None) -> Op:
+        return Op(self._let_go, (row_id, version), done=done, wakes=True)
+
     def record_invalid(self, task_id: str, idempotency_key: str, payload: str, error: BaseException) -> Op:
         return Op(self._record_invalid, (task_id, idempotency_key, payload, error), atomic=False)
 
@@ -191,7 +194,7 @@ class StateMachine(Reads):
                                   f"({row.owner}) died or its lease expired")
             with _savepoint(conn):
                 self._dead(conn, row.id, row.version, type(error).__name__, str(error), "running")
-            return Claim(self._select(conn, "by_id", row.id), runnable=False)
+            return Claim(self._select(conn, "by_id", row.id), runnable=False, dead_lettered=True)
         status = "failed" if row.status is TaskStatus.FAILED else "queued"
         values = conn.execute(self.sql["take_over"], (status, self.owner, now + self.lease_s, now, row.id,
                                                       row.version)).fetchone()
@@ -224,6 +227,9 @@ class StateMachine(Reads):
 
     def _release(self, conn: Any, row_id: int, version: int) -> None:
         self._one(conn, conn.execute(self.sql["release"], (row_id, version)), row_id)
+
+    def _let_go(self, conn: Any, row_id: int, version: int) -> None:
+        self._one(conn, conn.execute(self.sql["let_go"], (self._clock(), row_id, version, self.owner)), row_id)
 
     def _record_invalid(self, conn: Any, task_id: str, key: str, payload: str, error: BaseException) -> bool:
         now = self._clock()

@@ -68,6 +68,8 @@ SQL = {
                f" WHERE id = ? AND owner = ? AND status IN {_OPEN_SQL}",
     "disown": "UPDATE tasks SET owner = NULL, lease_until = NULL, updated_at = ?, version = version + 1"
               " WHERE owner = ? AND status IN ('queued', 'failed')",
+    "let_go": "UPDATE tasks SET owner = NULL, lease_until = NULL, updated_at = ?, version = version + 1"
+              " WHERE id = ? AND version = ? AND owner = ? AND status IN ('queued', 'failed')",
     "open_count": f"SELECT COUNT(*) FROM tasks WHERE status IN {_OPEN_SQL}",
     "wake_at": "SELECT MIN(CASE WHEN status = 'running' OR (owner IS NOT NULL AND lease_until >= ?)"
                " THEN lease_until ELSE next_attempt_at END)"

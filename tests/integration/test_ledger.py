@@ -428,3 +428,58 @@ def test_a_start_the_store_fails_to_commit_is_still_counted_and_the_task_is_not_
     finally:
         assert tq.shutdown(wait=True, timeout=WAIT_S)
     assert processor.attempts == [("t1", 1), ("t1", 2)]
+
+
+class _Held(_Recording):
+    """A _Recording processor that holds each attempt until ``go`` is set."""
+
+    def __init__(self, objects) -> None:
+        super().__init__(objects)
+        self.go = threading.Event()
+
+    def process(self, task, attempt=1):
+        self.attempts.append((task.id, attempt))
+        self.entered.set()
+        assert self.go.wait(WAIT_S), "test gate never opened"
+        return Processor.process(self, task, attempt)
+
+
+def test_while_an_attempt_whose_start_failed_runs_no_other_process_can_take_its_row(tmp_path, monkeypatch):
+    """The start failed while the attempt ran (posted without waiting): the row stays ours, under
+    lease, until the attempt ends; only then is it let go of, its attempt counted. Letting go at once
+    would hand the row to another process while this one still runs it."""
+    db = tmp_path / "tasks.db"
+    objects = LocalObjectStore(tmp_path / "objects", fsync=False)
+    objects.write("src/o1.txt", [b"x\n"])
+    real_start = StateMachine._start
+    failures = [sqlite3.OperationalError("disk I/O error")]
+
+    def failing_start(self, conn, *args):  # the fault: the first start cannot be written
+        if failures:
+            raise failures.pop()
+        return real_start(self, conn, *args)
+    monkeypatch.setattr(StateMachine, "_start", failing_start)
+    processor = _Held(objects)
+    tq = processor.tq = TaskQueue(db, objects, config=Config(workers=1, fsync_outputs=False), processor=processor)
+    other = SQLiteStore(str(db))  # another process's store: its own owner token
+    try:
+        future = tq.submit(make_task(1))
+        assert processor.entered.wait(WAIT_S)
+        tq.store.flush()  # the start has failed by now, and its callback has run
+        assert not failures and not future.done()
+        assert other.commit(other.claim_due(5, 3)).runnable == []
+        assert other.commit(other.recover(3)).runnable == []
+        assert not other.commit(other.claim(make_task(1), 3)).runnable  # held by a live owner
+        assert tq.store.ledger.unsettled == 1  # the attempt's record, not counted in the database yet
+        processor.go.set()
+        with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+            future.result(WAIT_S)
+        tq.store.flush()
+        assert rows(db)[make_task(1).idempotency_key][:2] == ("running", 1)  # counted, and let go of
+        assert tq.store.ledger.unsettled == 0
+        taken = other.commit(other.claim(make_task(1), 3))
+        assert taken.runnable and taken.row.attempts == 1
+    finally:
+        processor.go.set()
+        other.close()
+        assert tq.shutdown(wait=True, timeout=WAIT_S)

@@ -121,6 +121,7 @@ def test_transitions_bump_the_version_and_record_each_state(store, fake_clock):
     pytest.param(lambda s, r: s.fail(r.id, 0, InjectedTransientError("x"), 0.0), id="fail-old-version"),
     pytest.param(lambda s, r: s.dead_letter(r.id, 0, InjectedTransientError("x")), id="dead-old-version"),
     pytest.param(lambda s, r: s.release(r.id, 1), id="release-running-row"),
+    pytest.param(lambda s, r: s.let_go(r.id, 1), id="let-go-running-row"),
 ])
 def test_a_stale_transition_raises_stale_version_and_changes_nothing(store, backend, stale):
     row = claim(store, 1)
@@ -415,6 +416,30 @@ def test_give_up_lets_any_process_take_the_row_over_counting_its_attempt(store, 
     fake_clock.advance(0.001)
     taken = other.commit(other.claim_due(5, MAX_ATTEMPTS)).runnable
     assert [(r.id, r.owner, r.status, r.attempts) for r in taken] == [(row.id, other.owner, TaskStatus.QUEUED, 1)]
+
+
+def test_let_go_hands_back_one_waiting_row_at_its_version_and_keeps_its_retry_time(store, backend, fake_clock):
+    other = backend.make(clock=fake_clock, lease_s=30.0)
+    store.commit(store.enqueue([make_task(n) for n in range(2)]))
+    queued, retrying = store.commit(store.claim_due(2, MAX_ATTEMPTS)).runnable
+    started = start(store, retrying)
+    failed = store.commit(store.fail(retrying.id, started.version, InjectedTransientError("x"), fake_clock.now + 5))
+    with pytest.raises(StaleVersion):  # another version: changes nothing
+        store.commit(store.let_go(queued.id, queued.version + 1))
+    with pytest.raises(StaleVersion):  # not theirs to let go of
+        other.commit(other.let_go(queued.id, queued.version))
+    assert store.commit(store.let_go(queued.id, queued.version)) is None
+    assert store.commit(store.let_go(retrying.id, failed)) is None
+    after = {r.id: r for r in store.rows()}
+    assert [(after[r.id].status, after[r.id].owner, after[r.id].lease_until, after[r.id].version)
+            for r in (queued, retrying)] == [(TaskStatus.QUEUED, None, None, queued.version + 1),
+                                             (TaskStatus.FAILED, None, None, failed + 1)]
+    assert after[retrying.id].next_attempt_at == fake_clock.now + 5  # its backoff still holds
+    # Nobody holds them: another process takes the queued one at once, the retry when it is due.
+    assert [r.id for r in other.commit(other.claim_due(5, MAX_ATTEMPTS)).runnable] == [queued.id]
+    fake_clock.advance(5)
+    assert [(r.id, r.attempts) for r in other.commit(other.claim_due(5, MAX_ATTEMPTS)).runnable] == [
+        (retrying.id, 1)]
 
 
 def test_disown_hands_back_waiting_rows_and_keeps_running_ones(store, backend, fake_clock):

@@ -30,7 +30,8 @@ def busy_metrics(durations: list[float]) -> Metrics:
         metrics.on_get(2, 0.004)
         metrics.on_processed(i % 2, d)
         metrics.on_outcome("succeeded", d + 0.004)
-    for name, n in (("failed", 2), ("retried", 3), ("dead_lettered", 4), ("deduplicated", 5), ("rejected", 6)):
+    for name, n in (("failed", 2), ("retried", 3), ("dead_lettered", 4), ("deduplicated", 5), ("rejected", 6),
+                    ("errored", 7)):
         metrics.incr(name, n)
     clock.now += 10.0
     return metrics
@@ -49,7 +50,8 @@ def test_every_family_the_issue_names_is_there_with_the_right_type():
     assert all(f.help for f in families.values())
     flat = values(families)
     assert flat[f'taskqueue_info{{version="{taskqueue.__version__}"}}'] == 1
-    expected = {"succeeded": 3, "failed": 2, "retried": 3, "dead_lettered": 4, "deduplicated": 5, "rejected": 6}
+    expected = {"succeeded": 3, "failed": 2, "retried": 3, "dead_lettered": 4, "deduplicated": 5, "rejected": 6,
+                "errored": 7}
     assert {o: flat[f'taskqueue_tasks_total{{outcome="{o}"}}'] for o in OUTCOMES} == expected
     assert flat["taskqueue_queue_depth"] == 2 and flat["taskqueue_queue_capacity"] == 8
     assert flat["taskqueue_enqueued_total"] == flat["taskqueue_dequeued_total"] == 3
