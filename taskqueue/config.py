@@ -26,6 +26,25 @@ METRICS_HOST = "127.0.0.1"
 METRICS_INTERVAL_S = 10.0
 FLAG_NAMES = {"shutdown_grace_s": "--grace", "metrics_interval_s": "--metrics-interval"}  # not --<name>
 
+# Upper bounds: a value past them would not be a tuning choice but a crash or a hang at run time.
+# Every duration setting in seconds is at most MAX_DURATION_S, 30 days. Each ends up as the timeout of a
+# threading wait (Event.wait, Condition.wait, Lock.acquire) in some thread, and one above
+# threading.TIMEOUT_MAX raises OverflowError there, killing a background thread: TIMEOUT_MAX is about
+# 9.2e9 s on Linux and macOS but only 4294967 s (0xFFFFFFFF ms, ~49.7 days) on Windows, where the wait
+# is a DWORD of milliseconds. 30 days stays below it on every platform, with room to spare.
+MAX_DURATION_S = 30 * 24 * 3600  # 2592000
+# The most worker threads: each is an OS thread with its own stack; tens of thousands fail to start
+# (RuntimeError) part-way, with the threads already started left running.
+MAX_WORKERS = 1024
+# The largest queue: metrics preallocate two depth histograms of queue_size + 1 counters (8-byte
+# pointers: 16 MB at this bound), and a full queue holds that many tasks in memory.
+MAX_QUEUE_SIZE = 1_000_000
+# The largest object store read: every read allocates a buffer of this size; 64 MiB, the default
+# max_task_file_bytes, is far past any throughput gain.
+MAX_CHUNK_SIZE = 64 * 1024 * 1024
+# SQLite's busy timeout is a C int of milliseconds (~24.8 days): above it SQLite silently uses 0, no wait.
+MAX_BUSY_TIMEOUT_MS = 2 ** 31 - 1
+
 
 def _unset(value: Any) -> bool:
     """An optional setting left unset: None, or an empty or "none" string (from a variable or .env)."""
@@ -37,6 +56,20 @@ def _positive_int(value: Any) -> int:
     if value <= 0:
         raise ValueError("must be greater than 0")
     return value
+
+
+def _positive_int_at_most(high: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        value = _positive_int(value)
+        if value > high:
+            raise ValueError(f"must be at most {high}")
+        return value
+    return parse
+
+
+def _bound(x: float) -> str:
+    """A bound as written in a message: 3600, 2592000, 0.5, inf (no exponent for whole numbers)."""
+    return format(x, ".15g")
 
 
 def _number(low: float, high: float = math.inf, *, low_open: bool = False,
@@ -52,10 +85,15 @@ def _number(low: float, high: float = math.inf, *, low_open: bool = False,
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError("must be a finite number")
         if value < low or (low_open and value == low) or value > high:
-            bounds = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+            bounds = f"{'(' if low_open else '['}{_bound(low)}, {_bound(high)}]"
             raise ValueError(f"must be within {bounds}")
         return float(value)
     return parse
+
+
+def _duration(*, low_open: bool = False, optional: bool = False) -> Callable[[Any], float | None]:
+    """A duration in seconds, within [0, MAX_DURATION_S] (or (0, MAX_DURATION_S])."""
+    return _number(0.0, MAX_DURATION_S, low_open=low_open, optional=optional)
 
 
 def _choice(*options: str, optional: bool = False) -> Callable[[Any], str | None]:
@@ -124,41 +162,47 @@ class Config:
 
     db: str = _setting("tasks.db", _path, "the task rows: a SQLite file, or a postgresql:// URL")
     store: str = _setting("store", _path, "object store root directory (sources and variants)")
-    workers: int = _setting(8, _positive_int, "worker threads")
-    queue_size: int = _setting(128, _positive_int, "capacity of the bounded queue")
+    workers: int = _setting(8, _positive_int_at_most(MAX_WORKERS), f"worker threads (at most {MAX_WORKERS})")
+    queue_size: int = _setting(128, _positive_int_at_most(MAX_QUEUE_SIZE),
+                                f"capacity of the bounded queue (at most {MAX_QUEUE_SIZE})")
     on_full: str = _setting("block", _choice("block", "reject"),
                             "when the queue is full: block the producer, or reject with QueueFull")
-    put_timeout_s: float | None = _setting(None, _number(0.0, low_open=True, optional=True),
-                                           "block mode: give up with QueueFull after this long (none: wait)")
+    put_timeout_s: float | None = _setting(None, _duration(low_open=True, optional=True),
+                                           "block mode: give up with QueueFull after this many seconds "
+                                           "(none: wait)")
     max_attempts: int = _setting(3, _positive_int, "attempts before a task is dead-lettered")
-    retry_base_s: float = _setting(0.1, _number(0.0), "backoff base: delay <= base * 2**(attempt-1)")
-    retry_cap_s: float = _setting(10.0, _number(0.0), "backoff cap in seconds")
-    lease_s: float = _setting(300.0, _number(0.0, low_open=True),
-                              "how long a claim lasts unless its process renews it (every lease_s/3)")
+    retry_base_s: float = _setting(0.1, _duration(), "backoff base in seconds: delay <= base * 2**(attempt-1)")
+    retry_cap_s: float = _setting(10.0, _duration(), "backoff cap in seconds")
+    lease_s: float = _setting(300.0, _duration(low_open=True),
+                              "how many seconds a claim lasts unless its process renews it (every lease_s/3)")
     db_synchronous: str = _setting("normal", _choice("normal", "full"), "SQLite synchronous pragma")
-    busy_timeout_ms: int = _setting(10000, _positive_int, "SQLite busy timeout")
-    chunk_size: int = _setting(64 * 1024, _positive_int, "object store read chunk in bytes")
+    busy_timeout_ms: int = _setting(10000, _positive_int_at_most(MAX_BUSY_TIMEOUT_MS),
+                                    f"SQLite busy timeout in milliseconds (at most {MAX_BUSY_TIMEOUT_MS})")
+    chunk_size: int = _setting(64 * 1024, _positive_int_at_most(MAX_CHUNK_SIZE),
+                               f"object store read chunk in bytes (at most {MAX_CHUNK_SIZE})")
     fsync_outputs: bool = _setting(True, _boolean, "fsync each output and its directory")
-    shutdown_grace_s: float = _setting(30.0, _number(0.0), "time in-flight tasks get on SIGINT/SIGTERM")
+    shutdown_grace_s: float = _setting(30.0, _duration(), "seconds in-flight tasks get on SIGINT/SIGTERM")
     max_task_file_bytes: int = _setting(64 * 1024 * 1024, _positive_int, "largest task file accepted")
     max_image_pixels: int = _setting(DEFAULT_MAX_IMAGE_PIXELS, _positive_int,
                                      "largest source image accepted, width x height, read from its header "
                                      "before decoding (larger: ImageTooLarge)")
     retry_seed: int | None = _setting(None, lambda v: None if _unset(v) else _integer(v),
                                       "seed of the backoff jitter (none: random)")
-    fault_latency_s: float = _setting(0.0, _number(0.0, 3600.0), "injected latency per attempt")
-    fault_jitter_s: float = _setting(0.0, _number(0.0, 3600.0), "injected extra latency, uniform")
+    fault_latency_s: float = _setting(0.0, _number(0.0, 3600.0),
+                                      "injected latency per attempt in seconds (at most 3600)")
+    fault_jitter_s: float = _setting(0.0, _number(0.0, 3600.0),
+                                     "injected extra latency in seconds, uniform (at most 3600)")
     fault_transient_rate: float = _setting(0.0, _number(0.0, 1.0), "injected transient error probability")
     fault_permanent_rate: float = _setting(0.0, _number(0.0, 1.0), "injected permanent error probability")
-    fault_timeout_s: float | None = _setting(None, _number(0.0, low_open=True, optional=True),
-                                             "processing timeout (a transient error)")
+    fault_timeout_s: float | None = _setting(None, _duration(low_open=True, optional=True),
+                                             "processing timeout in seconds (a transient error)")
     fault_seed: int = _setting(0, _integer, "seed of the injected faults")
     log_level: str | None = _setting(None, _choice("debug", "info", "warning", "error", optional=True),
                                      "log level (none: info with --log-file, else warnings on stderr)")
     log_file: str | None = _setting(None, _optional_path, "append JSON-lines logs here (none: warnings to stderr)")
     metrics_out: str | None = _setting(None, _optional_path,
                                        "write the metrics here as JSON, during a run and at its end")
-    metrics_interval_s: float = _setting(METRICS_INTERVAL_S, _number(0.0, low_open=True),
+    metrics_interval_s: float = _setting(METRICS_INTERVAL_S, _duration(low_open=True),
                                          "how often metrics_out is rewritten during a run (seconds)")
     metrics_port: int | None = _setting(None, _port, "serve GET /metrics and /healthz on this port while a run "
                                                      "or worker lasts (0: any free port)")
@@ -229,7 +273,8 @@ class Config:
     def dotenv_example(cls) -> str:
         """The text of ``.env.example``: every setting, its meaning and its default."""
         lines = ["# Every setting of the task queue, with its default. Copy to .env and edit.",
-                 "# Precedence: command-line flags > environment variables > .env > these defaults.", ""]
+                 "# Precedence: command-line flags > environment variables > .env > these defaults.",
+                 f"# Every duration in seconds (*_S) is at most {MAX_DURATION_S} (30 days) unless noted.", ""]
         for name, default, doc in cls.describe():
             value = "none" if default is None else str(default).lower() if isinstance(default, bool) else default
             lines += [f"# {doc}", f"{name}={value}"]

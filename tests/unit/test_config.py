@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from taskqueue.config import ENV_PREFIX, Config, read_dotenv
+from taskqueue.config import ENV_PREFIX, FLAG_NAMES, Config, read_dotenv
 from taskqueue.errors import ConfigError
 from taskqueue.processor import FaultConfig
 
@@ -160,6 +160,71 @@ def test_direct_construction_validates_too(name, value):
     with pytest.raises(ConfigError) as info:
         Config(**{name: value})
     assert name in str(info.value) and repr(value) in str(info.value)
+
+
+# Every setting with an upper bound: its maximum, and a value just above it.
+MAX_S = 30 * 24 * 3600  # durations: below threading.TIMEOUT_MAX on every platform (Windows: ~4294967 s)
+BOUNDED = [
+    ("workers", 1024, 1025), ("queue_size", 1_000_000, 1_000_001),
+    ("chunk_size", 64 * 1024 * 1024, 64 * 1024 * 1024 + 1), ("busy_timeout_ms", 2 ** 31 - 1, 2 ** 31),
+    ("lease_s", MAX_S, MAX_S + 0.5), ("metrics_interval_s", MAX_S, MAX_S + 1.0),
+    ("retry_base_s", MAX_S, MAX_S + 1.0), ("retry_cap_s", MAX_S, 1e11),
+    ("shutdown_grace_s", MAX_S, 1e300), ("put_timeout_s", MAX_S, MAX_S + 1.0),
+    ("fault_timeout_s", MAX_S, MAX_S + 1.0),
+]
+BOUNDED_IDS = [name for name, _, _ in BOUNDED]
+
+
+@pytest.mark.parametrize("name, maximum, above", BOUNDED, ids=BOUNDED_IDS)
+def test_value_above_the_maximum_is_refused_naming_the_setting_the_value_and_the_maximum(name, maximum, above):
+    var, raw = ENV_PREFIX + name.upper(), str(above)
+    with pytest.raises(ConfigError) as info:
+        from_env(environ={var: raw})
+    message = str(info.value)
+    assert message.startswith(f"{var} (environment): ") and message.endswith(f", got {raw!r}"), message
+    # integers: "must be at most 1024"; durations, as every float range: "must be within [0, 2592000]"
+    assert f"must be at most {maximum}," in message or f", {maximum}]," in message, message
+
+
+@pytest.mark.parametrize("name, maximum, above", BOUNDED, ids=BOUNDED_IDS)
+def test_value_above_the_maximum_is_refused_from_a_flag_and_from_direct_construction(name, maximum, above):
+    flag = FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
+    with pytest.raises(ConfigError) as info:
+        Config.from_env({name: above}, environ={}, dotenv_path=None, flags=FLAG_NAMES)
+    assert str(info.value).startswith(f"{flag}: ") and str(info.value).endswith(f", got {above!r}")
+    with pytest.raises(ConfigError) as info:
+        Config(**{name: above})
+    assert str(info.value).startswith(f"{name}: ") and str(info.value).endswith(f", got {above!r}")
+
+
+@pytest.mark.parametrize("name, maximum, above", BOUNDED, ids=BOUNDED_IDS)
+def test_exactly_the_maximum_is_accepted(name, maximum, above):
+    environ = {ENV_PREFIX + name.upper(): str(maximum)}
+    if name == "retry_base_s":
+        environ["TQ_RETRY_CAP_S"] = str(maximum)  # the cap must be >= the base
+    value = getattr(from_env(environ=environ), name)
+    assert value == maximum and type(value) is type(above)
+    assert getattr(Config(**{name: maximum, **({"retry_cap_s": maximum} if name == "retry_base_s" else {})}),
+                   name) == maximum
+
+
+def test_durations_stay_below_threading_timeout_max_on_every_platform():
+    import threading
+
+    windows_timeout_max = 0xFFFFFFFF / 1000  # a Windows wait is a DWORD of milliseconds: ~49.7 days
+    for name in ("put_timeout_s", "retry_base_s", "retry_cap_s", "lease_s", "shutdown_grace_s",
+                 "fault_timeout_s", "metrics_interval_s"):
+        maximum = dict((n, m) for n, m, _ in BOUNDED)[name]
+        assert maximum < windows_timeout_max and maximum < threading.TIMEOUT_MAX
+
+
+@pytest.mark.parametrize("name", ["lease_s", "retry_cap_s", "shutdown_grace_s", "put_timeout_s",
+                                  "fault_timeout_s", "metrics_interval_s"])
+@pytest.mark.parametrize("raw", ["nan", "inf", "-inf", "1e309"])
+def test_durations_refuse_nan_and_infinity(name, raw):
+    var = ENV_PREFIX + name.upper()
+    with pytest.raises(ConfigError, match=f"^{var} \\(environment\\): must be a finite number, got {raw!r}$"):
+        from_env(environ={var: raw})
 
 
 def test_unknown_override_is_refused():
