@@ -85,9 +85,15 @@ class TaskQueue:
         self._sampler = DepthSampler(self.metrics, self.depth, sample_interval_s)
         self._heartbeat = Heartbeat(self.store, self.store.lease_s / 3)
         self._executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="tq-worker")
-        self._workers = [self._executor.submit(work, self, index) for index in range(config.workers)]
+        self._workers: list[Future] = []
         closing.live_queues.add(self)
-        self.recovered = self.recover_orphans(recover_unowned)
+        try:
+            for index in range(config.workers):
+                self._workers.append(self._executor.submit(work, self, index))
+            self.recovered = self.recover_orphans(recover_unowned)
+        except BaseException:  # a thread that would not start (an OS limit), a store error: stop what runs
+            self.shutdown(wait=True, cancel_futures=True)
+            raise
 
     # -- intake ------------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ import logging
 import os
 import queue
 import time
+import traceback
 from typing import TYPE_CHECKING
 
 from .. import errors
@@ -110,6 +111,9 @@ def _attempt(tq: "TaskQueue", index: int, item: WorkItem, outcome: Op | None) ->
         output = tq.processor.process(item.task, attempt)
     except Exception as exc:
         tq.metrics.on_processed(index, time.perf_counter() - began)
+        # The error lives on (its Future holds it, its client may keep that): let its traceback keep
+        # the lines, not the finished frames' locals -- a compressor's state, a decoded image.
+        traceback.clear_frames(exc.__traceback__)
         return _failed(tq, item, exc, attempt)
     busy = time.perf_counter() - began
     tq.metrics.on_processed(index, busy)

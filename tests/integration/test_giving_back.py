@@ -257,3 +257,53 @@ def test_a_submit_that_dead_letters_a_crashed_row_counts_and_logs_a_dead_letter(
     assert row_of(db, task.idempotency_key)[0] == "dead"
     assert nonzero(tq) == {"dead_lettered": 1}  # not "deduplicated"
     assert [r.event for r in caplog.records if getattr(r, "event", None) == "dead_lettered"] == ["dead_lettered"]
+
+
+# -- a queue that cannot start stops what it started ------------------------------------------------------
+
+def test_a_worker_thread_that_will_not_start_stops_the_queue_and_raises(db, objects, tasks, monkeypatch):
+    """An OS limit on threads: the workers already started must not be left blocked on the queue (they
+    are not daemons: the interpreter would wait for them at exit, forever)."""
+    from concurrent.futures import ThreadPoolExecutor
+    real_submit = ThreadPoolExecutor.submit
+    calls = []
+
+    def submit(self, fn, *args, **kwargs):  # the fault: the third worker's thread cannot be started
+        calls.append(fn)
+        if len(calls) == 3:
+            raise RuntimeError("can't start new thread")
+        return real_submit(self, fn, *args, **kwargs)
+    monkeypatch.setattr(ThreadPoolExecutor, "submit", submit)
+    before = set(threading.enumerate())
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        TaskQueue(db, objects, config=config(workers=4), processor=Gated(objects))
+    assert len(calls) == 3
+    left = [t.name for t in set(threading.enumerate()) - before if t.is_alive() and t.name.startswith("tq-worker")]
+    assert left == []  # shut down before raising: the two started workers took their stop sentinels
+    monkeypatch.undo()
+    again = TaskQueue(db, objects, config=config(), processor=Gated(objects))  # the database was let go of
+    try:
+        assert again.submit(tasks[0]).result(WAIT_S).status is TaskStatus.SUCCESS
+    finally:
+        assert again.shutdown(wait=True, timeout=WAIT_S)
+
+
+def test_a_failed_attempt_s_error_keeps_its_traceback_but_not_the_locals_of_its_frames(db, objects, tasks, queues):
+    """A run of a million tasks whose sources are missing kept every error, and through its traceback
+    the frames' locals (a 256 KiB zlib compressor each): gigabytes. The lines stay for the logs."""
+    class Holding(Processor):
+        def process(self, task, attempt=1):
+            ballast = bytearray(1 << 20)  # what a finished frame must not keep alive
+            raise PermanentError(f"no source ({len(ballast)} bytes held)")
+
+    tq = TaskQueue(db, objects, config=config(max_attempts=1), processor=Holding(objects))
+    queues(tq)
+    error = tq.submit(tasks[0]).exception(WAIT_S)
+    assert isinstance(error, PermanentError)
+    frames = []
+    tb = error.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    assert frames[-1].f_code.co_name == "process"  # the traceback is whole: where it was raised
+    assert "ballast" not in frames[-1].f_locals
