@@ -111,6 +111,7 @@ class Committer:
         self._conn_lock = threading.Lock()  # held by whichever thread is running ops on the connection
         self._state = threading.Lock()  # guards _closed, _pending and the order of hand-overs
         self._closed = False
+        self._conn_closed = False  # under _conn_lock: close() has closed the connection
         self._pending = 0  # hand-overs not yet executed and reported (queued, drained, or delivering)
         self._broken: BaseException | None = None
         self._queued: queue.SimpleQueue = queue.SimpleQueue()  # _Calls for the writer, then _STOP
@@ -188,8 +189,9 @@ class Committer:
             self._pending += 1
             self._queued.put(_STOP)  # last: nothing can be queued after it
         self._writer.join()
-        with self._conn_lock:
+        with self._conn_lock:  # a commit from a done callback may be waiting for it: it finds the flag
             self._conn.close()
+            self._conn_closed = True
 
     # -- the writer thread -----------------------------------------------------------------
 
@@ -225,6 +227,8 @@ class Committer:
 
     def _execute(self, ops: list[Op]) -> list[tuple[Any, BaseException | None]]:
         """Run ``ops`` and commit; (result, error) per op. The caller holds the connection lock."""
+        if self._conn_closed:  # a commit from a done callback that checked _closed just before close()
+            return [(None, StoreClosed("the task store is closed"))] * len(ops)
         if self._broken is not None:
             broken = StoreBroken(f"the task store's connection failed: {self._broken}")
             broken.__cause__ = self._broken

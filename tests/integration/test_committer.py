@@ -309,6 +309,49 @@ def test_a_rollback_that_fails_breaks_the_committer_loudly_and_nothing_waits_for
     assert isinstance(errors[0], StoreBroken)
 
 
+def test_a_commit_from_a_done_callback_that_races_close_is_refused_as_closed(db):
+    """The callback's commit passed the closed check, then waited for the connection while close()
+    took it and closed it: it must be refused with StoreClosed, not run on a closed connection."""
+    store = SQLiteStore(db)
+    committer = store.committer
+    real = committer._conn_lock
+    at_acquire, closed = threading.Event(), threading.Event()
+
+    class Paced:  # the real lock; only the callback thread's blocking acquire waits for close()
+        def acquire(self, blocking=True, timeout=-1):
+            if blocking and threading.current_thread().name == "callback-thread":
+                at_acquire.set()
+                assert closed.wait(WAIT_S)
+            return real.acquire(blocking, timeout)
+
+        def release(self):
+            real.release()
+
+        def __enter__(self):
+            return real.__enter__()
+
+        def __exit__(self, *exc_info):
+            return real.__exit__(*exc_info)
+    committer._conn_lock = Paced()
+    heard = []
+
+    def callback(_result, _error):  # commits more work from a done callback, in the committing thread
+        try:
+            heard.append(store.commit(store.enqueue([make_task(2)])))
+        except Exception as exc:  # noqa: BLE001 - what the test looks at
+            heard.append(exc)
+
+    thread = threading.Thread(target=lambda: store.commit(store.enqueue([make_task(1)])._replace(done=callback)),
+                              name="callback-thread")
+    thread.start()
+    assert at_acquire.wait(WAIT_S)
+    store.close()
+    closed.set()
+    thread.join(WAIT_S)
+    assert not thread.is_alive() and len(heard) == 1 and isinstance(heard[0], StoreClosed), heard
+    assert raw(db, "SELECT task_id FROM tasks") == [("t1",)]
+
+
 def test_posts_racing_close_are_each_committed_or_refused_never_lost(db):
     for _ in range(20):
         store = SQLiteStore(db)
