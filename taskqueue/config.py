@@ -16,6 +16,7 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 from .errors import ConfigError
@@ -230,7 +231,16 @@ class Config:
                            timeout_s=self.fault_timeout_s, seed=self.fault_seed)
 
     def replace(self, **changes: Any) -> "Config":
-        return dataclasses.replace(self, **changes)
+        new = dataclasses.replace(self, **changes)
+        object.__setattr__(new, "_sources", {k: v for k, v in self._sources.items() if k not in changes})
+        return new
+
+    _sources = MappingProxyType({})  # not a field (no annotation): where from_env found each value
+
+    def source_of(self, name: str) -> str:
+        """Where setting ``name`` came from, as messages name it: its flag, ``TQ_X (environment)`` or
+        ``TQ_X (.env)`` (from :meth:`from_env`); its flag for a default or a Config built directly."""
+        return self._sources.get(name) or FLAG_NAMES.get(name) or f"--{name.replace('_', '-')}"
 
     @classmethod
     def from_env(cls, overrides: Mapping[str, Any] | None = None, *,
@@ -252,6 +262,7 @@ class Config:
         if unknown:
             raise ConfigError(f"unknown setting {unknown[0]!r}")
         values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
         for f in dataclasses.fields(cls):
             env_name = ENV_PREFIX + f.name.upper()
             if f.name in overrides:
@@ -267,7 +278,10 @@ class Config:
                 values[f.name] = f.metadata["parse"](raw)
             except ValueError as exc:
                 raise ConfigError(f"{source}: {exc}, got {raw!r}") from None
-        return cls(**values)
+            sources[f.name] = source
+        config = cls(**values)
+        object.__setattr__(config, "_sources", MappingProxyType(sources))
+        return config
 
     @classmethod
     def dotenv_example(cls) -> str:

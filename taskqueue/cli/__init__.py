@@ -8,7 +8,8 @@ Settings come from flags > environment (``TQ_*``) > ``.env`` > defaults
 (see :mod:`taskqueue.config`). Exit codes: 0 done (every task terminal, or a
 graceful stop on a signal), 1 some tasks left unfinished or some keys not
 found or a run stopped by an error mid-run (what finished is recorded), 2 bad
-input or settings (nothing was processed).
+input or settings (nothing was processed), 130 a Ctrl-C before any task was
+offered (while the task file loads or ``--make-sources`` writes).
 """
 
 from __future__ import annotations
@@ -17,15 +18,20 @@ import argparse
 import os
 import signal
 import sys
+import tempfile
 import threading
 from typing import Callable
+from urllib.parse import urlsplit
 
 from .. import logs
 from ..config import FLAG_NAMES, Config
 from ..errors import ConfigError, InvalidTask
+from ..objectstore import HOST_TAG, TEMP_MARKER
 from ..store import check_database, is_url, store_errors
+from ..store.postgres import redact
 
 EXIT_OK, EXIT_UNFINISHED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # Ctrl-C before any work began, as a shell reports it
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.handler(args)
+    except KeyboardInterrupt:  # before a command holds its signals (loading the file, making sources)
+        print("\ninterrupted before any task was offered", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (ConfigError, InvalidTask, NotADirectoryError, IsADirectoryError, FileNotFoundError,
             FileExistsError, PermissionError, *store_errors()) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -79,26 +88,134 @@ def processing_flags(parser: argparse.ArgumentParser, queue_help: str | None = N
 
 
 def check_paths(config: Config, *, store: bool = True, outputs: bool = True) -> None:
-    """Refuse paths that cannot work, naming the flag, before anything is created or processed.
+    """Refuse paths that cannot work before anything is created or processed; every message starts
+    with the flag or variable the path came from (``--store: ...``, ``TQ_LOG_FILE (environment): ...``).
 
-    A SQLite ``--db`` must not be a directory, must sit in a directory that exists and, if it
-    exists, must be this queue's database (checked without writing to it).
+    * the store root (``store``): a directory, or one that can be created (no file in the way, names
+      the file system accepts, a parent that takes new entries); writable;
+    * a SQLite ``--db``: not a directory, in a directory that exists and, if it exists, this queue's
+      database (checked without writing to it); else a name the file system accepts, in a writable
+      directory;
+    * ``--metrics-out`` and ``--log-file`` (``outputs``): not a directory, in a directory that exists
+      and takes new files, names the file system accepts (the metrics are written through a temporary
+      file named after them); an existing metrics file must be a regular file (it is replaced), an
+      existing log file writable (it is appended to).
+
+    Writability is probed by creating and removing a temporary entry (``.tq-probe-*``), which works
+    for every user and file system, ``root`` and ``/proc`` included; nothing probed is left behind.
     """
-    if store and os.path.lexists(config.store) and not os.path.isdir(config.store):  # lexists: a dangling link too
-        raise NotADirectoryError(f"store {config.store!r} is not a directory")
+    label = {name: config.source_of(name) for name in ("db", "store", "metrics_out", "log_file")}
+    if store:
+        _check_store(label["store"], config.store)
     local_db = None if is_url(config.db) else config.db
-    if local_db and os.path.isdir(local_db):
-        raise IsADirectoryError(f"db {config.db!r} is a directory, not a database file")
-    checked = [("--db", local_db)]
+    if local_db:
+        if os.path.isdir(local_db):
+            raise IsADirectoryError(f"{label['db']}: {local_db!r} is a directory, not a database file")
+        parent = _parent(label["db"], local_db)
+        if not os.path.lexists(local_db):
+            _check_name(label["db"], local_db, parent, extra=len("-journal"))  # SQLite's side files
+            _probe(label["db"], local_db, parent)
     if outputs:  # a command that writes them (not enqueue, whatever the environment says)
-        checked += [("--metrics-out (TQ_METRICS_OUT)", config.metrics_out), ("--log-file (TQ_LOG_FILE)", config.log_file)]
-    for flag, path in checked:
-        if path:
-            parent = os.path.dirname(os.path.abspath(path))
-            if not os.path.isdir(parent):
-                raise FileNotFoundError(f"{flag} {path!r}: directory {parent!r} does not exist")
+        if config.metrics_out:
+            _check_output(label["metrics_out"], config.metrics_out, replaced=True)
+        if config.log_file:
+            _check_output(label["log_file"], config.log_file, replaced=False)
     if local_db:
         check_database(local_db)
+
+
+# What a temporary file's name adds to the name of the file it replaces (see objectstore.atomic_write_text):
+# "." + name + ".tmp-" + pid + "-" + counter + "~" + host tag, with room for a 10-digit pid and a 12-digit count.
+_TEMP_EXTRA = len(f".{TEMP_MARKER}{'9' * 10}-{'9' * 12}~{HOST_TAG}")
+
+
+def _check_store(label: str, root: str) -> None:
+    if os.path.lexists(root) and not os.path.isdir(root):  # lexists: a dangling link too
+        raise NotADirectoryError(f"{label}: {root!r} is not a directory")
+    absolute = os.path.abspath(root)
+    existing, missing = absolute, []
+    while not os.path.lexists(existing):
+        existing, name = os.path.split(existing)
+        missing.append(name)
+    if not os.path.isdir(existing):
+        raise NotADirectoryError(f"{label}: {root!r} cannot be created: {existing!r} is not a directory")
+    limit = _limit(existing, "PC_NAME_MAX")
+    for name in missing:
+        if limit and len(os.fsencode(name)) > limit:
+            raise ConfigError(f"{label}: {root!r} cannot be created: the name {name!r} is "
+                              f"{len(os.fsencode(name))} bytes, at most {limit} on this file system")
+    _check_path_length(label, root, absolute, existing)
+    _probe(label, root, existing, directory_entry=bool(missing))
+
+
+def _check_output(label: str, path: str, *, replaced: bool) -> None:
+    """An output file: ``replaced`` (the metrics) is written through a temporary file and renamed onto
+    ``path``; otherwise (the log) it is opened for appending."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{label}: {path!r} is a directory, not a file")
+    parent = _parent(label, path)
+    if replaced:
+        if os.path.lexists(path) and not os.path.isfile(path):
+            raise ConfigError(f"{label}: {path!r} is not a regular file (it would be replaced)")
+        _check_name(label, path, parent, extra=_TEMP_EXTRA,
+                    why=" (it is written through a temporary file named after it)")
+        _probe(label, path, parent)
+    elif os.path.exists(path):
+        if not os.access(path, os.W_OK):
+            raise PermissionError(f"{label}: {path!r} is not writable")
+    else:
+        _check_name(label, path, parent)
+        _probe(label, path, parent)
+
+
+def _parent(label: str, path: str) -> str:
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"{label}: {path!r}: directory {parent!r} does not exist")
+    return parent
+
+
+def _limit(directory: str, name: str) -> int | None:
+    """``os.pathconf(directory, name)`` (NAME_MAX, PATH_MAX), or None where there is none or it is unknown."""
+    try:
+        value = os.pathconf(directory, name)
+    except (AttributeError, OSError, ValueError):  # no pathconf (Windows), or not known here
+        return 255 if name == "PC_NAME_MAX" else None
+    return value if value and value > 0 else None
+
+
+def _check_name(label: str, path: str, parent: str, *, extra: int = 0, why: str = "") -> None:
+    """Refuse ``path`` if its file name (plus ``extra`` bytes the queue adds to it) is longer than the
+    file system of ``parent`` accepts, or the whole path longer than the system's limit."""
+    limit = _limit(parent, "PC_NAME_MAX")
+    size = len(os.fsencode(os.path.basename(path)))
+    if limit and size + extra > limit:
+        raise ConfigError(f"{label}: the file name of {path!r} is {size} bytes, at most {limit - extra} "
+                          f"on this file system{why}")
+    _check_path_length(label, path, os.path.join(parent, os.path.basename(path)), parent, extra)
+
+
+def _check_path_length(label: str, path: str, absolute: str, existing: str, extra: int = 0) -> None:
+    limit = _limit(existing, "PC_PATH_MAX")
+    size = len(os.fsencode(absolute)) + extra
+    if limit and size >= limit:
+        raise ConfigError(f"{label}: {path!r} is too long a path ({size} bytes as an absolute path, "
+                          f"under {limit} here)")
+
+
+def _probe(label: str, path: str, directory: str, *, directory_entry: bool = False) -> None:
+    """Create and remove a temporary file (or directory) in ``directory``; refuse ``path`` if that fails."""
+    try:
+        if directory_entry:
+            os.rmdir(tempfile.mkdtemp(prefix=".tq-probe-", dir=directory))
+        else:
+            fd, probe = tempfile.mkstemp(prefix=".tq-probe-", dir=directory)
+            os.close(fd)
+            os.remove(probe)
+    except OSError as exc:
+        raise PermissionError(f"{label}: {path!r} cannot be written: creating a "
+                              f"{'directory' if directory_entry else 'file'} in {directory!r} fails "
+                              f"({exc.strerror or exc})") from None
 
 
 def start_logging(config: Config):
@@ -122,10 +239,44 @@ def stop_on_signal(message: str, stop: Callable[[], None]) -> Callable:
     return on_signal
 
 
+DOTENV = ".env"  # read from the working directory (see Config.from_env)
+
+
 def config_from(args: argparse.Namespace, *names: str) -> Config:
-    """The Config of a command: its flags ``names`` (and --db, --store) over TQ_* and .env."""
-    return Config.from_env({name: getattr(args, name, None) for name in ("db", "store", *names)},
-                           flags=FLAG_NAMES)
+    """The Config of a command: its flags ``names`` (and --db, --store) over TQ_* and .env.
+
+    Raises :class:`ConfigError` naming the setting and its source for a bad value, a ``.env`` that
+    cannot be read (not UTF-8, unreadable), or a ``postgresql://`` URL that cannot be parsed.
+    """
+    overrides = {name: getattr(args, name, None) for name in ("db", "store", *names)}
+    try:
+        config = Config.from_env(overrides, flags=FLAG_NAMES, dotenv_path=DOTENV)
+    except (UnicodeDecodeError, OSError) as exc:  # only reading .env does I/O here
+        raise ConfigError(_dotenv_error(exc)) from None
+    if is_url(config.db):
+        try:
+            urlsplit(config.db).port  # an unclosed "[" or a port that is not a number raises ValueError
+        except ValueError as exc:
+            raise ConfigError(f"{config.source_of('db')}: not a valid PostgreSQL URL ({exc}), "
+                              f"got {redact(config.db)!r}") from None
+    return config
+
+
+def _dotenv_error(exc: Exception) -> str:
+    path = os.path.abspath(DOTENV)
+    if isinstance(exc, UnicodeDecodeError):
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            data.decode("utf-8")
+        except UnicodeDecodeError as bad:  # the position in the whole file, not in a chunk read
+            line = data.count(b"\n", 0, bad.start) + 1
+            return (f".env file {path!r}: not UTF-8 text (byte 0x{data[bad.start]:02x} on line {line}); "
+                    f"save it as UTF-8 or remove it")
+        except OSError:
+            pass
+        return f".env file {path!r}: not UTF-8 text; save it as UTF-8 or remove it"
+    return f".env file {path!r} cannot be read: {exc.strerror or exc}"
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)

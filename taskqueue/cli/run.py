@@ -18,7 +18,7 @@ from ..config import Config
 from ..errors import ClaimedElsewhere, QueueFull, QueueShutDown, TaskQueueError
 from ..objectstore import LocalObjectStore
 from ..processor import Processor
-from ..store import store_errors
+from ..store import probe, store_errors
 from ..taskfile import ON_INVALID, load_tasks
 from . import (EXIT_OK, EXIT_UNFINISHED, check_paths, config_from, hold_signals, processing_flags,
                release_signals, run_with_signals, start_logging, stop_on_signal)
@@ -49,16 +49,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     watcher = watch.Watch.from_config(config, no_progress=args.no_progress)  # binds the metrics port: a port
     # in use refuses the run here
     handler = start_logging(config)
-    held = hold_signals()  # before any thread starts: SIGINT/SIGTERM will reach the main thread only
+    held = None
     try:
+        probe(config.db)  # a database that cannot be opened or created: refused, nothing made
         objects = LocalObjectStore(config.store, chunk_size=config.chunk_size, fsync=config.fsync_outputs)
         processor = Processor(objects, config.faults, max_image_pixels=config.max_image_pixels)
-        if args.make_sources:
+        if args.make_sources:  # before the signals are held: nothing runs yet, and Ctrl-C stops it at once
             from ..workload import create_sources
             created = create_sources(objects, [t.to_dict() for t in loaded.tasks], seed=config.fault_seed)
             if created:
                 print(f"created {created} source objects under {objects.root}")
         swept = objects.sweep_temp_files()
+        held = hold_signals()  # before any thread starts: SIGINT/SIGTERM will reach the main thread only
         started = time.perf_counter()
         tq = TaskQueue(config.db, objects, config=config, processor=processor,
                        metrics_out=config.metrics_out)
@@ -79,34 +81,72 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 class _Waiter:
-    """Waits for watched Futures, or for a stop request (a signal), whichever comes first."""
+    """Counts the outcomes of the submitted tasks as they settle, and waits for them all, or for a stop
+    request (a signal), whichever comes first.
+
+    A settled Future is not kept: a file of a million tasks must not hold a million Futures (and
+    their errors) until the summary. Only the tasks another live process holds are kept, to offer
+    again (see :func:`_await_elsewhere`).
+    """
 
     def __init__(self) -> None:
         self._changed = threading.Condition()  # announces: a watched Future settled, or stop requested
         self.stopping = False
-        self._watched = 0
+        self.submitted = 0
         self._settled = 0
+        self._unsettled: set[int] = set()  # id() of the Futures watched and not settled yet
+        self.outcomes = dict.fromkeys(("succeeded", "deduplicated", "dead_lettered", "unfinished"), 0)
+        self.elsewhere: list = []  # tasks another live process held when offered
 
     def request_stop(self) -> None:
         with self._changed:
             self.stopping = True
             self._changed.notify_all()
 
-    def watch(self, future) -> None:
+    def watch(self, task, future) -> None:
         with self._changed:
-            self._watched += 1
-        future.add_done_callback(self._one_settled)
+            self.submitted += 1
+            self._unsettled.add(id(future))
+        future.add_done_callback(lambda done: self._one_settled(task, done))
 
-    def _one_settled(self, _future) -> None:
+    def _one_settled(self, task, future) -> None:
+        kind = _outcome(future)
         with self._changed:
+            first = id(future) in self._unsettled
+            self._unsettled.discard(id(future))
+            if kind == "elsewhere":
+                self.elsewhere.append(task)
+            else:
+                if not first and kind == "succeeded":  # a duplicate in flight shared its original's Future
+                    kind = "deduplicated"
+                self.outcomes[kind] += 1
             self._settled += 1
             self._changed.notify_all()
 
     def wait_all(self) -> bool:
         """Block until every watched Future is done (True) or stop is requested (False)."""
         with self._changed:
-            self._changed.wait_for(lambda: self._settled >= self._watched or self.stopping)
+            self._changed.wait_for(lambda: self._settled >= self.submitted or self.stopping)
             return not self.stopping
+
+    def counts(self) -> dict[str, int]:
+        """The outcomes so far; a task offered and not settled (or held elsewhere) is unfinished."""
+        with self._changed:
+            return {**self.outcomes, "unfinished": self.outcomes["unfinished"] + self.submitted - self._settled
+                    + len(self.elsewhere)}
+
+    def take_elsewhere(self) -> list:
+        """The tasks held elsewhere so far, to offer again: from now on they count as not offered yet."""
+        with self._changed:
+            tasks, self.elsewhere = self.elsewhere, []
+            self.submitted -= len(tasks)
+            self._settled -= len(tasks)
+            return tasks
+
+    def put_back(self, tasks: list) -> None:
+        """Tasks taken to offer again that never were (a stop came first): unfinished, held elsewhere."""
+        with self._changed:
+            self.elsewhere += tasks
 
     def sleep(self, seconds: float) -> None:
         """Sleep, but wake at once on a stop request."""
@@ -123,8 +163,12 @@ def _drive(tq, loaded, config: Config, started: float, swept: int, metrics_out: 
     :func:`taskqueue.cli.hold_signals` returned before any thread started.
     """
     waiter = _Waiter()
+
+    def stop() -> None:  # run by the main thread, which only waits: it interrupts nothing holding a lock
+        waiter.request_stop()
+        tq.shutdown(wait=False, cancel_futures=True)  # intake closes now, even a submit blocked on a full queue
     on_signal = stop_on_signal(f"stopping intake, finishing in-flight tasks (up to {config.shutdown_grace_s:g}s)",
-                               waiter.request_stop)
+                               stop)
 
     try:
         outcome = run_with_signals(lambda: _submit_and_wait(tq, loaded, config, waiter), on_signal, held, "tq-run")
@@ -132,8 +176,8 @@ def _drive(tq, loaded, config: Config, started: float, swept: int, metrics_out: 
         on_finished()  # the progress line ends and the metrics file is final before the summary prints
     if "error" in outcome:
         raise outcome["error"]
-    submitted, rejected_offers, finished = outcome["value"]
-    summary = _summary(submitted, loaded, rejected_offers, time.perf_counter() - started, tq, swept)
+    rejected_offers, finished = outcome["value"]
+    summary = _summary(waiter, loaded, rejected_offers, time.perf_counter() - started, tq, swept)
     print(_render(summary))
     if waiter.stopping:
         if not finished:  # grace expired: in-flight rows are recovered by the next run
@@ -152,7 +196,6 @@ def _submit_and_wait(tq, loaded, config: Config, waiter: _Waiter):
     stops intake, lets in-flight tasks finish within the grace period and
     propagates.
     """
-    submitted: list = []  # (task, Future)
     rejected_offers = 0
     finished = False
     try:
@@ -167,52 +210,46 @@ def _submit_and_wait(tq, loaded, config: Config, waiter: _Waiter):
                 except QueueFull:  # reject mode: wait until something settles, then offer again
                     rejected_offers += 1
                     tq.wait_settled(seen, timeout=0.25)  # the timeout only re-checks for a stop request
+                except QueueShutDown:  # a stop request closed intake between the check and the offer
+                    break
             if future is None:
                 break
-            waiter.watch(future)
-            submitted.append((task, future))
+            waiter.watch(task, future)
         if waiter.wait_all():
-            submitted = _await_elsewhere(tq, submitted, waiter)
+            _await_elsewhere(tq, waiter)
     finally:
         finished = tq.shutdown(wait=True, cancel_futures=waiter.stopping or sys.exc_info()[0] is not None,
                                timeout=config.shutdown_grace_s if waiter.stopping else None)
-    return submitted, rejected_offers, finished
+    return rejected_offers, finished
 
 
-def _await_elsewhere(tq, submitted: list, waiter: _Waiter) -> list:
+def _await_elsewhere(tq, waiter: _Waiter) -> None:
     """Wait for the tasks another live process holds (see :meth:`TaskQueue.await_elsewhere`)."""
-    result = list(submitted)
-    position = {id(task): i for i, (task, future) in enumerate(submitted) if _elsewhere(future)}
-    if not position:
-        return result
-    tasks = [submitted[i][0] for i in position.values()]
-    for task, future in tq.await_elsewhere(tasks, pause=lambda seconds: (waiter.sleep(seconds), not waiter.stopping)[1]):
-        waiter.watch(future)
-        result[position[id(task)]] = (task, future)
+    tasks = waiter.take_elsewhere()
+    if not tasks:
+        return
+    offered = set()
+    try:
+        for task, future in tq.await_elsewhere(tasks, pause=lambda seconds: (waiter.sleep(seconds),
+                                                                                 not waiter.stopping)[1]):
+            offered.add(id(task))
+            waiter.watch(task, future)
+    finally:
+        waiter.put_back([task for task in tasks if id(task) not in offered])
     waiter.wait_all()
-    return result
 
 
-def _elsewhere(future) -> bool:
-    return future.done() and not future.cancelled() and isinstance(future.exception(), ClaimedElsewhere)
-
-
-def _summary(submitted: list, loaded, rejected_offers: int, elapsed: float, tq, swept: int) -> dict:
-    outcome = {"succeeded": 0, "deduplicated": 0, "dead_lettered": 0, "unfinished": 0}
-    seen: set[int] = set()
-    for _task, future in submitted:
-        kind = _outcome(future)
-        if id(future) in seen and kind == "succeeded":  # a duplicate in flight shared its original's Future
-            kind = "deduplicated"
-        seen.add(id(future))
-        outcome[kind] += 1
+def _summary(waiter: _Waiter, loaded, rejected_offers: int, elapsed: float, tq, swept: int) -> dict:
+    outcome = waiter.counts()
+    not_offered = len(loaded.tasks) - waiter.submitted - len(waiter.elsewhere)  # intake stopped by a signal
+    outcome["unfinished"] += not_offered
     snap = tq.final_metrics or tq.snapshot()
     return {"tasks": len(loaded.tasks), "invalid_dead_lettered": len(loaded.invalid),
-            "duplicates_in_file_dropped": loaded.duplicates_dropped, **outcome,
+            "duplicates_in_file_dropped": loaded.duplicates_dropped, **outcome, "not_offered": not_offered,
             "retries": snap["counters"]["retried"], "rejected_offers": rejected_offers,
             "recovered": len(tq.recovered.runnable), "recovered_dead": len(tq.recovered.dead),
             "temp_files_swept": swept, "elapsed_s": round(elapsed, 3),
-            "throughput_per_s": round(len(submitted) / elapsed, 1) if elapsed > 0 else None,
+            "throughput_per_s": round(waiter.submitted / elapsed, 1) if elapsed > 0 else None,
             "latency_p95_s": snap["latency_s"]["p95"], "queue_depth_max": snap["queue_depth"]["max"],
             "db": tq.store.location, "store": tq.objects.root}
 
@@ -223,7 +260,9 @@ def _outcome(future) -> str:
     error = future.exception()
     if error is None:
         return "deduplicated" if future.result().deduplicated else "succeeded"
-    if isinstance(error, (QueueShutDown, ClaimedElsewhere)):
+    if isinstance(error, ClaimedElsewhere):
+        return "elsewhere"
+    if isinstance(error, QueueShutDown):
         return "unfinished"
     return "dead_lettered"
 
@@ -231,7 +270,9 @@ def _outcome(future) -> str:
 def _render(summary: dict) -> str:
     lines = [f"tasks {summary['tasks']}: {summary['succeeded']} succeeded, "
              f"{summary['deduplicated']} already done (deduplicated), "
-             f"{summary['dead_lettered']} dead-lettered, {summary['unfinished']} unfinished"]
+             f"{summary['dead_lettered']} dead-lettered, {summary['unfinished']} unfinished"
+             + (f" ({summary['not_offered']} never offered: intake stopped; run the file again)"
+                if summary["not_offered"] else "")]
     if summary["invalid_dead_lettered"]:
         lines.append(f"invalid items dead-lettered: {summary['invalid_dead_lettered']}")
     lines.append(f"retries {summary['retries']}, rejected offers {summary['rejected_offers']}, "

@@ -20,7 +20,7 @@ from .. import logs, watch
 from ..objectstore import LocalObjectStore
 from ..processor import Processor
 from ..errors import TaskQueueError
-from ..store import open_store, store_errors
+from ..store import open_store, probe, store_errors
 from ..taskfile import ON_INVALID, load_tasks
 from . import (EXIT_OK, EXIT_UNFINISHED, check_paths, config_from, hold_signals, processing_flags, release_signals,
                run_with_signals, start_logging, stop_on_signal, store_flags)
@@ -85,8 +85,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     watcher = watch.Watch.from_config(config, no_progress=args.no_progress)  # binds the metrics port: a port
     # in use refuses the worker here
     handler = start_logging(config)
-    held = hold_signals()  # before any thread starts: SIGINT/SIGTERM will reach the main thread only
+    held = None
     try:
+        probe(config.db)  # a database that cannot be opened or created: refused, nothing made
+        held = hold_signals()  # before any thread starts: SIGINT/SIGTERM will reach the main thread only
         objects = LocalObjectStore(config.store, chunk_size=config.chunk_size, fsync=config.fsync_outputs)
         processor = Processor(objects, config.faults, max_image_pixels=config.max_image_pixels)
         swept = objects.sweep_temp_files()  # only this host's dead writers': other hosts may be writing

@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import urllib.parse
 from typing import Callable
 
 from .committer import Committer, Op
@@ -21,7 +23,7 @@ from .sqlite import APPLICATION_ID, SQLiteReader, SQLiteStore, check_database, c
 
 __all__ = ["APPLICATION_ID", "COLUMNS", "MAX_ERROR_TEXT", "Attempt", "Claim", "Committer", "Op", "Recovered", "Row",
            "SQLiteReader", "SQLiteStore", "TaskStore", "check_database", "connect", "error_text", "is_url",
-           "open_reader", "open_store", "owner_alive", "owner_token", "store_errors", "task_payload"]
+           "open_reader", "open_store", "owner_alive", "probe", "owner_token", "store_errors", "task_payload"]
 
 
 def open_store(db: str, *, lease_s: float = 300.0, synchronous: str = "normal", busy_timeout_ms: int = 10000,
@@ -32,6 +34,29 @@ def open_store(db: str, *, lease_s: float = 300.0, synchronous: str = "normal", 
         from .postgres import PostgresStore
         return PostgresStore(db, lease_s=lease_s, **extra)
     return SQLiteStore(db, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms, lease_s=lease_s, **extra)
+
+
+def probe(db: str) -> None:
+    """Raise the store's error now if ``db`` cannot be opened, creating nothing: a command probes
+    before it makes anything else (the object store, its sources) and before any thread starts.
+
+    A ``postgresql://`` URL is connected to once; an existing SQLite file is opened for writing (an
+    absent one is not created: the CLI's ``check_paths`` has tried its directory).
+    """
+    if is_url(db):
+        from .postgres import driver, redact
+        psycopg = driver()
+        try:
+            psycopg.connect(db, autocommit=True, connect_timeout=10).close()
+        except psycopg.Error as exc:
+            raise type(exc)(f"database {redact(db)}: {exc}") from None
+        return
+    if not os.path.exists(db):
+        return
+    try:
+        sqlite3.connect(f"file:{urllib.parse.quote(os.path.abspath(db))}?mode=rw", uri=True).close()
+    except sqlite3.Error as exc:
+        raise sqlite3.OperationalError(f"database {db!r} cannot be opened for writing: {exc}") from None
 
 
 def open_reader(db: str, *, busy_timeout_ms: int = 10000):

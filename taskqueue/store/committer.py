@@ -96,17 +96,23 @@ class Committer:
     (PostgreSQL: NOTIFY). ``error_aborts_transaction`` (PostgreSQL, where any
     error aborts the whole transaction): every op of a shared transaction runs
     under a savepoint, so one failing op cannot take its neighbours with it.
+    ``retry_alone(error)``: an op of a shared transaction that failed with such
+    an error (PostgreSQL: a deadlock between two group commits taking the same
+    keys in another order) runs again alone once that transaction has
+    committed, when it no longer holds what the other one waits for.
     Thread-safe.
     """
 
     def __init__(self, conn: Any, *, begin: Callable[[Any], None], max_batch: int = 512,
                  autocommit_max: int = AUTOCOMMIT_MAX, notify: Callable[[Any], None] | None = None,
-                 error_aborts_transaction: bool = False, name: str = "tq-store-writer") -> None:
+                 error_aborts_transaction: bool = False,
+                 retry_alone: Callable[[BaseException], bool] | None = None, name: str = "tq-store-writer") -> None:
         self._conn = conn
         self._begin = begin
         self._autocommit_max = autocommit_max
         self._notify = notify
         self._isolate_every_op = error_aborts_transaction
+        self._retry_alone = retry_alone
         self._max_batch = max_batch
         self._conn_lock = threading.Lock()  # held by whichever thread is running ops on the connection
         self._state = threading.Lock()  # guards _closed, _pending and the order of hand-overs
@@ -264,6 +270,10 @@ class Committer:
             self._rollback()
             raise
         self.commits += 1
+        if self._retry_alone is not None and len(ops) > 1:
+            for index, (_result, error) in enumerate(results):
+                if error is not None and self._retry_alone(error):
+                    results[index] = self._execute([ops[index]])[0]
         return results
 
     def _rollback(self) -> None:

@@ -272,6 +272,8 @@ class StateMachine(Reads):
         return conn.execute(self.sql["renew"], (self._clock() + self.lease_s, self.owner)).rowcount
 
     def _enqueue(self, conn: Any, items: list[tuple[str, str, str]]) -> list[str]:
+        if "serialise_enqueue" in self.sql:
+            conn.execute(self.sql["serialise_enqueue"])
         now = self._clock()
         return [key for task_id, key, payload in items
                 if conn.execute(self.sql["enqueue"], (task_id, key, payload, now, now)).fetchone() is not None]

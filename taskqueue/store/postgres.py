@@ -18,10 +18,11 @@ outside the standard library. Differences that matter:
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import time
 from typing import Any, Callable, Iterator
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ..errors import ConfigError
 from .committer import Committer
@@ -68,6 +69,9 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 """
 PG_SQL = dialect(SQL, placeholder="%s", lock=" FOR UPDATE SKIP LOCKED")
 PG_SQL["insert"] += " RETURNING id"  # psycopg has no lastrowid; the row comes back with the reply anyway
+# Producers enqueue one batch at a time: two batches inserting the same keys in another order would
+# each wait for the other's uncommitted rows (a deadlock, one batch refused). File order is kept.
+PG_SQL["serialise_enqueue"] = f"SELECT pg_advisory_xact_lock({0x54516571})"
 
 
 def is_url(db: str) -> bool:
@@ -75,12 +79,38 @@ def is_url(db: str) -> bool:
 
 
 def redact(url: str) -> str:
-    """``url`` without its password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """``url`` without its password, for messages and logs: ``user:***@host`` and ``password=***`` in
+    the query; everything else as written.
+
+    Never raises. A URL that cannot be parsed (``[::1`` unclosed), or whose ``@`` is not in the part
+    parsed as the host (a password holding ``/``, ``?`` or ``#``), is masked as text instead: from the
+    first ``:`` after the user name to the last ``@``.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        parts = None
+    if parts is None or ("@" in url.partition("://")[2] and "@" not in parts.netloc):
+        head, mark, query = re.sub(r"^([^:/?#]*://[^:/?#@\[\]]*):.*@", r"\1:***@", url, flags=re.S).partition("?")
+        return head + mark + _mask_password_parameter(query)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = f"{parts.username}:***@{netloc.rpartition('@')[2]}"
+    query = _mask_password_parameter(parts.query)
+    if (netloc, query) == (parts.netloc, parts.query):
         return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _mask_password_parameter(query: str) -> str:
+    """``query`` with the value of every ``password=`` parameter (its name percent-decoded, as libpq
+    reads it) replaced by ``***``."""
+    items = query.split("&")
+    for i, item in enumerate(items):
+        name, eq, _value = item.partition("=")
+        if eq and unquote(name).strip().lower() == "password":
+            items[i] = f"{name}=***"
+    return "&".join(items)
 
 
 def driver():
@@ -129,7 +159,9 @@ class PostgresStore(StateMachine):
         super().__init__(location=redact(url), lease_s=lease_s, clock=clock)
         self.committer = Committer(conn, begin=lambda c: c.execute("BEGIN"), max_batch=max_batch,
                                    autocommit_max=0, notify=lambda c: c.execute(f"NOTIFY {CHANNEL}"),
-                                   error_aborts_transaction=True)
+                                   error_aborts_transaction=True,
+                                   retry_alone=lambda exc: isinstance(exc, (psycopg.errors.DeadlockDetected,
+                                                                            psycopg.errors.SerializationFailure)))
 
     def _insert(self, conn: Any, values: tuple) -> int | None:
         inserted = conn.execute(self.sql["insert"], values).fetchone()

@@ -124,6 +124,57 @@ def test_second_signal_exits_at_once_and_the_store_stays_consistent(tmp_path):
     assert max(attempts.values()) == 2 and min(attempts.values()) == 1  # the interrupted ones ran again
 
 
+def test_a_signal_before_every_task_was_offered_counts_the_rest_as_never_offered(tmp_path):
+    """Intake stops at the signal: the tasks of the file not offered yet have no row anywhere, so the
+    summary must count them (as unfinished, and say so), not leave them out of its totals."""
+    items = h.make_workload(tmp_path, 20, seed=34, duplicate_fraction=0.0)
+    env = h.env(workers=1, queue_size=1, fault_latency_s=30.0, fault_seed=34)
+    proc, out, err = _start(tmp_path, env, "--grace", 1)
+    try:
+        h.wait_until(lambda: h.statuses(tmp_path / "tasks.db").get("running", 0) >= 1, "a task in flight", proc)
+        proc.send_signal(signal.SIGTERM)
+        code = _finish(proc, 1 + MARGIN)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    output = out.read_text()
+    assert code == 0, output + err.read_text()
+    found = re.search(r"tasks (\d+): (\d+) succeeded, (\d+) already done \(deduplicated\), (\d+) dead-lettered, "
+                      r"(\d+) unfinished \((\d+) never offered", output)
+    assert found, output
+    total, succeeded, already_done, dead, unfinished, never = map(int, found.groups())
+    assert total == len(items) and succeeded + already_done + dead + unfinished == total, found.group(0)
+    rows = sum(h.statuses(tmp_path / "tasks.db").values())
+    assert never == total - rows and never > 0, (found.group(0), rows)  # exactly the tasks with no row
+    rerun = _rerun_completes_everything(tmp_path, items)
+    assert "0 unfinished" in rerun.stdout
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, -signal.SIGTERM)],
+                         ids=["SIGINT", "SIGTERM"])
+def test_a_signal_while_sources_are_made_stops_the_run_at_once(tmp_path, signum, code):
+    """--make-sources runs before any thread starts: a signal stops it where it is (Ctrl-C without a
+    traceback), instead of being held until every source is written."""
+    items = [{"id": f"t{n}", "image_key": f"src/{n // 1000:02d}/o{n:05d}.txt", "variant": "gzip"} for n in range(20000)]
+    (tmp_path / "tasks.json").write_text(json.dumps(items))
+    objects = tmp_path / "objects"
+    proc, out, err = _start(tmp_path, h.env(fsync_outputs=True), "--make-sources")
+    try:
+        h.wait_until(lambda: (objects / "src" / "00").is_dir() and any((objects / "src" / "00").iterdir()),
+                     "the first source written", proc)
+        proc.send_signal(signum)
+        returncode = _finish(proc, MARGIN)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert returncode == code, out.read_text() + err.read_text()
+    assert "Traceback" not in err.read_text()
+    assert len([p for p in (objects / "src").rglob("*") if p.is_file()]) < len(items)  # stopped part-way
+    assert not (tmp_path / "tasks.db").exists()  # no task was offered
+
+
 @pytest.fixture(scope="module")
 def grace_expired(tmp_path_factory):
     """A `run` whose in-flight tasks outlast a 1 s grace period after SIGTERM: (work, code, items, output).

@@ -426,7 +426,7 @@ def refused_store(startup: dict, store: Path, expected: list[str]) -> None:
 
 @pytest.mark.parametrize("make, expected", [
     pytest.param(lambda base: a_file(base / "store-file"), ["store-file", "not a directory"], id="store-is-a-file"),
-    pytest.param(lambda base: a_file(base / "blocker") / "store", ["blocker", "Not a directory"],
+    pytest.param(lambda base: a_file(base / "blocker") / "store", ["--store", "blocker", "not a directory"],
                  id="store-parent-is-a-file"),
 ])
 def test_store_root_that_cannot_be_opened_is_refused_at_start_up(startup, make, expected):

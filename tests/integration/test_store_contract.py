@@ -319,6 +319,71 @@ def test_recover_skips_a_row_another_process_takes_between_its_scan_and_its_take
     assert store.get(rows[1].idempotency_key).owner == "elsewhere:1:-:x"
 
 
+def test_two_group_commits_claiming_the_same_keys_in_opposite_order_both_complete(backend, fake_clock):
+    """PostgreSQL: each transaction waits for the other's uncommitted key (a deadlock). The op the
+    server refuses runs again alone once its own transaction has committed: every claim resolves,
+    each key runnable in exactly one store, none failed."""
+    if backend.name != "postgres":
+        pytest.skip("on SQLite one writer holds the database: two transactions never interleave")
+    a, b = backend.make(clock=fake_clock), backend.make(clock=fake_clock)
+    first_insert = {a: threading.Event(), b: threading.Event()}
+
+    def paced(store, other):  # after its first insert, each waits until the other has made its own
+        real = store._insert
+
+        def insert(conn, values):
+            row_id = real(conn, values)
+            if not first_insert[store].is_set():
+                first_insert[store].set()
+                assert first_insert[other].wait(WAIT_S)
+            return row_id
+        store._insert = insert
+    paced(a, b)
+    paced(b, a)
+    heard: dict = {a: {}, b: {}}
+
+    def claims(store, numbers):
+        ops = [store.claim(make_task(n), MAX_ATTEMPTS)._replace(
+            done=lambda result, error, n=n: heard[store].__setitem__(n, error or result.runnable)) for n in numbers]
+        store.commit(ops[-1], along=ops[:-1])
+
+    threads = [threading.Thread(target=claims, args=(a, (1, 2))), threading.Thread(target=claims, args=(b, (2, 1)))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT_S)
+    assert not any(thread.is_alive() for thread in threads)
+    assert all(isinstance(outcome, bool) for store in (a, b) for outcome in heard[store].values()), heard
+    assert sorted(heard[a]) == sorted(heard[b]) == [1, 2]
+    assert [heard[a][n] + heard[b][n] for n in (1, 2)] == [1, 1]  # each key runnable in exactly one store
+
+
+def test_producers_enqueue_one_batch_at_a_time(backend):
+    """PostgreSQL: two enqueues of the same keys in another order would deadlock; each batch takes a
+    transaction-level lock first, so a second producer waits for the first instead."""
+    if backend.name != "postgres":
+        pytest.skip("on SQLite one writer holds the database: batches never interleave")
+    import psycopg
+    from polling import wait_until
+
+    from taskqueue.store.postgres import PG_SQL
+
+    store = backend.make()
+    with psycopg.connect(backend.url) as producer:  # another producer, its batch under way
+        producer.execute(PG_SQL["serialise_enqueue"])
+        added: list = []
+        thread = threading.Thread(target=lambda: added.append(store.commit(store.enqueue([make_task(2),
+                                                                                          make_task(1)]))))
+        thread.start()
+        wait_until(lambda: backend.raw("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                                       " AND NOT granted")[0][0] == 1, "the second batch waiting for the first")
+        producer.execute("INSERT INTO tasks (task_id, idempotency_key, payload, status, created_at, updated_at)"
+                         " VALUES ('t1', %s, '{}', 'queued', 0, 0)", (make_task(1).idempotency_key,))
+        producer.commit()
+    thread.join(WAIT_S)
+    assert added == [[make_task(2).idempotency_key]]  # the first batch's key was there by then
+
+
 def test_recover_on_an_empty_store_finds_nothing(store):
     recovered = store.commit(store.recover(3))
     assert recovered.runnable == [] and recovered.dead == []

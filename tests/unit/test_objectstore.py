@@ -10,8 +10,8 @@ import pytest
 
 from taskqueue import objectstore
 from taskqueue.errors import InvalidKey, OutputWriteError, PermanentError, SourceMissing
-from taskqueue.objectstore import (DEFAULT_CHUNK_SIZE, MAX_KEY_LENGTH, MAX_SEGMENT_LENGTH, TEMP_MARKER,
-                                   LocalObjectStore, validate_key)
+from taskqueue.objectstore import (DEFAULT_CHUNK_SIZE, MAX_KEY_LENGTH, MAX_SEGMENT_BYTES, MAX_SEGMENT_LENGTH,
+                                   TEMP_MARKER, LocalObjectStore, validate_key)
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX-only behaviour")
 
@@ -54,6 +54,8 @@ BAD_KEYS = [
     ("empty segment", "a//b"),
     ("trailing slash", "a/"),
     ("segment too long", "d/" + "s" * (MAX_SEGMENT_LENGTH + 1)),
+    ("segment too long in bytes", "d/" + "é" * (MAX_SEGMENT_BYTES // 2 + 1)),  # 2 bytes a character
+    ("segment too long in 4-byte characters", "\U0001f600" * (MAX_SEGMENT_BYTES // 4 + 1) + "/d"),
     ("temp marker", "a/.b" + TEMP_MARKER + "123-4"),
     ("temp marker bare", "x" + TEMP_MARKER),
     ("drive letter", "C:/x"),
@@ -452,6 +454,32 @@ def test_a_key_with_a_maximal_segment_can_be_written(store):
     key = "d/" + "s" * MAX_SEGMENT_LENGTH
     validate_key(key)
     store.write(key, [b"x"])
+    assert b"".join(store.read_chunks(key)) == b"x"
+
+
+@pytest.mark.parametrize("segment", ["é" * 150, "é" * 120, "\U0001f600" * 51, "a" * 199 + "é"],
+                         ids=["300-bytes", "240-bytes", "204-bytes-emoji", "201-bytes-mixed"])
+def test_a_segment_is_limited_in_utf8_bytes_and_the_refusal_names_key_and_limit(segment, store):
+    """A segment within the limit in characters but over it in bytes would pass, then fail at the file
+    system (file name too long) once a temp-file suffix or an output suffix is added."""
+    key = "src/" + segment
+    size = len(segment.encode("utf-8"))
+    with pytest.raises(InvalidKey) as info:
+        validate_key(key)
+    assert str(info.value) == (f"object key {key!r} has a segment of {size} bytes (UTF-8), "
+                               f"over the limit of {MAX_SEGMENT_BYTES} bytes")
+    with pytest.raises(InvalidKey):
+        store.write(key, [b"x"])
+    assert listing(store.root) == []
+
+
+@pytest.mark.parametrize("segment", ["é" * (MAX_SEGMENT_BYTES // 2), "\U0001f600" * (MAX_SEGMENT_BYTES // 4),
+                                     "x" * (MAX_SEGMENT_BYTES - 2) + "é"], ids=["2-byte", "4-byte", "mixed"])
+def test_a_segment_of_exactly_the_byte_limit_can_be_written_its_temp_file_name_fits(segment, store):
+    assert len(segment.encode("utf-8")) == MAX_SEGMENT_BYTES
+    key = "d/" + segment
+    assert validate_key(key) == key
+    store.write(key, [b"x"])  # through ".<segment>.tmp-<pid>-<n>~<host>": within 255 bytes
     assert b"".join(store.read_chunks(key)) == b"x"
 
 
