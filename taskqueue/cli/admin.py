@@ -37,6 +37,9 @@ def _existing_db(config: Config) -> str:
         return config.db
     if not os.path.isfile(config.db):
         raise FileNotFoundError(f"no database at {config.db!r} (set --db or TQ_DB)")
+    if os.path.getsize(config.db) == 0:  # not a queue's database yet: read nothing, write nothing
+        raise FileNotFoundError(f"{config.source_of('db')}: {config.db!r} is an empty file, not a task queue "
+                                f"database yet (a run or an enqueue makes it one)")
     return config.db
 
 

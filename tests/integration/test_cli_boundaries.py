@@ -239,3 +239,13 @@ def test_the_longest_source_segment_its_output_allows_is_processed(base, variant
     (base / "tasks.json").write_text(json.dumps([{"id": "k2", "image_key": "src/" + longer, "variant": variant,
                                                   "params": params}]), encoding="utf-8")
     assert_refused(run(base, "--make-sources"), "too long for its output key", f"{MAX_SEGMENT_BYTES} bytes")
+
+
+@pytest.mark.parametrize("command", [["status"], ["dlq", "list"], ["dlq", "redrive", "--all"]],
+                         ids=["status", "dlq-list", "dlq-redrive"])
+def test_an_empty_database_file_is_refused_by_the_admin_commands_and_left_empty(tmp_path, command):
+    db = tmp_path / "tasks.db"
+    db.write_bytes(b"")  # touched, or a typo'd path made by something else: no queue's database yet
+    result = cli(*command, "--db", str(db), cwd=tmp_path)
+    assert_refused(result, "--db", "empty file")
+    assert db.read_bytes() == b"" and tree(tmp_path) == ["tasks.db"]  # no schema written, no side files
