@@ -16,8 +16,7 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass
-from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 from .errors import ConfigError
 from .processor import DEFAULT_MAX_IMAGE_PIXELS, FaultConfig
@@ -235,7 +234,7 @@ class Config:
         object.__setattr__(new, "_sources", {k: v for k, v in self._sources.items() if k not in changes})
         return new
 
-    _sources = MappingProxyType({})  # not a field (no annotation): where from_env found each value
+    _sources: ClassVar[dict[str, str]] = {}  # not a field (a ClassVar): where from_env found each value
 
     def source_of(self, name: str) -> str:
         """Where setting ``name`` came from, as messages name it: its flag, ``TQ_X (environment)`` or
@@ -280,7 +279,7 @@ class Config:
                 raise ConfigError(f"{source}: {exc}, got {raw!r}") from None
             sources[f.name] = source
         config = cls(**values)
-        object.__setattr__(config, "_sources", MappingProxyType(sources))
+        object.__setattr__(config, "_sources", sources)
         return config
 
     @classmethod

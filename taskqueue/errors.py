@@ -106,6 +106,10 @@ class StaleVersion(TaskQueueError):
     """An optimistic-concurrency check failed: the row changed under the writer."""
 
 
+class OutcomeNotRecorded(TaskQueueError):
+    """Its outcome was not recorded (see ``__cause__``): the task's row is left for another run."""
+
+
 class StoreClosed(TaskQueueError, RuntimeError):
     """An operation was handed to a task store after it was closed."""
 

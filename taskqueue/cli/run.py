@@ -12,10 +12,11 @@ import os
 import sys
 import threading
 import time
+import weakref
 
 from .. import logs, watch
 from ..config import Config
-from ..errors import ClaimedElsewhere, QueueFull, QueueShutDown, TaskQueueError
+from ..errors import ClaimedElsewhere, OutcomeNotRecorded, QueueFull, QueueShutDown, TaskQueueError
 from ..objectstore import LocalObjectStore
 from ..processor import Processor
 from ..store import probe, store_errors
@@ -81,66 +82,66 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 class _Waiter:
-    """Counts the outcomes of the submitted tasks as they settle, and waits for them all, or for a stop
-    request (a signal), whichever comes first.
+    """Counts the outcomes of the offered tasks as their Futures settle, and waits for them all, or for
+    a stop request (a signal), whichever comes first.
 
     A settled Future is not kept: a file of a million tasks must not hold a million Futures (and
     their errors) until the summary. Only the tasks another live process holds are kept, to offer
-    again (see :func:`_await_elsewhere`).
+    again (see :func:`_await_elsewhere`). Every offered task is, at any time, in exactly one of:
+    an outcome, a watched Future not settled yet, or :attr:`elsewhere`.
     """
 
     def __init__(self) -> None:
         self._changed = threading.Condition()  # announces: a watched Future settled, or stop requested
         self.stopping = False
-        self.submitted = 0
-        self._settled = 0
-        self._unsettled: set[int] = set()  # id() of the Futures watched and not settled yet
+        self.offered = 0  # tasks of the file offered (a re-offer of one held elsewhere is not counted again)
+        self._watched = self._settled = 0
+        self._seen: weakref.WeakSet = weakref.WeakSet()  # Futures watched: a second watch is a duplicate's
         self.outcomes = dict.fromkeys(("succeeded", "deduplicated", "dead_lettered", "unfinished"), 0)
-        self.elsewhere: list = []  # tasks another live process held when offered
+        self.elsewhere: list = []  # tasks another live process held when offered, not offered again (yet)
 
     def request_stop(self) -> None:
         with self._changed:
             self.stopping = True
             self._changed.notify_all()
 
-    def watch(self, task, future) -> None:
+    def watch(self, task, future, *, again: bool = False) -> None:
+        """Count ``task``'s outcome when ``future`` settles; ``again``: a re-offer of a task held elsewhere."""
         with self._changed:
-            self.submitted += 1
-            self._unsettled.add(id(future))
-        future.add_done_callback(lambda done: self._one_settled(task, done))
+            self.offered += not again
+            self._watched += 1
+            duplicate = future in self._seen  # a duplicate in flight shares its original's Future
+            self._seen.add(future)
+        future.add_done_callback(lambda done: self._one_settled(task, done, duplicate))
 
-    def _one_settled(self, task, future) -> None:
+    def _one_settled(self, task, future, duplicate: bool) -> None:
         kind = _outcome(future)
         with self._changed:
-            first = id(future) in self._unsettled
-            self._unsettled.discard(id(future))
             if kind == "elsewhere":
                 self.elsewhere.append(task)
             else:
-                if not first and kind == "succeeded":  # a duplicate in flight shared its original's Future
-                    kind = "deduplicated"
-                self.outcomes[kind] += 1
+                self.outcomes["deduplicated" if duplicate and kind == "succeeded" else kind] += 1
             self._settled += 1
             self._changed.notify_all()
 
     def wait_all(self) -> bool:
         """Block until every watched Future is done (True) or stop is requested (False)."""
         with self._changed:
-            self._changed.wait_for(lambda: self._settled >= self.submitted or self.stopping)
+            self._changed.wait_for(lambda: self._settled >= self._watched or self.stopping)
             return not self.stopping
 
-    def counts(self) -> dict[str, int]:
-        """The outcomes so far; a task offered and not settled (or held elsewhere) is unfinished."""
+    def counts(self, total: int) -> dict[str, int]:
+        """The outcomes of a file of ``total`` tasks so far: a task offered and not settled, or held
+        elsewhere, or never offered (intake stopped by a signal) is unfinished."""
         with self._changed:
-            return {**self.outcomes, "unfinished": self.outcomes["unfinished"] + self.submitted - self._settled
-                    + len(self.elsewhere)}
+            not_offered = total - self.offered
+            return {**self.outcomes, "unfinished": self.outcomes["unfinished"] + self._watched - self._settled
+                    + len(self.elsewhere) + not_offered, "not_offered": not_offered}
 
     def take_elsewhere(self) -> list:
-        """The tasks held elsewhere so far, to offer again: from now on they count as not offered yet."""
+        """The tasks held elsewhere so far, to offer again (each re-offer is watched ``again``)."""
         with self._changed:
             tasks, self.elsewhere = self.elsewhere, []
-            self.submitted -= len(tasks)
-            self._settled -= len(tasks)
             return tasks
 
     def put_back(self, tasks: list) -> None:
@@ -233,23 +234,21 @@ def _await_elsewhere(tq, waiter: _Waiter) -> None:
         for task, future in tq.await_elsewhere(tasks, pause=lambda seconds: (waiter.sleep(seconds),
                                                                                  not waiter.stopping)[1]):
             offered.add(id(task))
-            waiter.watch(task, future)
+            waiter.watch(task, future, again=True)
     finally:
         waiter.put_back([task for task in tasks if id(task) not in offered])
     waiter.wait_all()
 
 
 def _summary(waiter: _Waiter, loaded, rejected_offers: int, elapsed: float, tq, swept: int) -> dict:
-    outcome = waiter.counts()
-    not_offered = len(loaded.tasks) - waiter.submitted - len(waiter.elsewhere)  # intake stopped by a signal
-    outcome["unfinished"] += not_offered
+    outcome = waiter.counts(len(loaded.tasks))
     snap = tq.final_metrics or tq.snapshot()
     return {"tasks": len(loaded.tasks), "invalid_dead_lettered": len(loaded.invalid),
-            "duplicates_in_file_dropped": loaded.duplicates_dropped, **outcome, "not_offered": not_offered,
+            "duplicates_in_file_dropped": loaded.duplicates_dropped, **outcome,
             "retries": snap["counters"]["retried"], "rejected_offers": rejected_offers,
             "recovered": len(tq.recovered.runnable), "recovered_dead": len(tq.recovered.dead),
             "temp_files_swept": swept, "elapsed_s": round(elapsed, 3),
-            "throughput_per_s": round(waiter.submitted / elapsed, 1) if elapsed > 0 else None,
+            "throughput_per_s": round(waiter.offered / elapsed, 1) if elapsed > 0 else None,
             "latency_p95_s": snap["latency_s"]["p95"], "queue_depth_max": snap["queue_depth"]["max"],
             "db": tq.store.location, "store": tq.objects.root}
 
@@ -262,7 +261,7 @@ def _outcome(future) -> str:
         return "deduplicated" if future.result().deduplicated else "succeeded"
     if isinstance(error, ClaimedElsewhere):
         return "elsewhere"
-    if isinstance(error, QueueShutDown):
+    if isinstance(error, (QueueShutDown, OutcomeNotRecorded)):  # its row is still open, for another run
         return "unfinished"
     return "dead_lettered"
 

@@ -92,6 +92,9 @@ class TaskQueue:
                 self._workers.append(self._executor.submit(work, self, index))
             self.recovered = self.recover_orphans(recover_unowned)
         except BaseException:  # a thread that would not start (an OS limit), a store error: stop what runs
+            # A worker loop whose thread would not start may still wait in the executor's own queue, to
+            # run once a started thread is free: it never gets a stop sentinel, so it must never run.
+            self._executor.shutdown(wait=False, cancel_futures=True)
             self.shutdown(wait=True, cancel_futures=True)
             raise
 
@@ -169,6 +172,7 @@ class TaskQueue:
     def _give_back(self, item: WorkItem) -> None:
         """Give back the row of a task this submit could not accept, so it can be offered again at once
         (here or in another process): deleted if the submit created it, else no longer ours."""
+        self.inflight.release(item)  # from now on a claim of the key is not this item's
         try:
             self.store.commit(item.give_back(self.store))
         except Exception as exc:  # noqa: BLE001 - the row stays queued; the next start-up recovers it

@@ -120,6 +120,14 @@ class InFlight:
         finally:
             self.forget(item)
 
+    def release(self, item: WorkItem) -> None:
+        """Stop holding ``item``'s key: its row is being given back, so a claim or a recovery that
+        takes the row over from now on must get a new item (or the row would stay ours with
+        nobody running it). The item stays unfinished until it is settled."""
+        with self._lock:
+            if self._items.get(item.key) is item:
+                del self._items[item.key]
+
     def forget(self, item: WorkItem) -> None:
         """``item`` settled (or was never accepted): stop tracking it."""
         with self._lock:

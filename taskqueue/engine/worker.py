@@ -65,7 +65,7 @@ def work(tq: "TaskQueue", index: int) -> None:
                 with contextlib.suppress(Exception):  # its start, if handed over, has told whether it counted
                     store.flush()
                 _let_go_of(tq, item)
-                settle(tq, item, "errored", error=exc)
+                settle(tq, item, "errored", error=_not_recorded(item, exc))
             outcome = None
 
 
@@ -227,11 +227,18 @@ def _store_failed(tq: "TaskQueue", item: WorkItem, error: BaseException) -> None
     if refused is not None:  # its start failed (see _start_committed): let go, the attempt counted
         tq._log.error("could not record the attempt", extra=task_extra("store_error", item.task, error=refused))
         _let_go_of(tq, item)
-        settle(tq, item, "errored", error=refused)
+        settle(tq, item, "errored", error=_not_recorded(item, refused))
         return
     tq._log.error("could not record outcome", extra=task_extra("store_error", item.task, error=error))
     _let_go_of(tq, item)
-    settle(tq, item, "errored", error=error)
+    settle(tq, item, "errored", error=_not_recorded(item, error))
+
+
+def _not_recorded(item: WorkItem, cause: BaseException) -> errors.OutcomeNotRecorded:
+    error = errors.OutcomeNotRecorded(f"task {item.task.id!r}: its outcome was not recorded "
+                                      f"({type(cause).__name__}: {cause}); its row is left for another run")
+    error.__cause__ = cause
+    return error
 
 
 def _let_go_of(tq: "TaskQueue", item: WorkItem) -> None:
@@ -241,6 +248,7 @@ def _let_go_of(tq: "TaskQueue", item: WorkItem) -> None:
     the same operation, from the ledger's record (which is kept until that commits). Handed over
     before its Future settles, so that offering the task again here finds the row free (a commit
     never overtakes what was handed over before it). A row another process took: changes nothing."""
+    tq.inflight.release(item)  # before the row is free: whoever takes it over next gets an item of its own
     store, uncounted, item.uncounted = tq.store, item.uncounted, None
     if uncounted is None:
         op = store.give_up(item.row_id)

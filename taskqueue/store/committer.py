@@ -96,10 +96,10 @@ class Committer:
     (PostgreSQL: NOTIFY). ``error_aborts_transaction`` (PostgreSQL, where any
     error aborts the whole transaction): every op of a shared transaction runs
     under a savepoint, so one failing op cannot take its neighbours with it.
-    ``retry_alone(error)``: an op of a shared transaction that failed with such
-    an error (PostgreSQL: a deadlock between two group commits taking the same
-    keys in another order) runs again alone once that transaction has
-    committed, when it no longer holds what the other one waits for.
+    ``retry_alone(error)``: an op that failed with such an error (PostgreSQL: a
+    deadlock between two transactions taking the same keys in another order)
+    runs again, once, alone, after its transaction is over, when it no longer
+    holds what the other one waits for.
     Thread-safe.
     """
 
@@ -232,7 +232,20 @@ class Committer:
     # -- running ops ------------------------------------------------------------------------
 
     def _execute(self, ops: list[Op]) -> list[tuple[Any, BaseException | None]]:
-        """Run ``ops`` and commit; (result, error) per op. The caller holds the connection lock."""
+        """Run ``ops`` and commit; (result, error) per op. The caller holds the connection lock.
+
+        An op that lost a deadlock (``retry_alone``) had no effect: once its transaction is over it
+        runs again, once, in a transaction of its own, holding nothing the other one waits for.
+        """
+        results = self._transact(ops)
+        if self._retry_alone is not None:
+            for index, (_result, error) in enumerate(results):
+                if error is not None and self._retry_alone(error):
+                    results[index] = self._transact([ops[index]])[0]
+        return results
+
+    def _transact(self, ops: list[Op]) -> list[tuple[Any, BaseException | None]]:
+        """:meth:`_execute` without its retry: one transaction (or one autocommit statement per op)."""
         if self._conn_closed:  # a commit from a done callback that checked _closed just before close()
             return [(None, StoreClosed("the task store is closed"))] * len(ops)
         if self._broken is not None:
@@ -262,7 +275,8 @@ class Committer:
                 self._notify(conn)
             status = getattr(conn.execute("COMMIT"), "statusmessage", None)
             if status == "ROLLBACK":  # PostgreSQL turns the COMMIT of an aborted transaction into this
-                raise StoreBroken("the transaction was aborted and rolled back; nothing of it was committed")
+                aborted = StoreBroken("the transaction was aborted and rolled back; nothing of it was committed")
+                return [(None, error or aborted) for _result, error in results]  # the op that aborted it: its own
         except Exception as exc:  # BEGIN or COMMIT failed: nothing of the batch is committed
             self._rollback()
             return [(None, exc)] * len(ops)
@@ -270,10 +284,6 @@ class Committer:
             self._rollback()
             raise
         self.commits += 1
-        if self._retry_alone is not None and len(ops) > 1:
-            for index, (_result, error) in enumerate(results):
-                if error is not None and self._retry_alone(error):
-                    results[index] = self._execute([ops[index]])[0]
         return results
 
     def _rollback(self) -> None:

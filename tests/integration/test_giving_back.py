@@ -22,7 +22,7 @@ import pytest
 
 from taskqueue.config import Config
 from taskqueue.engine import TaskQueue
-from taskqueue.errors import PermanentError, QueueFull, WorkerCrashed
+from taskqueue.errors import OutcomeNotRecorded, PermanentError, QueueFull, WorkerCrashed
 from taskqueue.objectstore import LocalObjectStore
 from taskqueue.processor import Processor
 from taskqueue.store import SQLiteStore
@@ -195,8 +195,9 @@ def test_a_processor_raising_system_exit_fails_its_task_and_lets_go_of_its_row(d
     processor = Gated(objects, raises={task.idempotency_key: SystemExit(3)})
     tq = TaskQueue(db, objects, config=config(), processor=processor)
     queues(tq)
-    with pytest.raises(SystemExit):
+    with pytest.raises(OutcomeNotRecorded) as info:  # not SystemExit itself, in the client's thread
         tq.submit(task).result(WAIT_S)
+    assert isinstance(info.value.__cause__, SystemExit)
     tq.store.flush()
     assert row_of(db, task.idempotency_key) == ("running", 1, None)  # let go of; the attempt stays counted
     assert nonzero(tq) == {"errored": 1}
@@ -216,8 +217,9 @@ def test_an_outcome_the_store_cannot_record_is_one_failed_attempt_and_one_errore
     processor = Gated(objects, raises={task.idempotency_key: PermanentError("bad source")})
     tq = TaskQueue(db, objects, config=config(max_attempts=1), processor=processor)
     queues(tq)
-    with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+    with pytest.raises(OutcomeNotRecorded, match="disk is full") as info:
         tq.submit(task).result(WAIT_S)
+    assert isinstance(info.value.__cause__, sqlite3.OperationalError)
     assert nonzero(tq) == {"failed": 1, "errored": 1}  # one failed attempt, counted once
     tq.store.flush()
     assert row_of(db, task.idempotency_key) == ("running", 1, None)  # let go of, for another run
@@ -263,23 +265,33 @@ def test_a_submit_that_dead_letters_a_crashed_row_counts_and_logs_a_dead_letter(
 
 def test_a_worker_thread_that_will_not_start_stops_the_queue_and_raises(db, objects, tasks, monkeypatch):
     """An OS limit on threads: the workers already started must not be left blocked on the queue (they
-    are not daemons: the interpreter would wait for them at exit, forever)."""
-    from concurrent.futures import ThreadPoolExecutor
-    real_submit = ThreadPoolExecutor.submit
-    calls = []
+    are not daemons: the interpreter would wait for them at exit, forever), and the worker loop whose
+    thread failed -- already in the executor's own queue -- must never run (it gets no stop sentinel)."""
+    real_start = threading.Thread.start
+    started = []
 
-    def submit(self, fn, *args, **kwargs):  # the fault: the third worker's thread cannot be started
-        calls.append(fn)
-        if len(calls) == 3:
-            raise RuntimeError("can't start new thread")
-        return real_submit(self, fn, *args, **kwargs)
-    monkeypatch.setattr(ThreadPoolExecutor, "submit", submit)
+    def start(self):  # the fault: the third worker thread cannot be started
+        if self.name.startswith("tq-worker"):
+            started.append(self.name)
+            if len(started) == 3:
+                raise RuntimeError("can't start new thread")
+        return real_start(self)
+    monkeypatch.setattr(threading.Thread, "start", start)
     before = set(threading.enumerate())
-    with pytest.raises(RuntimeError, match="can't start new thread"):
-        TaskQueue(db, objects, config=config(workers=4), processor=Gated(objects))
-    assert len(calls) == 3
-    left = [t.name for t in set(threading.enumerate()) - before if t.is_alive() and t.name.startswith("tq-worker")]
-    assert left == []  # shut down before raising: the two started workers took their stop sentinels
+    outcome: list = []
+
+    def construct():
+        try:
+            TaskQueue(db, objects, config=config(workers=4), processor=Gated(objects))
+        except RuntimeError as exc:
+            outcome.append(exc)
+    constructing = threading.Thread(target=construct)
+    real_start(constructing)
+    constructing.join(WAIT_S)
+    assert not constructing.is_alive(), "TaskQueue() hung"
+    assert [str(e) for e in outcome] == ["can't start new thread"] and len(started) == 3
+    left = [t.name for t in set(threading.enumerate()) - before if t.is_alive() and t.name.startswith("tq-")]
+    assert left == []  # shut down before raising: every worker ended, the background threads too
     monkeypatch.undo()
     again = TaskQueue(db, objects, config=config(), processor=Gated(objects))  # the database was let go of
     try:
@@ -307,3 +319,33 @@ def test_a_failed_attempt_s_error_keeps_its_traceback_but_not_the_locals_of_its_
         tb = tb.tb_next
     assert frames[-1].f_code.co_name == "process"  # the traceback is whole: where it was raised
     assert "ballast" not in frames[-1].f_locals
+
+
+def test_a_row_let_go_of_and_taken_over_before_its_item_settles_runs_under_a_new_item(
+        db, objects, tasks, queues, monkeypatch):
+    """The row is free once its give-up commits, while the old item is still about to settle: a claim
+    landing in between (a worker's feeder, a recovery) takes the row over and must get an item of its
+    own -- before, the key still counted as held, the claim adopted nothing, and the row stayed ours
+    with nobody running it."""
+    import taskqueue.engine.worker as worker_module
+
+    task = tasks[0]
+    enqueue(db, [task])
+    processor = Gated(objects, raises={task.idempotency_key: SystemExit(3)})
+    tq = TaskQueue(db, objects, config=config(), processor=processor, recover_unowned=False)
+    queues(tq)
+    real_settle = worker_module.settle
+    taken: list[int] = []
+
+    def settle_after_a_claim(tq_, item, counter, **kwargs):  # the interleaving: a claim in the window
+        if counter == "errored" and not taken:
+            processor.raises.clear()
+            tq.store.flush()  # the give-up is committed: the row is anybody's
+            taken.append(tq.claim_due(4))
+        return real_settle(tq_, item, counter, **kwargs)
+    monkeypatch.setattr(worker_module, "settle", settle_after_a_claim)
+    assert tq.claim_due(4) == 1
+    assert tq.join(WAIT_S)
+    assert taken == [1]
+    assert processor.calls == [(task.id, 1), (task.id, 2)]  # run again, by the item the claim made
+    assert row_of(db, task.idempotency_key)[:2] == ("success", 2)

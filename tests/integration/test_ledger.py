@@ -23,7 +23,7 @@ import pytest
 
 from taskqueue.config import Config
 from taskqueue.engine import TaskQueue
-from taskqueue.errors import ClaimedElsewhere, WorkerCrashed
+from taskqueue.errors import ClaimedElsewhere, OutcomeNotRecorded, WorkerCrashed
 from taskqueue.objectstore import LocalObjectStore
 from taskqueue.processor import Processor
 from taskqueue.store import SQLiteStore, ledger
@@ -419,8 +419,9 @@ def test_a_start_the_store_fails_to_commit_is_still_counted_and_the_task_is_not_
     tq = processor.tq = TaskQueue(db, objects, config=Config(workers=1, max_attempts=2, fsync_outputs=False),
                                   processor=processor)
     try:
-        with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+        with pytest.raises(OutcomeNotRecorded, match="database is locked") as info:
             tq.submit(make_task(1)).result(WAIT_S)
+        assert isinstance(info.value.__cause__, sqlite3.OperationalError)
         tq.store.flush()
         assert rows(db)[make_task(1).idempotency_key][:2] == ("running", 1)  # counted, and let go of
         assert tq.store.ledger.unsettled == 0
@@ -472,8 +473,9 @@ def test_while_an_attempt_whose_start_failed_runs_no_other_process_can_take_its_
         assert not other.commit(other.claim(make_task(1), 3)).runnable  # held by a live owner
         assert tq.store.ledger.unsettled == 1  # the attempt's record, not counted in the database yet
         processor.go.set()
-        with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+        with pytest.raises(OutcomeNotRecorded, match="disk I/O error") as info:
             future.result(WAIT_S)
+        assert isinstance(info.value.__cause__, sqlite3.OperationalError)
         tq.store.flush()
         assert rows(db)[make_task(1).idempotency_key][:2] == ("running", 1)  # counted, and let go of
         assert tq.store.ledger.unsettled == 0

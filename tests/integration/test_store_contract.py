@@ -358,6 +358,55 @@ def test_two_group_commits_claiming_the_same_keys_in_opposite_order_both_complet
     assert [heard[a][n] + heard[b][n] for n in (1, 2)] == [1, 1]  # each key runnable in exactly one store
 
 
+def test_a_lone_op_that_loses_a_deadlock_runs_again_on_its_own(backend):
+    """PostgreSQL: a producer's enqueue batch (one op, its own transaction) against a run's group commit
+    of claims taking the same keys in the other order: whichever loses the deadlock runs again once
+    the other has committed; neither fails."""
+    if backend.name != "postgres":
+        pytest.skip("on SQLite one writer holds the database: two transactions never interleave")
+    from polling import wait_until
+
+    run, producer = backend.make(), backend.make()
+    run_has_2, producer_has_1 = threading.Event(), threading.Event()
+    real_insert, real_enqueue = run._insert, producer._enqueue
+
+    def insert(conn, values):  # the run takes key 2, then waits until the producer holds key 1 and waits
+        row_id = real_insert(conn, values)  # for key 2: the producer waits first, so it is the one refused
+        if values[1] == make_task(2).idempotency_key and not run_has_2.is_set():
+            run_has_2.set()
+            assert producer_has_1.wait(WAIT_S)
+            wait_until(lambda: backend.raw("SELECT count(*) FROM pg_locks WHERE NOT granted")[0][0] >= 1,
+                       "the producer waiting for key 2")
+        return row_id
+
+    def enqueue(conn, items):  # the producer takes key 1 once the run holds key 2, then wants key 2
+        if not producer_has_1.is_set():
+            assert run_has_2.wait(WAIT_S)
+            added = real_enqueue(conn, items[:1])
+            producer_has_1.set()
+            return added + real_enqueue(conn, items[1:])
+        return real_enqueue(conn, items)
+    run._insert, producer._enqueue = insert, enqueue
+    outcomes: dict = {}
+
+    def do(name, call):
+        try:
+            outcomes[name] = call()
+        except Exception as exc:  # noqa: BLE001 - what the test looks at
+            outcomes[name] = exc
+
+    threads = [threading.Thread(target=do, args=("run", lambda: run.commit(run.claim(make_task(1), MAX_ATTEMPTS),
+                                                                            along=[run.claim(make_task(2), MAX_ATTEMPTS)]))),
+               threading.Thread(target=do, args=("enqueue", lambda: producer.commit(producer.enqueue(
+                   [make_task(1), make_task(2)]))))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT_S)
+    assert not any(isinstance(outcome, Exception) for outcome in outcomes.values()), outcomes
+    assert sorted(backend.raw("SELECT idempotency_key FROM tasks")) == [(make_task(n).idempotency_key,) for n in (1, 2)]
+
+
 def test_producers_enqueue_one_batch_at_a_time(backend):
     """PostgreSQL: two enqueues of the same keys in another order would deadlock; each batch takes a
     transaction-level lock first, so a second producer waits for the first instead."""

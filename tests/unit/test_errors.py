@@ -16,6 +16,7 @@ PERMANENT = {"InvalidTask", "UnknownVariant", "InvalidParameter", "InvalidKey", 
 # Neither kind: queue control, concurrency control, configuration, and OutputWriteError,
 # whose kind retry.classify() derives from its __cause__.
 NEITHER = {"StorageError", "OutputWriteError", "SourceReadError", "QueueFull", "QueueShutDown", "ClaimedElsewhere", "StaleVersion",
+           "OutcomeNotRecorded",
            "StoreClosed", "StoreBroken", "ConfigError"}
 BASES = {"TaskQueueError", "TransientError", "PermanentError"}
 

@@ -152,6 +152,7 @@ ERROR_KINDS = {
     "StaleVersion": PERMANENT,
     "StoreClosed": PERMANENT,
     "StoreBroken": PERMANENT,
+    "OutcomeNotRecorded": PERMANENT,
     "ConfigError": PERMANENT,
 }
 
