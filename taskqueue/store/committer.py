@@ -22,14 +22,13 @@ GIL, the costly part under thread contention). Two or more ops share one
 transaction: in WAL mode every commit writes its pages again.
 
 Results are delivered after the commit, outside the connection lock, in the
-committing thread: ``done`` callbacks must not block. A callback that commits
-more work (a Future's done-callback that submits a task) runs it right there.
+committing thread (see :mod:`.delivery`): ``done`` callbacks must not block. A
+callback that commits more work (a Future's done-callback that submits a task)
+runs it right there.
 
 The writer never dies silently: an error it cannot recover from (a ROLLBACK
 that fails) marks the committer broken, and every op, queued or later, fails
-with :class:`~taskqueue.errors.StoreBroken`. A callback that raises -- even
-``KeyboardInterrupt`` or ``SystemExit`` -- is logged, and the other ops are
-still told; in the main thread such an interrupt is then raised again.
+with :class:`~taskqueue.errors.StoreBroken`.
 """
 
 from __future__ import annotations
@@ -37,11 +36,11 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from _thread import allocate_lock
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple
 
 from ..errors import StoreBroken, StoreClosed
 from ..logs import LOGGER_NAME
+from .delivery import Call, Delivery, waiting
 
 AUTOCOMMIT_MAX = 1  # a batch of this many atomic ops runs without BEGIN/COMMIT
 _STOP = object()
@@ -65,24 +64,6 @@ class Op(NamedTuple):
     atomic: bool = True
     done: Callable[[Any, BaseException | None], None] | None = None
     wakes: bool = False
-
-
-class _Call:
-    """Ops handed over together. A caller that waits holds ``ready`` (acquired): the committing
-    thread fills in ``results``, then releases it. A post has no ``ready`` and no ``results``."""
-
-    __slots__ = ("ops", "results", "ready")
-
-    def __init__(self, ops: Sequence[Op], ready: Any = None) -> None:
-        self.ops = ops
-        self.results: list | None = None
-        self.ready = ready
-
-
-def _waiting(ops: Sequence[Op]) -> _Call:
-    ready = allocate_lock()
-    ready.acquire()
-    return _Call(ops, ready)
 
 
 class Committer:
@@ -120,8 +101,8 @@ class Committer:
         self._conn_closed = False  # under _conn_lock: close() has closed the connection
         self._pending = 0  # hand-overs not yet executed and reported (queued, drained, or delivering)
         self._broken: BaseException | None = None
-        self._queued: queue.SimpleQueue = queue.SimpleQueue()  # _Calls for the writer, then _STOP
-        self._local = _Delivery()
+        self._queued: queue.SimpleQueue = queue.SimpleQueue()  # Calls for the writer, then _STOP
+        self._local = Delivery()
         self.commits = 0  # transactions (an autocommit statement counts as one)
         self.operations = 0
         self._writer = threading.Thread(target=self._run, name=name, daemon=True)
@@ -147,7 +128,7 @@ class Committer:
             # writer's batch (else, under contention, the writer would starve for the connection).
             idle = not in_callback and self._pending == 0 and self._conn_lock.acquire(blocking=False)
             if not (idle or in_callback):  # busy: join the writer's next group commit
-                call = _waiting(ops)
+                call = waiting(ops)
                 self._pending += 1
                 self._queued.put(call)
         if idle or in_callback:
@@ -159,7 +140,7 @@ class Committer:
                 results = self._execute(ops)
             finally:
                 self._conn_lock.release()
-            self._deliver([_Call(ops)], results)
+            self._local.deliver([Call(ops)], results)
         else:
             call.ready.acquire()
             results = call.results
@@ -174,11 +155,11 @@ class Committer:
             if self._closed:
                 raise StoreClosed("the task store is closed")
             self._pending += 1
-            self._queued.put(_Call(ops))
+            self._queued.put(Call(ops))
 
     def flush(self) -> None:
         """Block until every op handed over before this call is committed."""
-        call = _waiting([Op(_nothing)])
+        call = waiting([Op(_nothing)])
         with self._state:
             if self._closed:
                 return
@@ -225,7 +206,7 @@ class Committer:
                     results = self._execute(ops)
                 except BaseException as exc:  # noqa: BLE001 - this thread must outlive any error
                     results = [(None, exc)] * len(ops)
-            self._deliver(calls, results)
+            self._local.deliver(calls, results)
             with self._state:  # only now: a direct commit's callbacks never run before these
                 self._pending -= len(calls) + stopping
 
@@ -295,58 +276,6 @@ class Committer:
                 _log.error("task store connection broken", extra={
                     "event": "store_broken", "task_id": None, "idempotency_key": None,
                     "error_class": type(exc).__name__, "error": str(exc)})
-
-    def _deliver(self, calls: list[_Call], results: list[tuple[Any, BaseException | None]]) -> None:
-        """Report ``results`` (one per op of ``calls``, in order): ``done`` callbacks first (in this
-        thread), then wake the waiting callers."""
-        local = self._local
-        outer = local.delivering
-        local.delivering = True
-        position = 0
-        for call in calls:  # every waiting caller has its results before any callback runs
-            if call.ready is not None:
-                call.results = results[position:position + len(call.ops)]
-            position += len(call.ops)
-        each = iter(results)
-        interrupted: BaseException | None = None
-        try:
-            for call in calls:
-                for op, (result, error) in zip(call.ops, each):  # ops first: zip stops at the call's end
-                    if op.done is not None:
-                        try:
-                            op.done(result, error)
-                        except BaseException as exc:  # noqa: BLE001 - a callback must not stop delivery
-                            _log.exception("store callback failed", extra={
-                                "event": "callback_error", "task_id": None, "idempotency_key": None})
-                            if not isinstance(exc, Exception) and interrupted is None:
-                                interrupted = exc
-        finally:
-            local.delivering = outer
-            for call in calls:
-                if call.ready is not None:
-                    call.ready.release()
-        # A KeyboardInterrupt or SystemExit from a callback is raised again once every result is out,
-        # in the main thread only: a Ctrl-C lands in whatever the main thread runs, and must reach it.
-        # Elsewhere (the writer, a worker committing its start) it was logged, and the thread goes on.
-        # A delivery nested in a callback (that callback committed more work) leaves it to the
-        # outermost one, so that the callbacks around it are all told first.
-        if outer:
-            if interrupted is not None and local.interrupted is None:
-                local.interrupted = interrupted
-            return
-        if local.interrupted is not None:
-            interrupted, local.interrupted = interrupted or local.interrupted, None
-        if interrupted is not None and threading.current_thread() is threading.main_thread():
-            raise interrupted
-
-
-class _Delivery(threading.local):
-    """Per thread: whether it is running ``done`` callbacks now, and an interrupt a delivery nested
-    in one of them left for the outermost delivery to raise."""
-
-    delivering = False
-    interrupted: BaseException | None = None
-
 
 def _run_op(conn: Any, op: Op) -> tuple[Any, BaseException | None]:
     try:
