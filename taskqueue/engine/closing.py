@@ -37,8 +37,9 @@ def close(tq: "TaskQueue", cancel_futures: bool) -> None:
         if cancel_futures:
             cancel_pending(tq)
         tq.join()
-        for _ in tq._workers:
-            tq._queue.put(STOP)
+        for worker in tq._workers:
+            if not worker.cancelled():  # a worker loop that never ran (TaskQueue() failed to start) needs none
+                tq._queue.put(STOP)
         tq._executor.shutdown(wait=True)
         for item in tq._scheduler.stop():  # only when cancelled concurrently: kept for the next run
             abandon(tq, item)

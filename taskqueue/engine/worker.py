@@ -251,14 +251,14 @@ def _let_go_of(tq: "TaskQueue", item: WorkItem) -> None:
     tq.inflight.release(item)  # before the row is free: whoever takes it over next gets an item of its own
     store, uncounted, item.uncounted = tq.store, item.uncounted, None
     if uncounted is None:
-        op = store.give_up(item.row_id)
+        op = store.give_up(item.row_id, item.version)
     else:
         slot, version = uncounted
 
         def counted(_rows: int | None, error: BaseException | None) -> None:
             if error is None:
                 store.ledger.end(slot)
-        op = store.give_up(item.row_id, begun=version, done=counted)
+        op = store.give_up(item.row_id, version + 1, begun=version, done=counted)
     try:
         store.post(op)
     except Exception:  # noqa: BLE001 - the store is closed or broken: the lease runs out at exit (and

@@ -167,9 +167,10 @@ class TaskStore(Protocol):
         no process has held yet (enqueued, redriven) to ``claim_due``: only a dead owner's are taken."""
     def redrive(self, keys: Iterable[str] | None) -> Op:
         """``dead`` -> ``queued`` with a fresh attempt budget (all when None) -> keys redriven."""
-    def give_up(self, row_id: int, begun: int | None = None, done: Done | None = None) -> Op:
-        """Let go of one open row of ours whose outcome could not be recorded (anyone may take it over);
-        ``begun``: count first the attempt the ledger recorded at that version, never committed."""
+    def give_up(self, row_id: int, version: int, begun: int | None = None, done: Done | None = None) -> Op:
+        """Let go of one open row of ours at ``version`` whose outcome could not be recorded (anyone may
+        take it over) -> rows changed; ``begun``: count first the attempt the ledger recorded at that
+        version, never committed (``version`` is then ``begun + 1``)."""
     def disown(self) -> Op:
         """Give up every waiting row this store holds (shutdown) -> rows."""
     def claim_due(self, limit: int, max_attempts: int) -> Op:

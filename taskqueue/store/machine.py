@@ -129,15 +129,17 @@ class StateMachine(Reads):
         """
         return Op(self._claim_due, (limit, max_attempts), atomic=False)
 
-    def give_up(self, row_id: int, begun: int | None = None, done: Done | None = None) -> Op:
-        """Let go of one open row of ours whose outcome could not be recorded -> rows changed (0 or 1).
+    def give_up(self, row_id: int, version: int, begun: int | None = None, done: Done | None = None) -> Op:
+        """Let go of one open row of ours at ``version`` whose outcome could not be recorded -> rows
+        changed (0: it is at another version now, taken over since, or not ours).
 
         No owner and a lease already run out: any process (this one's feeder, another worker,
         the next ``run``) takes it over, counting the attempt it had started, as after a crash.
         ``begun``: the version at which an attempt began whose start was never committed (the
-        ledger recorded it): that attempt is counted first, in the same operation.
+        ledger recorded it): that attempt is counted first, in the same operation, which takes
+        the row from ``begun`` to ``begun + 1`` (so ``version`` is ``begun + 1`` then).
         """
-        return Op(self._give_up, (row_id, begun), atomic=begun is None, done=done, wakes=True)
+        return Op(self._give_up, (row_id, version, begun), atomic=begun is None, done=done, wakes=True)
 
     def disown(self) -> Op:
         """Give up the waiting rows this store holds (shutdown): others may take them at once -> rows."""
@@ -294,11 +296,11 @@ class StateMachine(Reads):
                                         limit - len(runnable))).fetchall()), key=lambda row: row.id)
         return Recovered(runnable, dead)
 
-    def _give_up(self, conn: Any, row_id: int, begun: int | None) -> int:
+    def _give_up(self, conn: Any, row_id: int, version: int, begun: int | None) -> int:
         now = self._clock()
         if begun is not None:
             conn.execute(self.sql["replay"], (now, row_id, begun, self.owner))
-        return conn.execute(self.sql["give_up"], (now, now, row_id, self.owner)).rowcount
+        return conn.execute(self.sql["give_up"], (now, now, row_id, version, self.owner)).rowcount
 
     def _disown(self, conn: Any) -> int:
         return conn.execute(self.sql["disown"], (self._clock(), self.owner)).rowcount

@@ -65,7 +65,7 @@ SQL = {
                  " ORDER BY id LIMIT ?{lock})"
                  f" RETURNING {COLUMNS}",
     "give_up": "UPDATE tasks SET owner = NULL, lease_until = ?, updated_at = ?, version = version + 1"
-               f" WHERE id = ? AND owner = ? AND status IN {_OPEN_SQL}",
+               f" WHERE id = ? AND version = ? AND owner = ? AND status IN {_OPEN_SQL}",
     "disown": "UPDATE tasks SET owner = NULL, lease_until = NULL, updated_at = ?, version = version + 1"
               " WHERE owner = ? AND status IN ('queued', 'failed')",
     "let_go": "UPDATE tasks SET owner = NULL, lease_until = NULL, updated_at = ?, version = version + 1"

@@ -349,3 +349,61 @@ def test_a_row_let_go_of_and_taken_over_before_its_item_settles_runs_under_a_new
     assert taken == [1]
     assert processor.calls == [(task.id, 1), (task.id, 2)]  # run again, by the item the claim made
     assert row_of(db, task.idempotency_key)[:2] == ("success", 2)
+
+
+def test_a_give_up_that_lands_after_the_row_was_taken_over_again_changes_nothing(
+        db, objects, tasks, queues, monkeypatch):
+    """The key is released before the give-up is handed over; a submit of the same key in between takes
+    the (still ours, queued) row over for a new item, which starts it. The old give-up must not then
+    free the new item's running row (another process would take it and run it too): it is checked
+    against the version the old item last wrote."""
+    task = tasks[0]
+    real_start = StateMachine._start
+    failures = [sqlite3.OperationalError("database is locked")]
+
+    def start(self, conn, *args):  # the fault: the first start cannot be committed
+        if failures:
+            raise failures.pop()
+        return real_start(self, conn, *args)
+    monkeypatch.setattr(StateMachine, "_start", start)
+    processor = Gated(objects, gated=True)
+    tq = TaskQueue(db, objects, config=config(workers=2), processor=processor)
+    queues(tq)
+    ledger, tq.store.ledger = tq.store.ledger, None  # starts committed and waited for, as on PostgreSQL
+    real_give_up, paused, go = tq.store.give_up, threading.Event(), threading.Event()
+
+    def give_up(*args, **kwargs):  # the interleaving: hold the old item between release and give-up
+        paused.set()
+        assert go.wait(WAIT_S)
+        return real_give_up(*args, **kwargs)
+    tq.store.give_up = give_up
+    try:
+        first = tq.submit(task)
+        assert paused.wait(WAIT_S)
+        second = tq.submit(task)  # a new item: it takes the row over and a worker starts it
+        assert second is not first
+        assert processor.entered.acquire(timeout=WAIT_S)
+        go.set()
+        assert isinstance(first.exception(WAIT_S), OutcomeNotRecorded)
+        tq.store.flush()  # the old give-up is committed (or refused) by now
+        assert row_of(db, task.idempotency_key) == ("running", 1, tq.store.owner)  # still ours, running
+        processor.gate.set()
+        assert second.result(WAIT_S).status is TaskStatus.SUCCESS
+    finally:
+        go.set()
+        processor.gate.set()
+        tq.store.ledger = ledger
+
+
+def test_shutdown_puts_no_stop_sentinel_for_a_worker_loop_that_never_ran(db, objects):
+    """After a failed start, the executor cancels the worker loops its threads had not taken yet: they
+    will never take a sentinel, and one put for each would block shutdown on a full queue forever."""
+    from concurrent.futures import Future
+
+    tq = TaskQueue(db, objects, config=config(workers=1, queue_size=1), processor=Gated(objects))
+    never_ran = [Future(), Future()]
+    for future in never_ran:
+        future.cancel()
+    tq._workers += never_ran  # as TaskQueue.__init__ leaves them when a later worker thread would not start
+    assert tq.shutdown(wait=True, timeout=WAIT_S)
+    assert tq.depth() == 0

@@ -524,9 +524,10 @@ def test_give_up_lets_any_process_take_the_row_over_counting_its_attempt(store, 
     other = backend.make(clock=fake_clock, lease_s=30.0)
     store.commit(store.enqueue([make_task(1)]))
     row = store.commit(store.claim_due(1, MAX_ATTEMPTS)).runnable[0]
-    start(store, row)
-    assert other.commit(other.give_up(row.id)) == 0  # not theirs to give up
-    assert store.commit(store.give_up(row.id)) == 1
+    started = start(store, row)
+    assert other.commit(other.give_up(row.id, started.version)) == 0  # not theirs to give up
+    assert store.commit(store.give_up(row.id, started.version - 1)) == 0  # another version: taken over since
+    assert store.commit(store.give_up(row.id, started.version)) == 1
     fake_clock.advance(0.001)
     taken = other.commit(other.claim_due(5, MAX_ATTEMPTS)).runnable
     assert [(r.id, r.owner, r.status, r.attempts) for r in taken] == [(row.id, other.owner, TaskStatus.QUEUED, 1)]
