@@ -247,7 +247,8 @@ def _let_go_of(tq: "TaskQueue", item: WorkItem) -> None:
     process: anyone may take it over. An attempt whose start the database refused is counted in
     the same operation, from the ledger's record (which is kept until that commits). Handed over
     before its Future settles, so that offering the task again here finds the row free (a commit
-    never overtakes what was handed over before it). A row another process took: changes nothing."""
+    never overtakes what was handed over before it). A row taken over since, by another process or
+    by a new item here, is at another version: the give-up changes nothing."""
     tq.inflight.release(item)  # before the row is free: whoever takes it over next gets an item of its own
     store, uncounted, item.uncounted = tq.store, item.uncounted, None
     if uncounted is None:
