@@ -298,8 +298,8 @@ class StateMachine(Reads):
 
     def _give_up(self, conn: Any, row_id: int, version: int, begun: int | None) -> int:
         now = self._clock()
-        if begun is not None:
-            conn.execute(self.sql["replay"], (now, row_id, begun, self.owner))
+        if begun is not None and not conn.execute(self.sql["replay"], (now, row_id, begun, self.owner)).rowcount:
+            return 0  # not at ``begun`` any more: taken over since (and then at ``version`` too), not ours to free
         return conn.execute(self.sql["give_up"], (now, now, row_id, version, self.owner)).rowcount
 
     def _disown(self, conn: Any) -> int:

@@ -407,3 +407,50 @@ def test_shutdown_puts_no_stop_sentinel_for_a_worker_loop_that_never_ran(db, obj
     tq._workers += never_ran  # as TaskQueue.__init__ leaves them when a later worker thread would not start
     assert tq.shutdown(wait=True, timeout=WAIT_S)
     assert tq.depth() == 0
+
+
+def test_a_give_up_counting_a_ledger_attempt_leaves_a_row_taken_over_since_alone(
+        db, objects, tasks, queues, monkeypatch):
+    """As above, on the ledger's path: the start was posted and failed, so the give-up first counts
+    the attempt (``begun``: the row from v to v + 1) and then frees the row at v + 1. A submit's
+    take-over in between also makes the row v + 1: the give-up must see that its replay found
+    nothing and stop, not free the new item's row."""
+    task = tasks[0]
+    real_start = StateMachine._start
+    failures = [sqlite3.OperationalError("database is locked")]
+
+    def start(self, conn, *args):  # the fault: the first start, posted through the ledger, fails
+        if failures:
+            raise failures.pop()
+        return real_start(self, conn, *args)
+    monkeypatch.setattr(StateMachine, "_start", start)
+    processor = Gated(objects, gated=True, raises={task.idempotency_key: SystemExit(3)})
+    tq = TaskQueue(db, objects, config=config(), processor=processor)
+    queues(tq)
+    assert tq.store.ledger is not None
+    real_give_up, paused, go = tq.store.give_up, threading.Event(), threading.Event()
+
+    def give_up(*args, **kwargs):  # the interleaving: hold the old item between release and give-up
+        paused.set()
+        assert go.wait(WAIT_S)
+        return real_give_up(*args, **kwargs)
+    tq.store.give_up = give_up
+    try:
+        first = tq.submit(task)
+        assert processor.entered.acquire(timeout=WAIT_S)
+        processor.gate.set()  # the first attempt raises SystemExit; its start has failed meanwhile
+        assert paused.wait(WAIT_S)
+        processor.gate.clear()
+        processor.raises.clear()
+        second = tq.submit(task)  # takes the (ours, queued) row over: v + 1
+        go.set()
+        assert isinstance(first.exception(WAIT_S), OutcomeNotRecorded)
+        assert processor.entered.acquire(timeout=WAIT_S)  # the new item's attempt runs
+        tq.store.flush()
+        status, _attempts, owner = row_of(db, task.idempotency_key)
+        assert (status, owner) == ("running", tq.store.owner)  # not freed under the new item
+        processor.gate.set()
+        assert second.result(WAIT_S).status is TaskStatus.SUCCESS
+    finally:
+        go.set()
+        processor.gate.set()
