@@ -42,6 +42,19 @@ def _finish(proc: subprocess.Popen, timeout: float) -> int:
         raise AssertionError(f"hang guard: the process did not exit within {timeout:g}s") from None
 
 
+def _signal_when(proc: subprocess.Popen, ready, what: str, signum: int, timeout: float) -> int:
+    """Once ``ready()`` holds, send ``signum`` and return the exit code (within ``timeout``: a hang
+    guard); the process is killed if the test fails before it exits."""
+    try:
+        h.wait_until(ready, what, proc)
+        proc.send_signal(signum)
+        return _finish(proc, timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def _check_outputs(work: Path, items: list[dict]) -> None:
     """Every output byte-identical to a clean in-process run, no other file, and gunzip gives the source."""
     root = work / "objects"
@@ -70,15 +83,8 @@ def test_signal_under_load_finishes_in_flight_work_and_exits_zero(tmp_path, sign
     items = h.make_workload(tmp_path, 300, seed=31)
     env = h.env(workers=4, fault_latency_s=0.02, fault_jitter_s=0.01, fault_seed=31)
     proc, out, err = _start(tmp_path, env, "--grace", GRACE)
-    try:
-        h.wait_until(lambda: h.statuses(tmp_path / "tasks.db").get("success", 0) >= 20,
-                     "20 successes", proc)
-        proc.send_signal(signum)
-        code = _finish(proc, GRACE + MARGIN)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    code = _signal_when(proc, lambda: h.statuses(tmp_path / "tasks.db").get("success", 0) >= 20,
+                        "20 successes", signum, GRACE + MARGIN)
     assert code == 0, out.read_text() + err.read_text()
     assert f"{signum.name}: stopping intake" in err.read_text()
 
@@ -130,14 +136,8 @@ def test_a_signal_before_every_task_was_offered_counts_the_rest_as_never_offered
     items = h.make_workload(tmp_path, 20, seed=34, duplicate_fraction=0.0)
     env = h.env(workers=1, queue_size=1, fault_latency_s=30.0, fault_seed=34)
     proc, out, err = _start(tmp_path, env, "--grace", 1)
-    try:
-        h.wait_until(lambda: h.statuses(tmp_path / "tasks.db").get("running", 0) >= 1, "a task in flight", proc)
-        proc.send_signal(signal.SIGTERM)
-        code = _finish(proc, 1 + MARGIN)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    code = _signal_when(proc, lambda: h.statuses(tmp_path / "tasks.db").get("running", 0) >= 1, "a task in flight",
+                        signal.SIGTERM, 1 + MARGIN)
     output = out.read_text()
     assert code == 0, output + err.read_text()
     found = re.search(r"tasks (\d+): (\d+) succeeded, (\d+) already done \(deduplicated\), (\d+) dead-lettered, "
@@ -160,15 +160,9 @@ def test_a_signal_while_sources_are_made_stops_the_run_at_once(tmp_path, signum,
     (tmp_path / "tasks.json").write_text(json.dumps(items))
     objects = tmp_path / "objects"
     proc, out, err = _start(tmp_path, h.env(fsync_outputs=True), "--make-sources")
-    try:
-        h.wait_until(lambda: (objects / "src" / "00").is_dir() and any((objects / "src" / "00").iterdir()),
-                     "the first source written", proc)
-        proc.send_signal(signum)
-        returncode = _finish(proc, MARGIN)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    first = objects / "src" / "00"
+    returncode = _signal_when(proc, lambda: first.is_dir() and any(first.iterdir()), "the first source written",
+                              signum, MARGIN)
     assert returncode == code, out.read_text() + err.read_text()
     assert "Traceback" not in err.read_text()
     assert len([p for p in (objects / "src").rglob("*") if p.is_file()]) < len(items)  # stopped part-way
@@ -189,16 +183,9 @@ def grace_expired(tmp_path_factory):
     unique = len(h.unique_keys(items))
     env = h.env(workers=2, fault_latency_s=30.0, fault_seed=33)
     proc, out, err = _start(tmp_path, env, "--grace", 1)
-    try:
-        h.wait_until(lambda: sum(h.statuses(tmp_path / "tasks.db").values()) == unique
-                     and h.statuses(tmp_path / "tasks.db").get("running", 0) >= 1,
-                     "every item submitted and a task in flight", proc)
-        proc.send_signal(signal.SIGTERM)
-        code = _finish(proc, 1 + MARGIN)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    code = _signal_when(proc, lambda: sum(h.statuses(tmp_path / "tasks.db").values()) == unique
+                        and h.statuses(tmp_path / "tasks.db").get("running", 0) >= 1,
+                        "every item submitted and a task in flight", signal.SIGTERM, 1 + MARGIN)
     return tmp_path, code, items, out.read_text() + err.read_text()
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,19 +18,10 @@ import pytest
 from taskqueue.objectstore import MAX_SEGMENT_BYTES, LocalObjectStore
 from taskqueue.store.postgres import redact
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "task_queue_optimized.py"
-HANG_S = 120  # hang guard only
+from clirun import cli
+
 GOOD = [{"id": "good-0", "image_key": "src/good-0.txt", "variant": "gzip"}]
 LONG_NAME = "a" * 300  # over any file system's 255-byte limit on a file name
-
-
-def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("TQ_")}
-    clean["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), clean.get("PYTHONPATH")]))
-    clean.update(env or {})
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, env=clean,
-                          capture_output=True, text=True, timeout=HANG_S)
 
 
 def tree(base: Path) -> list[str]:

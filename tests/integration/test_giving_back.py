@@ -109,6 +109,19 @@ def row_of(db: Path, key: str) -> tuple:
         conn.close()
 
 
+def hold_give_up(tq: TaskQueue) -> tuple[threading.Event, threading.Event]:
+    """Hold every give-up ``tq`` hands over (an item between releasing its key and giving its row
+    back) until the returned ``go`` is set; ``paused`` is set once the first is held."""
+    real_give_up, paused, go = tq.store.give_up, threading.Event(), threading.Event()
+
+    def give_up(*args, **kwargs):
+        paused.set()
+        assert go.wait(WAIT_S)
+        return real_give_up(*args, **kwargs)
+    tq.store.give_up = give_up
+    return paused, go
+
+
 def nonzero(tq: TaskQueue) -> dict[str, int]:
     return {name: n for name, n in tq.snapshot()["counters"].items() if n and name not in ("enqueued", "dequeued")}
 
@@ -352,31 +365,18 @@ def test_a_row_let_go_of_and_taken_over_before_its_item_settles_runs_under_a_new
 
 
 def test_a_give_up_that_lands_after_the_row_was_taken_over_again_changes_nothing(
-        db, objects, tasks, queues, monkeypatch):
+        db, objects, tasks, queues, fail_first_start):
     """The key is released before the give-up is handed over; a submit of the same key in between takes
     the (still ours, queued) row over for a new item, which starts it. The old give-up must not then
     free the new item's running row (another process would take it and run it too): it is checked
     against the version the old item last wrote."""
     task = tasks[0]
-    real_start = StateMachine._start
-    failures = [sqlite3.OperationalError("database is locked")]
-
-    def start(self, conn, *args):  # the fault: the first start cannot be committed
-        if failures:
-            raise failures.pop()
-        return real_start(self, conn, *args)
-    monkeypatch.setattr(StateMachine, "_start", start)
+    fail_first_start(sqlite3.OperationalError("database is locked"))  # the first start cannot be committed
     processor = Gated(objects, gated=True)
     tq = TaskQueue(db, objects, config=config(workers=2), processor=processor)
     queues(tq)
     ledger, tq.store.ledger = tq.store.ledger, None  # starts committed and waited for, as on PostgreSQL
-    real_give_up, paused, go = tq.store.give_up, threading.Event(), threading.Event()
-
-    def give_up(*args, **kwargs):  # the interleaving: hold the old item between release and give-up
-        paused.set()
-        assert go.wait(WAIT_S)
-        return real_give_up(*args, **kwargs)
-    tq.store.give_up = give_up
+    paused, go = hold_give_up(tq)
     try:
         first = tq.submit(task)
         assert paused.wait(WAIT_S)
@@ -410,31 +410,18 @@ def test_shutdown_puts_no_stop_sentinel_for_a_worker_loop_that_never_ran(db, obj
 
 
 def test_a_give_up_counting_a_ledger_attempt_leaves_a_row_taken_over_since_alone(
-        db, objects, tasks, queues, monkeypatch):
+        db, objects, tasks, queues, fail_first_start):
     """As above, on the ledger's path: the start was posted and failed, so the give-up first counts
     the attempt (``begun``: the row from v to v + 1) and then frees the row at v + 1. A submit's
     take-over in between also makes the row v + 1: the give-up must see that its replay found
     nothing and stop, not free the new item's row."""
     task = tasks[0]
-    real_start = StateMachine._start
-    failures = [sqlite3.OperationalError("database is locked")]
-
-    def start(self, conn, *args):  # the fault: the first start, posted through the ledger, fails
-        if failures:
-            raise failures.pop()
-        return real_start(self, conn, *args)
-    monkeypatch.setattr(StateMachine, "_start", start)
+    fail_first_start(sqlite3.OperationalError("database is locked"))  # posted through the ledger, it fails
     processor = Gated(objects, gated=True, raises={task.idempotency_key: SystemExit(3)})
     tq = TaskQueue(db, objects, config=config(), processor=processor)
     queues(tq)
     assert tq.store.ledger is not None
-    real_give_up, paused, go = tq.store.give_up, threading.Event(), threading.Event()
-
-    def give_up(*args, **kwargs):  # the interleaving: hold the old item between release and give-up
-        paused.set()
-        assert go.wait(WAIT_S)
-        return real_give_up(*args, **kwargs)
-    tq.store.give_up = give_up
+    paused, go = hold_give_up(tq)
     try:
         first = tq.submit(task)
         assert processor.entered.acquire(timeout=WAIT_S)

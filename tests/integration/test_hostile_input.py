@@ -26,7 +26,6 @@ import json
 import os
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -35,20 +34,11 @@ from taskqueue import cli as cli_module
 from taskqueue.config import ENV_PREFIX, Config
 from taskqueue.objectstore import LocalObjectStore
 
+from clirun import cli
+
 pytestmark = pytest.mark.usefixtures("canary")  # every test: nothing beside the store root may change
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "task_queue_optimized.py"
-HANG_S = 120  # hang guard only
 MAX_STDERR = 4000  # a refusal of hostile values must stay readable, whatever their size
-
-
-def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("TQ_")}
-    clean["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), clean.get("PYTHONPATH")]))
-    clean.update(env or {})
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, env=clean,
-                          capture_output=True, text=True, timeout=HANG_S)
 
 
 def good(n: int) -> dict:

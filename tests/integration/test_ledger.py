@@ -401,20 +401,13 @@ def test_a_ledger_slot_stays_taken_until_the_start_it_records_is_committed(tmp_p
     assert rows(db)[make_task(1).idempotency_key][:2] == ("success", 1)
 
 
-def test_a_start_the_store_fails_to_commit_is_still_counted_and_the_task_is_not_lost(tmp_path, monkeypatch):
+def test_a_start_the_store_fails_to_commit_is_still_counted_and_the_task_is_not_lost(tmp_path, fail_first_start):
     """The attempt ran (the worker did not wait for its start); the start failed: the row is let go
     of with that attempt counted from the ledger, and the next offer of the key runs attempt 2."""
     db = tmp_path / "tasks.db"
     objects = LocalObjectStore(tmp_path / "objects", fsync=False)
     objects.write("src/o1.txt", [b"x\n"])
-    real_start = StateMachine._start
-    failures = [sqlite3.OperationalError("database is locked")]
-
-    def failing_start(self, conn, *args):  # the fault: the first start cannot be written
-        if failures:
-            raise failures.pop()
-        return real_start(self, conn, *args)
-    monkeypatch.setattr(StateMachine, "_start", failing_start)
+    fail_first_start(sqlite3.OperationalError("database is locked"))  # the fault: the first start cannot be written
     processor = _Recording(objects)
     tq = processor.tq = TaskQueue(db, objects, config=Config(workers=1, max_attempts=2, fsync_outputs=False),
                                   processor=processor)
@@ -445,21 +438,14 @@ class _Held(_Recording):
         return Processor.process(self, task, attempt)
 
 
-def test_while_an_attempt_whose_start_failed_runs_no_other_process_can_take_its_row(tmp_path, monkeypatch):
+def test_while_an_attempt_whose_start_failed_runs_no_other_process_can_take_its_row(tmp_path, fail_first_start):
     """The start failed while the attempt ran (posted without waiting): the row stays ours, under
     lease, until the attempt ends; only then is it let go of, its attempt counted. Letting go at once
     would hand the row to another process while this one still runs it."""
     db = tmp_path / "tasks.db"
     objects = LocalObjectStore(tmp_path / "objects", fsync=False)
     objects.write("src/o1.txt", [b"x\n"])
-    real_start = StateMachine._start
-    failures = [sqlite3.OperationalError("disk I/O error")]
-
-    def failing_start(self, conn, *args):  # the fault: the first start cannot be written
-        if failures:
-            raise failures.pop()
-        return real_start(self, conn, *args)
-    monkeypatch.setattr(StateMachine, "_start", failing_start)
+    failures = fail_first_start(sqlite3.OperationalError("disk I/O error"))  # the first start cannot be written
     processor = _Held(objects)
     tq = processor.tq = TaskQueue(db, objects, config=Config(workers=1, fsync_outputs=False), processor=processor)
     other = SQLiteStore(str(db))  # another process's store: its own owner token
