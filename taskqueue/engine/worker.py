@@ -64,8 +64,7 @@ def work(tq: "TaskQueue", index: int) -> None:
             if not item.forgotten:  # settled already, if what escaped came from its Future's callback
                 with contextlib.suppress(Exception):  # its start, if handed over, has told whether it counted
                     store.flush()
-                _let_go_of(tq, item)
-                settle(tq, item, "errored", error=_not_recorded(item, exc))
+                _not_finished(tq, item, exc)
             outcome = None
 
 
@@ -226,19 +225,20 @@ def _store_failed(tq: "TaskQueue", item: WorkItem, error: BaseException) -> None
         return
     if refused is not None:  # its start failed (see _start_committed): let go, the attempt counted
         tq._log.error("could not record the attempt", extra=task_extra("store_error", item.task, error=refused))
-        _let_go_of(tq, item)
-        settle(tq, item, "errored", error=_not_recorded(item, refused))
+        _not_finished(tq, item, refused)
         return
     tq._log.error("could not record outcome", extra=task_extra("store_error", item.task, error=error))
+    _not_finished(tq, item, error)
+
+
+def _not_finished(tq: "TaskQueue", item: WorkItem, cause: BaseException) -> None:
+    """The queue itself could not finish ``item`` (``cause``): let go of its row, then fail its Future
+    with :class:`~taskqueue.errors.OutcomeNotRecorded`, ``cause`` chained; counted as errored."""
     _let_go_of(tq, item)
-    settle(tq, item, "errored", error=_not_recorded(item, error))
-
-
-def _not_recorded(item: WorkItem, cause: BaseException) -> errors.OutcomeNotRecorded:
     error = errors.OutcomeNotRecorded(f"task {item.task.id!r}: its outcome was not recorded "
                                       f"({type(cause).__name__}: {cause}); its row is left for another run")
     error.__cause__ = cause
-    return error
+    settle(tq, item, "errored", error=error)
 
 
 def _let_go_of(tq: "TaskQueue", item: WorkItem) -> None:
