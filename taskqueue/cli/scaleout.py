@@ -20,7 +20,7 @@ from .. import logs, watch
 from ..objectstore import LocalObjectStore
 from ..processor import Processor
 from ..errors import TaskQueueError
-from ..store import open_store, probe, store_errors
+from ..store import is_url, open_store, probe, store_errors
 from ..taskfile import ON_INVALID, load_tasks
 from . import (EXIT_OK, EXIT_UNFINISHED, check_paths, config_from, hold_signals, processing_flags, release_signals,
                run_with_signals, start_logging, stop_on_signal, store_flags)
@@ -82,6 +82,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     # The queue is sized to what the feeder holds, so its depth and capacity (progress, metrics) read true.
     config = config.replace(queue_size=held_at_most(config.queue_size, config.workers))
     check_paths(config)
+    new_db = not is_url(config.db) and not os.path.lexists(config.db)
+    if new_db and args.exit_when_idle:  # nothing can be open in it: most likely a mistyped path
+        raise FileNotFoundError(f"{config.source_of('db')}: no database at {config.db!r}; a worker with "
+                                f"--exit-when-idle would find nothing to do (an enqueue or a run makes it)")
     watcher = watch.Watch.from_config(config, no_progress=args.no_progress)  # binds the metrics port: a port
     # in use refuses the worker here
     handler = start_logging(config)
@@ -98,6 +102,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         tq = TaskQueue(config.db, objects, config=config, processor=processor, metrics_out=config.metrics_out,
                        recover_unowned=False)
         feeder = Feeder(tq, exit_when_idle=args.exit_when_idle)
+        if new_db:  # a worker may start before the producer: say so, in case the path is mistyped
+            print(f"note: {config.db!r} did not exist: created an empty task queue database; waiting for tasks",
+                  file=sys.stderr)
         watcher.start(tq, total=None)  # open-ended: done so far and the rate, no percent or ETA
         on_signal = stop_on_signal(f"no more claims, finishing in-flight tasks (up to {config.shutdown_grace_s:g}s)",
                                    feeder.stop)

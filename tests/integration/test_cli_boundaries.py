@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -18,7 +21,7 @@ import pytest
 from taskqueue.objectstore import MAX_SEGMENT_BYTES, LocalObjectStore
 from taskqueue.store.postgres import redact
 
-from clirun import cli
+from clirun import HANG_S, REPO, SCRIPT, cli
 
 GOOD = [{"id": "good-0", "image_key": "src/good-0.txt", "variant": "gzip"}]
 LONG_NAME = "a" * 300  # over any file system's 255-byte limit on a file name
@@ -239,3 +242,42 @@ def test_an_empty_database_file_is_refused_by_the_admin_commands_and_left_empty(
     result = cli(*command, "--db", str(db), cwd=tmp_path)
     assert_refused(result, "--db", "empty file")
     assert db.read_bytes() == b"" and tree(tmp_path) == ["tasks.db"]  # no schema written, no side files
+
+
+# -- E: a worker on a database that does not exist ------------------------------------------------------------
+
+def test_a_worker_exiting_when_idle_refuses_a_database_that_does_not_exist(base):
+    before = tree(base)
+    result = cli("worker", "--db", str(base / "typo.db"), "--store", str(base / "new-store"), "--exit-when-idle",
+                 "--no-progress", cwd=base / "work")
+    assert_refused(result, "--db: no database at", repr(str(base / "typo.db")), "--exit-when-idle")
+    assert tree(base) == before  # no database, no store root
+
+
+def test_a_worker_that_makes_its_database_says_so_and_then_waits_for_tasks(base):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TQ_")}
+    env["PYTHONPATH"] = str(REPO)
+    db = base / "new.db"
+    worker = subprocess.Popen([sys.executable, str(SCRIPT), "worker", "--db", str(db), "--store",
+                               str(base / "sources"), "--no-progress"], cwd=base / "work", env=env,
+                              stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    guard = threading.Timer(HANG_S, worker.kill)  # hang guard only: a worker that never writes the note
+    guard.start()
+    try:
+        lines = []
+        for line in worker.stderr:  # until the note (or the end of a worker that died)
+            lines.append(line)
+            if line.startswith("note: "):
+                break
+        assert lines and lines[-1] == f"note: {str(db)!r} did not exist: created an empty task queue database; " \
+                                      f"waiting for tasks\n", lines
+        assert db.is_file()
+        worker.send_signal(signal.SIGTERM)
+        out, _err = worker.communicate(timeout=HANG_S)
+    finally:
+        guard.cancel()
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    assert worker.returncode == 0
+    assert "stopped" in out
