@@ -32,6 +32,7 @@ import contextlib
 import mmap
 import os
 import struct
+import time
 import zlib
 from typing import Any, Iterable, Iterator
 
@@ -43,6 +44,8 @@ _ENTRY = struct.Struct("<qqI4x")  # row id, version, CRC-32 of the two (a torn e
 _KEY = struct.Struct("<qq")
 SIZE = _HEADER + SLOTS * _ENTRY.size
 SUFFIX = ".attempts"
+TEMPORARY = ".tmp"  # a ledger being created (see Ledger.__init__), renamed at once
+STALE_TEMPORARY_S = 60.0  # a creation takes microseconds: a temporary file this old was left by a killed one
 
 
 def directory_for(database: str) -> str:
@@ -79,7 +82,7 @@ class Ledger:
             raise ValueError(f"owner token {token!r} cannot name a ledger")
         os.makedirs(directory, exist_ok=True)  # permissions as SQLite's own -wal and -shm files: the umask's
         # Written whole under a temporary name, then renamed: a ledger never lacks its owner's name.
-        temporary = f"{path}.{os.getpid()}.tmp"
+        temporary = f"{path}.{os.getpid()}{TEMPORARY}"
         fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         mapped = None
         try:
@@ -147,6 +150,31 @@ def read(path: str) -> tuple[str, list[tuple[int, int]]]:
         if row_id > 0 and check == zlib.crc32(data[offset:offset + _KEY.size]):
             entries.append((row_id, version))
     return token, entries
+
+
+def sweep_temporary(directory: str | None, now: float | None = None) -> int:
+    """Delete the temporary files that processes killed while creating their ledger left in
+    ``directory`` (older than :data:`STALE_TEMPORARY_S` by the file system's clock) -> files deleted.
+
+    Such a file was never renamed into a ledger, so no attempt was ever recorded in it; left
+    alone, it would keep the directory from being removed. What cannot be listed or deleted is
+    left alone.
+    """
+    try:
+        names = os.listdir(directory) if directory is not None else []
+    except OSError:
+        return 0
+    now = time.time() if now is None else now
+    deleted = 0
+    for name in names:
+        if not (name.endswith(TEMPORARY) and SUFFIX + "." in name):  # "<pid>-<nonce>.attempts.<pid>.tmp"
+            continue
+        path = os.path.join(directory, name)
+        with contextlib.suppress(OSError):
+            if now - os.stat(path).st_mtime > STALE_TEMPORARY_S:
+                os.unlink(path)
+                deleted += 1
+    return deleted
 
 
 # -- replay: committing the starts a dead process had begun -------------------------------------------

@@ -323,13 +323,14 @@ class StateMachine(Reads):
         """Replay the ledger of every dead process beside this store, then delete it (after the
         commit: a replay that rolled back would find it again) -> rows started. Called when the
         store opens and on each heartbeat; a live process's ledger is left alone, and so is one
-        it cannot read."""
+        it cannot read. Stale temporary files of ledgers never made go too."""
         started = 0
         for path, token, entries in ledgers.of_the_dead(self._ledgers, self.owner, self._clock()):
             started += self.commit(Op(ledgers.replay_entries, (self.sql["replay"], token, entries, self._clock()),
                                       atomic=False))
             with contextlib.suppress(OSError):  # gone already, or not ours to delete: replayed either way
                 os.unlink(path)
+        ledgers.sweep_temporary(self._ledgers)
         return started
 
     def _one(self, conn: Any, cursor: Any, row_id: int) -> None:

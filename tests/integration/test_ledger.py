@@ -471,3 +471,27 @@ def test_while_an_attempt_whose_start_failed_runs_no_other_process_can_take_its_
         processor.go.set()
         other.close()
         assert tq.shutdown(wait=True, timeout=WAIT_S)
+
+
+def test_a_temporary_file_left_by_a_process_killed_while_making_its_ledger_is_swept_when_stale(tmp_path):
+    """Killed between creating ``<pid>-<nonce>.attempts.<pid>.tmp`` and renaming it: nothing was
+    recorded in it, and left alone it keeps the ledger directory from being removed."""
+    db = tmp_path / "tasks.db"
+    directory = Path(ledger.directory_for(str(db)))
+    directory.mkdir()
+    stale = directory / "4242-abc123.attempts.4242.tmp"
+    fresh = directory / "4343-def456.attempts.4343.tmp"  # a creation under way right now: left alone
+    other = directory / "notes.tmp"  # not a ledger's: left alone whatever its age
+    for path in (stale, fresh, other):
+        path.write_bytes(b"\0" * ledger.SIZE)
+    old = time.time() - ledger.STALE_TEMPORARY_S - 5
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    store = SQLiteStore(db)
+    try:
+        assert sorted(ledger_files(db)) == sorted([fresh.name, other.name, os.path.basename(store.ledger.path)])
+    finally:
+        store.close()
+    assert sorted(ledger_files(db)) == sorted([fresh.name, other.name])
+    assert ledger.sweep_temporary(str(directory), now=time.time() + ledger.STALE_TEMPORARY_S + 5) == 1
+    assert sorted(ledger_files(db)) == [other.name]
