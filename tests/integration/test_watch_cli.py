@@ -324,12 +324,14 @@ def test_no_progress_line_with_no_progress_or_off_a_terminal(held, tmp_path):
 @pytest.mark.parametrize("command", ["run", "worker"])
 def test_a_metrics_port_in_use_exits_2_before_anything_is_created(held, command):
     import socket
-    args = run_args if command == "run" else worker_args
+    # A worker that would make its database (--exit-when-idle refuses a missing one before the port).
+    args = run_args(held, "--metrics-port") if command == "run" else worker_args(held, "--metrics-port",
+                                                                                 exit_when_idle=False)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run(args(held, "--metrics-port", str(port)), cwd=held["work"], env=env(),
+        result = subprocess.run([*args, str(port)], cwd=held["work"], env=env(),
                                 stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=HANG_S)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("error: ") and f"127.0.0.1:{port}" in result.stderr
@@ -389,9 +391,9 @@ def test_a_worker_configured_by_its_environment_alone_serves_and_writes_metrics_
 OPEN_FRAME = re.compile(r"(\d+) done \| (?:--|\d+\.\d) tasks/s \| retries (\d+) \| dead (\d+) \| queue (\d+)/(\d+)")
 
 
-def worker_args(w: dict, *extra: str) -> list[str]:
+def worker_args(w: dict, *extra: str, exit_when_idle: bool = True) -> list[str]:
     return [sys.executable, str(SCRIPT), "worker", "--db", str(w["db"]), "--store", str(w["store"]),
-            "--workers", "2", "--exit-when-idle", *extra]
+            "--workers", "2", *(["--exit-when-idle"] if exit_when_idle else []), *extra]
 
 
 def test_a_worker_serves_metrics_rewrites_its_file_and_shows_an_open_ended_progress_line(held, tmp_path):
