@@ -37,7 +37,7 @@ from itertools import chain, repeat
 from typing import Callable, Sequence
 
 COUNTERS = ("enqueued", "dequeued", "deduplicated", "rejected", "succeeded", "failed", "retried",
-            "dead_lettered", "errored")
+            "dead_lettered", "errored", "claimed_elsewhere")
 SNAPSHOT_KEYS = ("counters", "rates", "latency_s", "queue_wait_s", "processing_s", "task_duration_s",
                  "queue_depth", "queue_depth_sampled", "workers", "elapsed_s")
 # Upper bounds (inclusive, seconds) of the processing-time buckets; +Inf is implied.

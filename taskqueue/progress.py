@@ -40,7 +40,7 @@ def format_status(snap: dict, total: int | None, rate: float | None) -> str:
     if total is None:
         parts.append(f"{done} done")
     else:
-        done = min(done, total)  # a key counted twice (re-offered after another process held it) caps here
+        done = min(done, total)  # never past the total, whatever a counter says
         percent = 100.0 * done / total if total else 100.0
         parts.append(f"{done}/{total} done ({percent:.1f}%)")
     parts.append("-- tasks/s" if rate is None else f"{rate:.1f} tasks/s")

@@ -12,7 +12,8 @@ family                                      type       from the snapshot
 ``taskqueue_info{version}``                 gauge      1, labelled with ``taskqueue.__version__``
 ``taskqueue_tasks_total{outcome}``          counter    succeeded, failed (attempts), retried,
                                                        dead_lettered, deduplicated, rejected (offers),
-                                                       errored (failed by the queue, not the task)
+                                                       errored (failed by the queue, not the task),
+                                                       claimed_elsewhere (offers another process held)
 ``taskqueue_enqueued_total``                counter    puts on the bounded queue (retries included)
 ``taskqueue_dequeued_total``                counter    gets from it
 ``taskqueue_queue_depth``                   gauge      depth at the last put or get
@@ -35,7 +36,8 @@ import math
 from . import __version__
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-OUTCOMES = ("succeeded", "failed", "retried", "dead_lettered", "deduplicated", "rejected", "errored")
+OUTCOMES = ("succeeded", "failed", "retried", "dead_lettered", "deduplicated", "rejected", "errored",
+            "claimed_elsewhere")
 QUANTILES = (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99"))
 
 
@@ -50,7 +52,8 @@ def render(snap: dict, *, version: str | None = None, prefix: str = "taskqueue")
                "Task outcomes and events: succeeded, dead_lettered and deduplicated are terminal; failed "
                "counts failed attempts, retried the attempts scheduled again, rejected the offers refused "
                "by a full queue, errored the tasks failed by the queue itself (their outcome could not be "
-               "recorded: the row is left for another run).")
+               "recorded: the row is left for another run), claimed_elsewhere the offers of a task another "
+               "live process held (not done here; it may be offered again).")
     for outcome in OUTCOMES:
         out.sample("tasks_total", counters[outcome], outcome=outcome)
     out.single("enqueued_total", "counter", "Puts on the bounded queue, retries included.", counters["enqueued"])

@@ -135,8 +135,10 @@ class TaskQueue:
             if not claim.runnable:
                 if claim.dead_lettered:  # its process died in its last attempt: the claim dead-lettered it
                     takeover.report_dead(self, [claim.row])
-                else:
+                elif claim.row.status.terminal:  # done already (here, or in an earlier run, or elsewhere)
                     self.metrics.incr("deduplicated")
+                else:  # a live process elsewhere holds it: not done, it may be offered again
+                    self.metrics.incr("claimed_elsewhere")
                 self.inflight.settle(item, *_outcome_of(task, claim.row))
                 return item.future
             held = True  # an open row of ours: given back below if the task is not accepted

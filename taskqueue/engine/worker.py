@@ -94,7 +94,7 @@ def _attempt(tq: "TaskQueue", index: int, item: WorkItem, outcome: Op | None) ->
             started: Attempt = tq.store.commit(tq.store.start(item.row_id, item.version, item.attempts), along)
             item.version, item.attempts = started
     except StaleVersion as exc:
-        settle(tq, item, "deduplicated", error=_claimed_elsewhere(item, exc))
+        settle(tq, item, "claimed_elsewhere", error=_claimed_elsewhere(item, exc))
         return None
     except Exception as exc:  # the store failed: fail this item, keep the worker alive
         if slot is not None:
@@ -221,7 +221,7 @@ def _store_failed(tq: "TaskQueue", item: WorkItem, error: BaseException) -> None
     anyway: it is settled as claimed elsewhere, as if the start had been refused before it ran."""
     refused = item.refused
     if isinstance(refused, StaleVersion):
-        settle(tq, item, "deduplicated", error=_claimed_elsewhere(item, refused))
+        settle(tq, item, "claimed_elsewhere", error=_claimed_elsewhere(item, refused))
         return
     if refused is not None:  # its start failed (see _start_committed): let go, the attempt counted
         tq._log.error("could not record the attempt", extra=task_extra("store_error", item.task, error=refused))

@@ -946,3 +946,30 @@ def test_a_process_that_never_shuts_its_queue_down_still_exits(tmp_path, started
     """)
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert (result.returncode, result.stdout) == (0, "leaving without shutdown()\n"), result.stderr
+
+
+def test_a_task_another_live_queue_holds_is_counted_claimed_elsewhere_not_done(make_queue, objects):
+    """Found by a review of the metrics: such an offer counted ``deduplicated`` -- done, for the
+    progress line -- and the re-offer that later found it finished counted it again."""
+    from taskqueue.errors import ClaimedElsewhere
+    from taskqueue.progress import done_count
+    tasks = make_tasks(objects, 4)
+    holder = GatedProcessor(objects, gated=True)
+    other = make_queue(holder)  # another live process, as far as the store can tell
+    held = [other.submit(t) for t in tasks[:2]]
+    holder.wait_entered(2)
+    tq = make_queue(GatedProcessor(objects))
+    first = [tq.submit(t) for t in tasks]
+    assert [f.result(timeout=WAIT_S).status for f in first[2:]] == [TaskStatus.SUCCESS] * 2
+    for future in first[:2]:
+        assert isinstance(future.exception(timeout=WAIT_S), ClaimedElsewhere)
+    counters = tq.snapshot()["counters"]
+    assert (counters["succeeded"], counters["deduplicated"], counters["claimed_elsewhere"]) == (2, 0, 2)
+    assert done_count(tq.snapshot()) == 2
+    holder.gate.set()
+    assert [f.result(timeout=WAIT_S).status for f in held] == [TaskStatus.SUCCESS] * 2
+    again = [tq.submit(t) for t in tasks[:2]]  # what run does with them (await_elsewhere)
+    assert all(f.result(timeout=WAIT_S).deduplicated for f in again)
+    counters = tq.snapshot()["counters"]
+    assert (counters["succeeded"], counters["deduplicated"], counters["claimed_elsewhere"]) == (2, 2, 2)
+    assert done_count(tq.snapshot()) == 4  # each of the 4 tasks once

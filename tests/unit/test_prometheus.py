@@ -31,7 +31,7 @@ def busy_metrics(durations: list[float]) -> Metrics:
         metrics.on_processed(i % 2, d)
         metrics.on_outcome("succeeded", d + 0.004)
     for name, n in (("failed", 2), ("retried", 3), ("dead_lettered", 4), ("deduplicated", 5), ("rejected", 6),
-                    ("errored", 7)):
+                    ("errored", 7), ("claimed_elsewhere", 8)):
         metrics.incr(name, n)
     clock.now += 10.0
     return metrics
@@ -51,7 +51,7 @@ def test_every_family_the_issue_names_is_there_with_the_right_type():
     flat = values(families)
     assert flat[f'taskqueue_info{{version="{taskqueue.__version__}"}}'] == 1
     expected = {"succeeded": 3, "failed": 2, "retried": 3, "dead_lettered": 4, "deduplicated": 5, "rejected": 6,
-                "errored": 7}
+                "errored": 7, "claimed_elsewhere": 8}
     assert {o: flat[f'taskqueue_tasks_total{{outcome="{o}"}}'] for o in OUTCOMES} == expected
     assert flat["taskqueue_queue_depth"] == 2 and flat["taskqueue_queue_capacity"] == 8
     assert flat["taskqueue_enqueued_total"] == flat["taskqueue_dequeued_total"] == 3
