@@ -194,11 +194,11 @@ class TaskQueue:
     def record_invalid(self, task_id: str, idempotency_key: str, payload: str, error: BaseException) -> bool:
         """Dead-letter an item that failed validation (it never runs); False if its key was there already.
 
-        Counted as dead-lettered. Blocks for one commit; raises store errors.
+        Counted as dead-lettered, or as deduplicated when its key was there (a run of the same file
+        again). Blocks for one commit; raises store errors.
         """
         recorded = self.store.commit(self.store.record_invalid(task_id, idempotency_key, payload, error))
-        if recorded:
-            self.metrics.incr("dead_lettered")
+        self.metrics.incr("dead_lettered" if recorded else "deduplicated")
         return recorded
 
     @property

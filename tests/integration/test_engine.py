@@ -973,3 +973,19 @@ def test_a_task_another_live_queue_holds_is_counted_claimed_elsewhere_not_done(m
     counters = tq.snapshot()["counters"]
     assert (counters["succeeded"], counters["deduplicated"], counters["claimed_elsewhere"]) == (2, 2, 2)
     assert done_count(tq.snapshot()) == 4  # each of the 4 tasks once
+
+
+def test_an_invalid_item_recorded_before_counts_as_deduplicated_so_a_rerun_s_progress_reaches_its_total(
+        make_queue, objects, db):
+    """Found by a review of the metrics: on a second run of a file with ``--invalid dead-letter``, its
+    invalid items were counted nowhere, and the progress line stopped short of the total."""
+    from taskqueue.errors import InvalidTask
+    from taskqueue.progress import done_count
+    error = InvalidTask("field 'variant': 'Bad' is not a variant name")
+    tq = make_queue()
+    assert tq.record_invalid("bad-1", "src/x.txt:Bad", '{"id": "bad-1"}', error)
+    assert not tq.record_invalid("bad-1", "src/x.txt:Bad", '{"id": "bad-1"}', error)  # the same file again
+    counters = tq.snapshot()["counters"]
+    assert (counters["dead_lettered"], counters["deduplicated"]) == (1, 1)
+    assert done_count(tq.snapshot()) == 2
+    assert db_rows(db, "SELECT COUNT(*) FROM dead_letters") == [(1,)]
