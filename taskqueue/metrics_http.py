@@ -16,6 +16,7 @@ import logging
 import selectors
 import socket
 import socketserver
+import sys
 import threading
 from typing import Callable
 
@@ -92,6 +93,16 @@ class _Server(http.server.ThreadingHTTPServer):
     allow_reuse_port = False  # never share the port with another listener: in use means refused
     timeout = None  # handle_request() is only called once the socket is readable
     render: Callable[[], str]
+
+    def handle_error(self, request, client_address) -> None:
+        """A request that failed in its thread: logged, never printed on stderr (socketserver's default).
+        A client that hung up or timed out is routine (a probe, a scraper giving up): debug level."""
+        error = sys.exc_info()[1]
+        extra = {"event": "metrics_http_error", "task_id": None, "idempotency_key": None}
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            _log.debug("metrics server: client %s went away: %s", client_address, error, extra=extra)
+        else:
+            _log.error("metrics server: a request from %s failed", client_address, exc_info=error, extra=extra)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind also resolves socket.getfqdn(host), a DNS look-up that can stall

@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import socket
+import struct
 import threading
 import urllib.error
 import urllib.request
@@ -111,6 +112,57 @@ def test_a_failing_render_answers_500_and_the_server_keeps_serving(caplog):
         assert status == 200 and values(parse(body.decode())) == {"x_total": 1}
     finally:
         server.stop()
+
+
+class _Recorded(logging.Handler):
+    """Keeps the records it gets; ``seen`` is set by the first whose event is ``event``."""
+
+    def __init__(self, event: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.event, self.records, self.seen = event, [], threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        if getattr(record, "event", None) == self.event:
+            self.seen.set()
+
+
+@pytest.mark.parametrize("fails_in", ["request", "render"])
+def test_a_request_that_fails_in_its_thread_is_logged_never_printed_on_stderr(fails_in, monkeypatch):
+    """Found by a review: a client resetting its connection mid-request (a probe, a load balancer) made
+    socketserver print a traceback on the operator's terminal, around the logging. A client that went
+    away is logged at debug level; anything else as an error, with its traceback, in the log."""
+    if fails_in == "render":  # not a connection error: a bug, logged as an error (from the handler)
+        import taskqueue.metrics_http as mh
+        monkeypatch.setattr(mh._Handler, "_answer", lambda self, send_body: (_ for _ in ()).throw(KeyError("bug")))
+    stderr = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stderr)
+    recorded = _Recorded("metrics_http_error")
+    logger = logging.getLogger("taskqueue")
+    logger.addHandler(recorded)
+    old_level = logger.level
+    logger.setLevel(logging.DEBUG)
+    server = MetricsServer(lambda: "x 1\n", port=0)
+    server.start()
+    try:
+        client = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S)
+        if fails_in == "request":
+            client.sendall(b"GET /metr")  # part of a request, then a reset (SO_LINGER 0)
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        else:
+            client.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        client.close()
+        assert recorded.seen.wait(WAIT_S)
+    finally:
+        server.stop()
+        logger.removeHandler(recorded)
+        logger.setLevel(old_level)
+    [record] = [r for r in recorded.records if getattr(r, "event", None) == "metrics_http_error"]
+    if fails_in == "request":
+        assert record.levelno == logging.DEBUG and "went away" in record.getMessage()
+    else:
+        assert record.levelno == logging.ERROR and record.exc_info[0] is KeyError
+    assert stderr.getvalue() == ""
 
 
 def test_stop_closes_the_port_and_is_idempotent():
