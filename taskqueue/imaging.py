@@ -66,6 +66,7 @@ REDUCING_GAP = 2.0        # decode/reduce to at least this many times the box, t
 MAX_SIDE = {"jpeg": 65500, "webp": 16383, "png": 2 ** 31 - 1}  # the encoders' own limits, per side
 WHITE = (255, 255, 255)
 ORIENTATION_TAG = 0x0112
+TILE_WIDTH_TAG, TILE_LENGTH_TAG = 322, 323  # TIFF tags: the size of each tile a decoder allocates
 _PERCEPTUAL = 0           # ICC rendering intent (ImageCms.Intent.PERCEPTUAL): the usual one for photos
 # Errors Pillow raises for a malformed file (its OSErrors without an errno are handled apart).
 _MALFORMED = (SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError, KeyError)
@@ -172,9 +173,23 @@ def _open(source: BinaryIO, name: str, max_pixels: int):
         if width * height > max_pixels:
             raise ImageTooLarge(f"object {name!r} is {width}x{height} ({width * height} pixels), over the "
                                 f"limit of {max_pixels} pixels (TQ_MAX_IMAGE_PIXELS); nothing was decoded")
+        _check_tiles(im, name, max_pixels)
         return im
     raise UnsupportedSource(f"object {name!r} is not an image in an accepted format "
                             f"({', '.join(f.lower() for f in ACCEPTED_FORMATS)})")
+
+
+def _check_tiles(im, name: str, max_pixels: int) -> None:
+    """Refuse a TIFF whose tiles are over the pixel limit: libtiff allocates a whole tile to decode
+    into, whatever the image's size (an 8x8 image can declare one 46336x46336 tile: 2 GB at once)."""
+    tags = getattr(im, "tag_v2", None)
+    if im.format != "TIFF" or tags is None:
+        return
+    tile_width, tile_length = tags.get(TILE_WIDTH_TAG), tags.get(TILE_LENGTH_TAG)
+    if isinstance(tile_width, int) and isinstance(tile_length, int) and tile_width * tile_length > max_pixels:
+        raise ImageTooLarge(f"object {name!r} declares {tile_width}x{tile_length} tiles "
+                            f"({tile_width * tile_length} pixels each), over the limit of {max_pixels} pixels "
+                            f"(TQ_MAX_IMAGE_PIXELS); nothing was decoded")
 
 
 @contextlib.contextmanager

@@ -611,6 +611,37 @@ def test_a_huge_header_is_refused_before_any_decoding(store, forbid_decoding, ma
     assert not store.exists(Processor.output_key(task(variant, "img/bomb")))
 
 
+def tiled_tiff(tile: int, size: int = 8) -> bytes:
+    """A ``size`` x ``size`` grayscale TIFF stored as one deflated ``tile`` x ``tile`` tile (mid-gray;
+    a tile of over 4096 pixels holds only its first 4096: a few bytes that declare a huge one)."""
+    data = zlib.compress(b"\x80" * min(tile * tile, 4096))
+    entries = [(256, 3, size), (257, 3, size), (258, 3, 8), (259, 3, 8), (262, 3, 1), (277, 3, 1),
+               (322, 4, tile), (323, 4, tile), (324, 4, None), (325, 4, len(data))]
+    data_at = 8 + 2 + 12 * len(entries) + 4
+    out = b"II*\0" + struct.pack("<IH", 8, len(entries))
+    for tag, kind, value in entries:
+        value = data_at if value is None else value
+        out += struct.pack("<HHI", tag, kind, 1) + (struct.pack("<HH", value, 0) if kind == 3 else
+                                                   struct.pack("<I", value))
+    return out + b"\0\0\0\0" + data
+
+
+@needs_pillow
+def test_a_tiff_whose_tiles_are_over_the_limit_is_refused_before_any_decoding(store, forbid_decoding):
+    """Found by a review: the limit was checked on the image's size only, and libtiff allocates a whole
+    tile to decode into -- a 146-byte 8x8 TIFF declaring one 46336x46336 tile cost 2 GB per attempt."""
+    store.write("img/tiled", [tiled_tiff(16)])
+    assert Processor(store).process(task("gray", "img/tiled", format="png")).size > 0  # a real tiled TIFF
+    assert Processor(store, max_image_pixels=256).process(task("thumb_8", "img/tiled")).size > 0
+    with pytest.raises(ImageTooLarge, match=r"'img/tiled' declares 16x16 tiles \(256 pixels each\), over the "
+                                            r"limit of 255 pixels"):
+        Processor(store, max_image_pixels=255).process(task("thumb_8", "img/tiled"))  # the image: 64 pixels
+    store.write("img/bomb", [tiled_tiff(46336)])
+    forbid_decoding()
+    with pytest.raises(ImageTooLarge, match=r"'img/bomb' declares 46336x46336 tiles"):
+        Processor(store).process(task("gray", "img/bomb"))
+
+
 @needs_pillow
 def test_the_limit_is_the_processors_and_counts_width_times_height(store, make_image):
     store.write("img/src", [make_image(40, 25)])  # 1000 pixels
