@@ -20,6 +20,7 @@ import itertools
 import os
 import re
 import socket
+import stat
 from typing import BinaryIO, Iterable, Iterator
 
 from .errors import InvalidKey, OutputWriteError, SourceMissing, SourceReadError
@@ -95,6 +96,11 @@ def _check_key(key: object) -> str:
     return key
 
 
+# Opening a named pipe for reading blocks until a writer comes: open without waiting, then look.
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
+
+
 class LocalObjectStore:
     """Objects as files under ``root``. Thread-safe: every call is independent.
 
@@ -157,11 +163,24 @@ class LocalObjectStore:
     # -- writes --------------------------------------------------------------
 
     def open_read(self, key: str):
-        """Open ``key`` for reading as a binary file (for decoders that seek, like Pillow)."""
+        """Open ``key`` for reading as a binary file (for decoders that seek, like Pillow).
+
+        Only a regular file is an object: anything else at the key (a named pipe, whose open would
+        block until a writer came, a device) is :class:`SourceMissing`, as :meth:`exists` says.
+        """
         try:
-            return open(self.path_for(key), "rb")
+            fd = os.open(self.path_for(key), os.O_RDONLY | _NONBLOCK | _BINARY)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise SourceMissing(f"object {key!r} does not exist") from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise SourceMissing(f"object {key!r} does not exist (what is there is not a regular file)")
+            if _NONBLOCK:
+                os.set_blocking(fd, True)
+            return os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
 
     @contextlib.contextmanager
     def open_write(self, key: str) -> Iterator[BinaryIO]:

@@ -13,6 +13,7 @@ from taskqueue.errors import InvalidKey, OutputWriteError, PermanentError, Sourc
 from taskqueue.objectstore import (DEFAULT_CHUNK_SIZE, MAX_KEY_LENGTH, MAX_SEGMENT_BYTES, MAX_SEGMENT_LENGTH,
                                    TEMP_MARKER, LocalObjectStore, validate_key)
 
+WAIT_S = 30  # hang guard only
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX-only behaviour")
 
 
@@ -268,16 +269,39 @@ def test_directories_and_impossible_paths_read_as_missing(store, call):
         call(store)
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+@pytest.mark.parametrize("call", [lambda s: s.read_chunks("upload.bin"), lambda s: s.open_read("upload.bin")],
+                         ids=["read_chunks", "open_read"])
+def test_a_named_pipe_at_a_key_reads_as_missing_at_once(store, call):
+    """Found by a review: opening a FIFO for reading blocked until a writer came -- a worker stuck for
+    good, beyond any timeout -- and a writer that kept it open fed the output without end."""
+    os.mkfifo(os.path.join(store.root, "upload.bin"))
+    assert not store.exists("upload.bin")
+    outcome: list = []
+
+    def read() -> None:
+        try:
+            call(store)
+        except SourceMissing as exc:
+            outcome.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(WAIT_S)  # hang guard only: before the fix it never returned
+    assert not reader.is_alive()
+    assert [str(e) for e in outcome] == ["object 'upload.bin' does not exist (what is there is not a regular file)"]
+
+
 def test_file_is_closed_when_iterator_is_exhausted_or_closed_midway(store, monkeypatch):
     opened = []
-    real_open = open
+    real_fdopen = os.fdopen  # how open_read makes its file (after looking at what it opened)
 
     def spy_open(*args, **kwargs):
-        f = real_open(*args, **kwargs)
+        f = real_fdopen(*args, **kwargs)
         opened.append(f)
         return f
 
-    monkeypatch.setattr(objectstore, "open", spy_open, raising=False)
+    monkeypatch.setattr(objectstore.os, "fdopen", spy_open)
     store.write("obj", [b"x" * 10])
     opened.clear()
     assert list(store.read_chunks("obj", chunk_size=3))
@@ -289,15 +313,15 @@ def test_file_is_closed_when_iterator_is_exhausted_or_closed_midway(store, monke
 
 def test_file_is_closed_when_an_unstarted_iterator_is_closed(store, monkeypatch):
     opened = []
-    real_open = open
+    real_fdopen = os.fdopen  # how open_read makes its file (after looking at what it opened)
 
     def spy_open(*args, **kwargs):
-        f = real_open(*args, **kwargs)
+        f = real_fdopen(*args, **kwargs)
         opened.append(f)
         return f
 
     store.write("obj", [b"x"])
-    monkeypatch.setattr(objectstore, "open", spy_open, raising=False)
+    monkeypatch.setattr(objectstore.os, "fdopen", spy_open)
     it = store.read_chunks("obj")
     it.close()
     assert opened[0].closed
