@@ -41,6 +41,7 @@ the same bytes (for one Pillow build).
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import struct
 import zlib
@@ -68,6 +69,8 @@ WHITE = (255, 255, 255)
 ORIENTATION_TAG = 0x0112
 TILE_WIDTH_TAG, TILE_LENGTH_TAG = 322, 323  # TIFF tags: the size of each tile a decoder allocates
 _PERCEPTUAL = 0           # ICC rendering intent (ImageCms.Intent.PERCEPTUAL): the usual one for photos
+# A seek to an offset the file itself gave (a corrupt header), not a failing read: the file's fault.
+_BAD_OFFSET = (errno.EINVAL, errno.EOVERFLOW)
 # Errors Pillow raises for a malformed file (its OSErrors without an errno are handled apart).
 _MALFORMED = (SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError, KeyError)
 
@@ -127,16 +130,17 @@ def prepare(source: BinaryIO, spec: Rendition, *, max_pixels: int, name: str) ->
     return Prepared(im, keep_icc)
 
 
-def encode(prepared: Prepared, out: BinaryIO, spec: Rendition) -> None:
+def encode(prepared: Prepared, out: BinaryIO, spec: Rendition, *, name: str = "") -> None:
     """Write the image in ``spec.format`` to ``out``, with fixed encoder options and no source metadata.
 
-    Raises :class:`ImageTooLarge` if the format cannot hold the image's size.
+    Raises :class:`ImageTooLarge` if the format cannot hold the image's size. ``name`` is the
+    source's object key, for messages.
     """
     im = prepared.image
     limit = MAX_SIDE[spec.format]
     if max(im.size) > limit:
-        raise ImageTooLarge(f"the output would be {im.width}x{im.height}; {spec.format} holds at most "
-                            f"{limit} pixels per side")
+        raise ImageTooLarge(f"object {name!r}: the output would be {im.width}x{im.height}; {spec.format} "
+                            f"holds at most {limit} pixels per side")
     im.info = {}  # never carry the source's EXIF, XMP, comments or text chunks into the output
     extra = {"icc_profile": prepared.icc_profile} if prepared.icc_profile else {}
     if spec.format == "jpeg":
@@ -200,7 +204,7 @@ def _decoding(name: str) -> Iterator[None]:
     except Image.DecompressionBombError as exc:  # a plugin's own check (GIF frames, TIFF tiles)
         raise ImageTooLarge(f"object {name!r}: {exc}") from exc
     except OSError as exc:
-        if exc.errno is not None:  # EIO, EAGAIN...: retry.classify decides
+        if exc.errno is not None and exc.errno not in _BAD_OFFSET:  # EIO, EAGAIN...: retry.classify decides
             raise
         # Pillow's own decode failures ("image file is truncated", UnidentifiedImageError) carry no errno.
         raise UnsupportedSource(f"object {name!r} is not a decodable image: {exc}") from exc

@@ -240,7 +240,7 @@ class _Image:
         if deadline is not None and processor._clock() > deadline:
             raise ProcessingTimeout(f"processing passed its {processor.faults.timeout_s:.3f}s timeout")
         with processor.store.open_write(key) as out:
-            imaging.encode(prepared, out, self.rendition)
+            imaging.encode(prepared, out, self.rendition, name=task.image_key)
             return out.tell()
 
 

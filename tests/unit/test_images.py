@@ -611,6 +611,16 @@ def test_a_huge_header_is_refused_before_any_decoding(store, forbid_decoding, ma
     assert not store.exists(Processor.output_key(task(variant, "img/bomb")))
 
 
+@needs_pillow
+@pytest.mark.parametrize("offset", [2 ** 63 - 5, 2 ** 63 + 5], ids=["einval", "eoverflow"])
+def test_a_corrupt_offset_in_the_header_is_unsupported_naming_the_object(store, offset):
+    """Found by a review: a BigTIFF whose first directory lies at 2**63-5 made the seek fail with
+    EINVAL, which passed through as a bare OSError naming nothing (taken for a failing read)."""
+    store.write("img/bad.tif", [b"II" + struct.pack("<HHHQ", 43, 8, 0, offset)])
+    with pytest.raises(UnsupportedSource, match="object 'img/bad.tif' is not a decodable image"):
+        Processor(store).process(task("thumb_64", "img/bad.tif"))
+
+
 def tiled_tiff(tile: int, size: int = 8) -> bytes:
     """A ``size`` x ``size`` grayscale TIFF stored as one deflated ``tile`` x ``tile`` tile (mid-gray;
     a tile of over 4096 pixels holds only its first 4096: a few bytes that declare a huge one)."""
@@ -661,7 +671,8 @@ def test_pillows_own_global_limit_is_left_alone(store):
 @needs_pillow
 def test_webp_refuses_more_than_16383_pixels_per_side(store):
     store.write("img/wide", [encoded(Image.new("L", (16384, 1), 128), "PNG")])
-    with pytest.raises(ImageTooLarge, match="webp holds at most 16383 pixels per side"):
+    with pytest.raises(ImageTooLarge, match="object 'img/wide': the output would be 16384x1; webp holds at most "
+                                            "16383 pixels per side"):
         Processor(store).process(task("gray", "img/wide", format="webp"))
     assert Processor(store).process(task("gray", "img/wide", format="png")).size > 0
 
