@@ -6,9 +6,12 @@ bytes go to a temporary file in the destination directory, which is flushed,
 fsynced and ``os.replace``d onto the final name, and then the directory is
 fsynced. A reader therefore sees an object complete or not at all.
 
-Keys are validated before any I/O, and a path that would resolve outside the
+Keys are validated before any I/O (:mod:`taskqueue.keys`), and a path that would resolve outside the
 root (through ``..`` or a symlink) is refused: nothing is ever read or written
-outside the root.
+outside the root. A key may use a symlink that stays inside the root: the path
+is resolved first, then (on POSIX) opened from the root one name at a time
+without following any symlink, so a directory swapped for a symlink in between
+(another process renaming things under the root) is refused, never followed out.
 """
 
 from __future__ import annotations
@@ -18,87 +21,28 @@ import errno
 import hashlib
 import itertools
 import os
-import re
 import socket
 import stat
 from typing import BinaryIO, Iterable, Iterator
 
 from .errors import InvalidKey, OutputWriteError, SourceMissing, SourceReadError
+from .keys import MAX_KEY_LENGTH, MAX_SEGMENT_BYTES, MAX_SEGMENT_LENGTH, TEMP_MARKER, validate_key  # noqa: F401
 
 DEFAULT_CHUNK_SIZE = 64 * 1024
-MAX_KEY_LENGTH = 512
-TEMP_MARKER = ".tmp-"
-# A segment's limit, in UTF-8 bytes (file systems count a file name's bytes, 255 at most, not its
-# characters). Within 255 bytes it leaves room for the longest name the store makes from a segment, the
-# temporary file of a write: "." + segment + ".tmp-" + pid + "-" + counter + "~" + host tag, i.e.
-# segment + 16 bytes + the digits of pid and counter (room for 39 of them here). An output key's last
-# segment is its source's plus a variant suffix (".gz", ".webp", ...): it is validated under the same
-# limit, so a task whose source segment plus suffix exceeds it is refused at load (InvalidParameter).
-MAX_SEGMENT_BYTES = 200
-MAX_SEGMENT_LENGTH = MAX_SEGMENT_BYTES  # the former name (ASCII: one byte a character)
-
 _temp_counter = itertools.count()
 # Temp files end in "~<host tag>": on a store shared by several machines, a sweep removes only the
 # temp files of dead writers on its own host (another host's pids mean nothing here).
 HOST_TAG = hashlib.sha1(socket.gethostname().encode("utf-8", "surrogatepass")).hexdigest()[:8]
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
-# The keys almost every caller uses, accepted by one match (the checks below would accept them too):
-# ASCII segments that start with a letter, digit, "_" or "-" (so never "", "." or ".."), no ":" or "\\".
-_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.=+@-]{0,%d}(?:/[A-Za-z0-9_-][A-Za-z0-9_.=+@-]{0,%d})*"
-                        % (MAX_SEGMENT_BYTES - 1, MAX_SEGMENT_BYTES - 1))
-
-
-def validate_key(key: object) -> str:
-    """Return ``key`` if it is a safe object key, else raise :class:`InvalidKey` saying why.
-
-    Refused: non-strings, empty keys, keys over ``MAX_KEY_LENGTH`` characters,
-    segments over ``MAX_SEGMENT_BYTES`` bytes in UTF-8, absolute paths,
-    backslashes, NUL and other control characters, empty segments (``a//b``,
-    trailing ``/``), ``.`` and ``..`` segments, and segments that look like
-    this store's temporary files.
-    """
-    if type(key) is str and len(key) <= MAX_KEY_LENGTH and _PLAIN_KEY.fullmatch(key) and TEMP_MARKER not in key:
-        return key
-    return _check_key(key)
-
-
-def _check_key(key: object) -> str:
-    """:func:`validate_key`, one rule at a time (each refusal says which rule)."""
-    if not isinstance(key, str):
-        raise InvalidKey(f"object key must be a string, got {type(key).__name__}")
-    if not key:
-        raise InvalidKey("object key is empty")
-    if len(key) > MAX_KEY_LENGTH:
-        raise InvalidKey(f"object key is {len(key)} characters long, at most {MAX_KEY_LENGTH}")
-    if key.startswith("/"):
-        raise InvalidKey(f"object key {key!r} is absolute")
-    if "\\" in key:
-        raise InvalidKey(f"object key {key!r} contains a backslash")
-    if _CONTROL.search(key):  # C0, DEL and C1 controls
-        raise InvalidKey(f"object key {key!r} contains a control character")
-    try:
-        key.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidKey(f"object key {key!r} is not valid Unicode (lone surrogate)") from None
-    for segment in key.split("/"):
-        if segment == "":
-            raise InvalidKey(f"object key {key!r} has an empty segment")
-        if segment in (".", ".."):
-            raise InvalidKey(f"object key {key!r} has a {segment!r} segment")
-        size = len(segment.encode("utf-8"))
-        if size > MAX_SEGMENT_BYTES:
-            raise InvalidKey(f"object key {key!r} has a segment of {size} bytes (UTF-8), "
-                             f"over the limit of {MAX_SEGMENT_BYTES} bytes")
-        if TEMP_MARKER in segment:
-            raise InvalidKey(f"object key {key!r} uses the reserved marker {TEMP_MARKER!r}")
-    if len(key) >= 2 and key[1] == ":":
-        raise InvalidKey(f"object key {key!r} looks like a drive path")
-    return key
 
 
 # Opening a named pipe for reading blocks until a writer comes: open without waiting, then look.
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
+# Where paths can be opened relative to a directory without following symlinks (POSIX), every access
+# walks from the root: see LocalObjectStore._directory. Elsewhere (Windows) paths are used as resolved.
+_BENEATH = (hasattr(os, "O_NOFOLLOW") and hasattr(os, "O_DIRECTORY")
+            and {os.open, os.mkdir, os.rename, os.unlink, os.stat} <= os.supports_dir_fd)
+_NOFOLLOW = os.O_NOFOLLOW if _BENEATH else 0
 
 
 class LocalObjectStore:
@@ -137,15 +81,62 @@ class LocalObjectStore:
             raise InvalidKey(f"object key {key!r} resolves outside the store root")
         return resolved
 
+    def _directory(self, directory: str, *, create: bool = False) -> int | None:
+        """A descriptor of ``directory`` (resolved, under the root) for the ``*at`` calls; None where
+        there are none (Windows: the caller uses the resolved path, see :func:`_at`).
+
+        Reached from the root one name at a time, never following a symlink: a directory swapped for
+        a symlink since :meth:`path_for` resolved the path is refused (``ENOTDIR``), not followed
+        out of the root. ``create`` makes the missing directories, each one's entry made durable
+        (its parent fsynced) when ``fsync`` is on. Raises ``OSError``.
+        """
+        if not _BENEATH:
+            if create:
+                os.makedirs(directory, exist_ok=True)
+            return None
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            names = [] if directory == self.root else os.path.relpath(directory, self.root).split(os.sep)
+            for name in names:
+                try:
+                    child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    with contextlib.suppress(FileExistsError):  # another writer made it meanwhile
+                        os.mkdir(name, dir_fd=fd)
+                        if self.fsync:
+                            os.fsync(fd)
+                    child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                os.close(fd)
+                fd = child
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _stat(self, key: str) -> os.stat_result:
+        """``lstat`` of what is at ``key`` now (reached as :meth:`_directory` says). Raises ``OSError``."""
+        directory, name = os.path.split(self.path_for(key))
+        fd = self._directory(directory)
+        try:
+            return os.stat(_at(fd, directory, name), dir_fd=fd, follow_symlinks=False)
+        finally:
+            if fd is not None:
+                os.close(fd)
+
     # -- reads ---------------------------------------------------------------
 
     def exists(self, key: str) -> bool:
-        return os.path.isfile(self.path_for(key))
+        try:
+            return stat.S_ISREG(self._stat(key).st_mode)
+        except OSError:
+            return False
 
     def size(self, key: str) -> int:
         try:
-            return os.stat(self.path_for(key)).st_size
-        except FileNotFoundError:
+            return self._stat(key).st_size
+        except (FileNotFoundError, NotADirectoryError):
             raise SourceMissing(f"object {key!r} does not exist") from None
 
     def read_chunks(self, key: str, chunk_size: int | None = None) -> Iterator[bytes]:
@@ -168,8 +159,15 @@ class LocalObjectStore:
         Only a regular file is an object: anything else at the key (a named pipe, whose open would
         block until a writer came, a device) is :class:`SourceMissing`, as :meth:`exists` says.
         """
+        directory, name = os.path.split(self.path_for(key))
         try:
-            fd = os.open(self.path_for(key), os.O_RDONLY | _NONBLOCK | _BINARY)
+            parent = self._directory(directory)
+            try:
+                fd = os.open(_at(parent, directory, name), os.O_RDONLY | _NONBLOCK | _BINARY | _NOFOLLOW,
+                             dir_fd=parent)
+            finally:
+                if parent is not None:
+                    os.close(parent)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise SourceMissing(f"object {key!r} does not exist") from None
         try:
@@ -194,23 +192,37 @@ class LocalObjectStore:
         ``__cause__``, so the retry policy can read its errno.
         """
         path = self.path_for(key)
-        directory = os.path.dirname(path)
-        temp = os.path.join(directory, _temp_name(path))
+        directory, name = os.path.split(path)
+        temp = _temp_name(path)
+        parent = created = None
         try:
-            os.makedirs(directory, exist_ok=True)
-            with open(temp, "wb") as f:
+            parent = self._directory(directory, create=True)
+            fd = os.open(_at(parent, directory, temp), os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _BINARY,
+                         0o666, dir_fd=parent)
+            created = temp
+            with os.fdopen(fd, "wb") as f:
                 yield f
                 if self.fsync:
                     f.flush()
                     os.fsync(f.fileno())
-            os.replace(temp, path)
+            os.replace(_at(parent, directory, temp), _at(parent, directory, name), src_dir_fd=parent,
+                       dst_dir_fd=parent)
+            created = None
             if self.fsync:
-                _fsync_directory(directory)
+                if parent is not None:
+                    os.fsync(parent)
+                else:
+                    _fsync_directory(directory)
         except BaseException as exc:
-            _remove_quietly(temp)
+            if created is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(_at(parent, directory, created), dir_fd=parent)
             if isinstance(exc, OSError):
                 raise OutputWriteError(f"writing object {key!r}: {exc.strerror or exc}") from exc
             raise
+        finally:
+            if parent is not None:
+                os.close(parent)
 
     def write(self, key: str, chunks: Iterable[bytes]) -> int:
         """Publish ``chunks`` as object ``key`` atomically (see :meth:`open_write`); return the size."""
@@ -222,18 +234,23 @@ class LocalObjectStore:
         return written
 
     def delete(self, key: str) -> bool:
+        directory, name = os.path.split(self.path_for(key))
         try:
-            os.remove(self.path_for(key))
+            parent = self._directory(directory)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        try:
+            os.unlink(_at(parent, directory, name), dir_fd=parent)
             return True
         except FileNotFoundError:
             return False
+        finally:
+            if parent is not None:
+                os.close(parent)
 
     def temp_files(self) -> list[str]:
         """Paths of temporary files under the root (left by a killed writer)."""
-        found = []
-        for dirpath, _dirs, files in os.walk(self.root):
-            found.extend(os.path.join(dirpath, name) for name in files if TEMP_MARKER in name)
-        return found
+        return [os.path.join(directory, name) for directory, name, _fd in self._temp_entries()]
 
     def sweep_temp_files(self) -> int:
         """Remove temporary files whose writing process on this host is gone; return how many.
@@ -242,16 +259,28 @@ class LocalObjectStore:
         shared filesystem its writer may be alive there.
         """
         removed = 0
-        for path in self.temp_files():
-            suffix, _, host = path.rsplit(TEMP_MARKER, 1)[1].partition("~")
+        for directory, name, directory_fd in self._temp_entries():
+            suffix, _, host = name.rsplit(TEMP_MARKER, 1)[1].partition("~")
             if host and host != HOST_TAG:
                 continue
             pid_text = suffix.split("-", 1)[0]
             if pid_text.isdigit() and _pid_alive(int(pid_text)):
                 continue
-            _remove_quietly(path)
-            removed += 1
+            with contextlib.suppress(OSError):
+                os.unlink(_at(directory_fd, directory, name), dir_fd=directory_fd)
+                removed += 1
         return removed
+
+    def _temp_entries(self) -> Iterator[tuple[str, str, int | None]]:
+        """``(directory, name, descriptor of the directory or None)`` of each temporary file under the
+        root. On POSIX the walk holds each directory open (``os.fwalk``, never following a symlink), so
+        what it deletes is in the directory it listed, whatever is renamed meanwhile."""
+        if _BENEATH and hasattr(os, "fwalk"):
+            for directory, _dirs, files, directory_fd in os.fwalk(self.root):
+                yield from ((directory, name, directory_fd) for name in files if TEMP_MARKER in name)
+        else:
+            for directory, _dirs, files in os.walk(self.root):
+                yield from ((directory, name, None) for name in files if TEMP_MARKER in name)
 
 
 class _ChunkReader:
@@ -307,6 +336,13 @@ def atomic_write_text(path: str, text: str) -> None:
     except BaseException:
         _remove_quietly(temp)
         raise
+    with contextlib.suppress(OSError):  # the rename durable too; a file system that cannot say so keeps it
+        _fsync_directory(directory)
+
+
+def _at(directory_fd: int | None, directory: str, name: str) -> str:
+    """What to pass with ``dir_fd=directory_fd``: the bare name beside a descriptor, else the path."""
+    return name if directory_fd is not None else os.path.join(directory, name)
 
 
 def _temp_name(path: str) -> str:
