@@ -362,16 +362,18 @@ def test_a_worker_that_loses_its_database_exits_after_its_grace_even_with_a_task
     if why or not hasattr(os, "mkfifo"):
         pytest.skip(why or "needs a named pipe")
     store = tmp_path / "store"
-    (store / "hold").mkdir(parents=True)
-    os.mkfifo(store / "hold" / "pipe.txt")  # opening it for reading blocks until a writer comes: never
+    LocalObjectStore(store, fsync=False).write("hold/held.txt", [b"held\n"])
+    os.mkfifo(tmp_path / "hold.fifo")  # the task blocks opening it (holding_run.py) until a writer comes: never
     path = tmp_path / "tasks.json"
-    path.write_text(json.dumps([{"id": "held", "image_key": "hold/pipe.txt", "variant": "gzip"}]))
+    path.write_text(json.dumps([{"id": "held", "image_key": "hold/held.txt", "variant": "gzip"}]))
     server = pgserver.PostgresServer()
     try:
         database = Database("postgres", tmp_path, request, url=server.new_database())
         assert run("enqueue", "--tasks", str(path), "--db", database.url, cwd=tmp_path).returncode == 0
-        worker = subprocess.Popen(command("worker", "--db", database.url, "--store", str(store), "--grace", "1"),
-                                  cwd=tmp_path, env=environment(workers=1), stdout=subprocess.PIPE,
+        holding = [sys.executable, str(REPO / "tests" / "integration" / "holding_run.py")]
+        worker = subprocess.Popen([*holding, "worker", "--db", database.url, "--store", str(store), "--grace", "1"],
+                                  cwd=tmp_path, env={**environment(workers=1), "HOLD_KEY": "hold/held.txt",
+                                                     "HOLD_FIFO": str(tmp_path / "hold.fifo")}, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
         try:
             wait_until(lambda: database.statuses().get("running") == 1, "the held task running", worker)

@@ -2,8 +2,9 @@
 the run, the progress line on a pseudo-terminal, and start-up refusals.
 
 To look at a run *while* it runs without racing it, the task file starts
-with a task whose source object is a named pipe (FIFO): the worker that
-takes it blocks opening the pipe until the test writes to it. So the test
+with a task held on a named pipe (FIFO): every command runs through
+``holding_run.py``, whose worker blocks opening the pipe before it processes
+that task, until the test writes to it. So the test
 waits (polling, with a timeout that is only a hang guard) until every other
 task is done, checks what a watcher sees with the run provably still going,
 then releases the held task and checks the end. No sleep decides anything.
@@ -36,7 +37,7 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo") or not hasattr(os, "op
                                 reason="needs a named pipe and a pseudo-terminal (POSIX)")
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "task_queue_optimized.py"
+SCRIPT = REPO / "tests" / "integration" / "holding_run.py"  # the CLI, holding the task held names
 HANG_S = 60  # hang guard only
 SUMMARY = re.compile(r"tasks (\d+): (\d+) succeeded, (\d+) already done \(deduplicated\), "
                      r"(\d+) dead-lettered, (\d+) unfinished")
@@ -53,16 +54,20 @@ def env() -> dict[str, str]:
 
 
 @pytest.fixture
-def held(tmp_path: Path) -> dict:
-    """A task file whose first task is held on a FIFO, then 10 gzip tasks (2 repeat a key), then one
-    whose source is missing (a dead letter, logged as a warning)."""
+def held(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """A task file whose first task is held on a FIFO (see ``holding_run.py``, which every command
+    here runs), then 10 gzip tasks (2 repeat a key), then one whose source is missing (a dead
+    letter, logged as a warning)."""
     tasks = generate_tasks(10, seed=7, duplicate_fraction=0.2, variants="gzip")
     store = tmp_path / "store"
-    create_sources(LocalObjectStore(store, fsync=False), tasks, seed=7)
-    fifo = store / "hold" / "pipe.txt"
-    fifo.parent.mkdir(parents=True)
+    objects = LocalObjectStore(store, fsync=False)
+    create_sources(objects, tasks, seed=7)
+    objects.write("hold/held.txt", [b"held\n"])
+    fifo = tmp_path / "hold.fifo"
     os.mkfifo(fifo)
-    tasks = [{"id": "held", "image_key": "hold/pipe.txt", "variant": "gzip"}] + tasks + [
+    monkeypatch.setenv("HOLD_KEY", "hold/held.txt")  # env() passes it on to the subprocesses
+    monkeypatch.setenv("HOLD_FIFO", str(fifo))
+    tasks = [{"id": "held", "image_key": "hold/held.txt", "variant": "gzip"}] + tasks + [
         {"id": "lost", "image_key": "missing/never.txt", "variant": "gzip"}]
     path = tmp_path / "tasks.json"
     path.write_text(json.dumps(tasks), encoding="utf-8")
