@@ -123,8 +123,8 @@ class TaskQueue:
         block.
         """
         item, new = self.inflight.admit(task)
-        if not new:
-            self.metrics.incr("deduplicated")
+        if not new:  # counted as the item it joins ends: done, held elsewhere, or (refused) not at all
+            item.future.add_done_callback(lambda _future: self._count_duplicate(item))
             return item.future
         held = accepted = False
         try:  # other submitters of this key may hold item.future from here on: it must be resolved
@@ -135,10 +135,10 @@ class TaskQueue:
             if not claim.runnable:
                 if claim.dead_lettered:  # its process died in its last attempt: the claim dead-lettered it
                     takeover.report_dead(self, [claim.row])
-                elif claim.row.status.terminal:  # done already (here, or in an earlier run, or elsewhere)
-                    self.metrics.incr("deduplicated")
-                else:  # a live process elsewhere holds it: not done, it may be offered again
-                    self.metrics.incr("claimed_elsewhere")
+                    item.outcome = "dead_lettered"
+                else:  # done already (here, in an earlier run, or elsewhere), or held by a live process
+                    item.outcome = "deduplicated" if claim.row.status.terminal else "claimed_elsewhere"
+                    self.metrics.incr(item.outcome)
                 self.inflight.settle(item, *_outcome_of(task, claim.row))
                 return item.future
             held = True  # an open row of ours: given back below if the task is not accepted
@@ -154,6 +154,14 @@ class TaskQueue:
                 self._give_back(item)
             self.inflight.settle(item, error=exc)
             raise
+
+    def _count_duplicate(self, item: WorkItem) -> None:
+        """Count an offer that joined ``item`` in flight, now that it has ended: deduplicated if it is
+        done (succeeded or dead-lettered), claimed elsewhere if another process holds it, else (its
+        offer refused, given up at shutdown, its outcome not recorded) not at all: nothing is done."""
+        counter = _DUPLICATE_OUTCOMES.get(item.outcome)
+        if counter is not None:
+            self.metrics.incr(counter)
 
     def _put(self, item: WorkItem) -> None:
         """Put ``item`` on the bounded queue per the backpressure policy; raise QueueFull when refused."""
@@ -300,6 +308,11 @@ class TaskQueue:
 
     def __exit__(self, *exc_info) -> None:
         self.shutdown(wait=True)
+
+
+# What an offer of a key in flight counts as, by what the item it joined was counted as.
+_DUPLICATE_OUTCOMES = {"succeeded": "deduplicated", "dead_lettered": "deduplicated",
+                       "deduplicated": "deduplicated", "claimed_elsewhere": "claimed_elsewhere"}
 
 
 def _outcome_of(task: Task, row: Row) -> tuple[TaskResult | None, BaseException | None]:

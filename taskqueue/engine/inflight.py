@@ -25,7 +25,7 @@ class WorkItem:
     """A task on its way through the queue: its Future, and the row version this process last wrote."""
 
     __slots__ = ("task", "key", "future", "row_id", "version", "attempts", "inserted", "started", "submitted",
-                 "enqueued", "forgotten", "refused", "uncounted")
+                 "enqueued", "forgotten", "refused", "uncounted", "outcome")
 
     def __init__(self, task: Task) -> None:
         self.task = task
@@ -39,6 +39,7 @@ class WorkItem:
         self.refused: BaseException | None = None  # why its last start, posted without waiting, failed
         self.uncounted: tuple[int, int] | None = None  # (ledger slot, version) of an attempt that start left uncounted
         self.forgotten = False  # settled (or given up): counted once, whatever calls forget() again
+        self.outcome: str | None = None  # the counter its end was counted under, set before its Future resolves
         self.submitted = self.enqueued = time.perf_counter()
 
     def bind(self, row: Row, inserted: bool = False) -> "WorkItem":

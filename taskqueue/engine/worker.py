@@ -269,6 +269,7 @@ def _let_go_of(tq: "TaskQueue", item: WorkItem) -> None:
 def settle(tq: "TaskQueue", item: WorkItem, counter: str, *, result: TaskResult | None = None,
            error: BaseException | None = None) -> None:
     """Count an item's outcome and resolve its Future; its outcome (if any) is already committed."""
+    item.outcome = counter
     tq.metrics.on_outcome(counter, time.perf_counter() - item.submitted)
     tq.inflight.settle(item, result, error)
 

@@ -359,6 +359,29 @@ def test_an_attempt_whose_posted_start_finds_the_row_taken_elsewhere_fails_as_cl
     assert rows(db)[make_task(2).idempotency_key] == ("queued", 0, 7)  # the other process's, untouched
 
 
+def test_a_second_offer_of_a_key_in_flight_is_counted_as_its_item_ends_not_as_done_before(tmp_path):
+    # The second offer shares the first one's Future; that one then fails as claimed elsewhere. Counted
+    # "deduplicated" when offered, the progress line would have called it done.
+    db = tmp_path / "tasks.db"
+    objects = LocalObjectStore(tmp_path / "objects", fsync=False)
+    for n in (1, 2):
+        objects.write(f"src/o{n}.txt", [b"x\n"])
+    processor = _Bump(objects, db)
+    tq = TaskQueue(db, objects, config=Config(workers=1, fsync_outputs=False), processor=processor)
+    try:
+        first, second = tq.submit(make_task(1)), tq.submit(make_task(2))
+        again = tq.submit(Task(id="t2-again", image_key="src/o2.txt", variant="gzip"))
+        assert again is second
+        processor.second_submitted.set()
+        assert first.result(WAIT_S).status is TaskStatus.SUCCESS
+        with pytest.raises(ClaimedElsewhere):
+            again.result(WAIT_S)
+    finally:
+        assert tq.shutdown(wait=True, timeout=WAIT_S)
+    counters = tq.final_metrics["counters"]
+    assert (counters["succeeded"], counters["claimed_elsewhere"], counters["deduplicated"]) == (1, 2, 0)
+
+
 class _Recording(Processor):
     """Records each attempt it is asked for; on the first, notes how many ledger slots are taken."""
 
