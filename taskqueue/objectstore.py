@@ -43,6 +43,14 @@ _BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
 _BENEATH = (hasattr(os, "O_NOFOLLOW") and hasattr(os, "O_DIRECTORY")
             and {os.open, os.mkdir, os.rename, os.unlink, os.stat} <= os.supports_dir_fd)
 _NOFOLLOW = os.O_NOFOLLOW if _BENEATH else 0
+# The walk's descriptors only name directories to the *at calls. O_PATH (Linux) asks for no read
+# permission, so a directory one may pass through but not list (mode 0o711, 0o733) works as its path
+# would; O_PATH descriptors cannot be fsynced (see _fsync_held). Elsewhere a directory is opened to read.
+_PATH = getattr(os, "O_PATH", 0)
+_WALK = (_PATH or os.O_RDONLY) | (os.O_DIRECTORY | os.O_NOFOLLOW if _BENEATH else 0)
+# What opening a name without following it says when the name is a symlink (or no longer a directory):
+# ELOOP (Linux, for a file; macOS), ENOTDIR (Linux, with O_DIRECTORY), EMLINK (FreeBSD).
+_NOT_THERE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EMLINK})
 
 
 class LocalObjectStore:
@@ -86,28 +94,29 @@ class LocalObjectStore:
         there are none (Windows: the caller uses the resolved path, see :func:`_at`).
 
         Reached from the root one name at a time, never following a symlink: a directory swapped for
-        a symlink since :meth:`path_for` resolved the path is refused (``ENOTDIR``), not followed
-        out of the root. ``create`` makes the missing directories, each one's entry made durable
-        (its parent fsynced) when ``fsync`` is on. Raises ``OSError``.
+        a symlink since :meth:`path_for` resolved the path is refused (an ``OSError`` that
+        :func:`_missing` recognises), not followed out of the root. ``create`` makes the missing
+        directories, each one's entry made durable (its parent fsynced) when ``fsync`` is on.
+        Raises ``OSError``.
         """
         if not _BENEATH:
             if create:
                 os.makedirs(directory, exist_ok=True)
             return None
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        fd = os.open(self.root, _WALK)
         try:
             names = [] if directory == self.root else os.path.relpath(directory, self.root).split(os.sep)
             for name in names:
                 try:
-                    child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                    child = os.open(name, _WALK, dir_fd=fd)
                 except FileNotFoundError:
                     if not create:
                         raise
-                    with contextlib.suppress(FileExistsError):  # another writer made it meanwhile
+                    with contextlib.suppress(FileExistsError):  # another writer made it meanwhile ...
                         os.mkdir(name, dir_fd=fd)
-                        if self.fsync:
-                            os.fsync(fd)
-                    child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                    if self.fsync:  # ... and may not have made its entry durable yet
+                        _fsync_held(fd)
+                    child = os.open(name, _WALK, dir_fd=fd)
                 os.close(fd)
                 fd = child
             return fd
@@ -134,10 +143,16 @@ class LocalObjectStore:
             return False
 
     def size(self, key: str) -> int:
+        """The size of object ``key`` in bytes; :class:`SourceMissing` if no regular file is there."""
         try:
-            return self._stat(key).st_size
-        except (FileNotFoundError, NotADirectoryError):
-            raise SourceMissing(f"object {key!r} does not exist") from None
+            found = self._stat(key)
+        except OSError as exc:
+            if not _missing(exc):
+                raise
+            found = None
+        if found is None or not stat.S_ISREG(found.st_mode):
+            raise SourceMissing(f"object {key!r} does not exist")
+        return found.st_size
 
     def read_chunks(self, key: str, chunk_size: int | None = None) -> Iterator[bytes]:
         """Open ``key`` now and return an iterator over its bytes, ``chunk_size`` at a time.
@@ -168,7 +183,9 @@ class LocalObjectStore:
             finally:
                 if parent is not None:
                     os.close(parent)
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        except OSError as exc:
+            if not (_missing(exc) or isinstance(exc, IsADirectoryError)):
+                raise
             raise SourceMissing(f"object {key!r} does not exist") from None
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -210,7 +227,7 @@ class LocalObjectStore:
             created = None
             if self.fsync:
                 if parent is not None:
-                    os.fsync(parent)
+                    _fsync_held(parent)
                 else:
                     _fsync_directory(directory)
         except BaseException as exc:
@@ -237,7 +254,9 @@ class LocalObjectStore:
         directory, name = os.path.split(self.path_for(key))
         try:
             parent = self._directory(directory)
-        except (FileNotFoundError, NotADirectoryError):
+        except OSError as exc:
+            if not _missing(exc):
+                raise
             return False
         try:
             os.unlink(_at(parent, directory, name), dir_fd=parent)
@@ -355,6 +374,28 @@ def _remove_quietly(path: str) -> None:
         os.remove(path)
     except OSError:
         pass
+
+
+def _missing(exc: OSError) -> bool:
+    """Whether ``exc``, from reaching a name without following symlinks, means nothing is there."""
+    return exc.errno in _NOT_THERE
+
+
+def _fsync_held(directory_fd: int) -> None:
+    """fsync the directory ``directory_fd`` holds. An ``O_PATH`` descriptor cannot be: the directory
+    is opened again to read, which a user who may write in it but not list it (mode 0o733) may not
+    do; its entries then stay as durable as the file system makes them unasked."""
+    if not _PATH:
+        os.fsync(directory_fd)
+        return
+    try:
+        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=directory_fd)
+    except PermissionError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_directory(directory: str) -> None:

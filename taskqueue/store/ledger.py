@@ -154,7 +154,8 @@ def read(path: str) -> tuple[str, list[tuple[int, int]]]:
 
 def sweep_temporary(directory: str | None, now: float | None = None) -> int:
     """Delete the temporary files that processes killed while creating their ledger left in
-    ``directory`` (older than :data:`STALE_TEMPORARY_S` by the file system's clock) -> files deleted.
+    ``directory`` (last modified more than :data:`STALE_TEMPORARY_S` before ``now``, this host's
+    wall clock by default: on a share, the two clocks must roughly agree) -> files deleted.
 
     Such a file was never renamed into a ledger, so no attempt was ever recorded in it; left
     alone, it would keep the directory from being removed. What cannot be listed or deleted is

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
+import shutil
+import stat
+import tempfile
 import threading
 
 import pytest
@@ -248,6 +252,133 @@ def test_a_directory_swapped_for_a_symlink_after_its_path_was_resolved_is_never_
         assert store.delete("d/secret.txt") is False
     # the canary fixture fails the test at teardown if anything beside the store root changed
     assert (canary / "secret.txt").read_bytes() == b"do not touch\n" and not (canary / "planted.txt").exists()
+
+
+@pytest.mark.skipif(not objectstore._BENEATH, reason="no *at calls that refuse symlinks here")
+@pytest.mark.parametrize("operation", ["read", "open_read", "exists", "size"])
+def test_an_object_swapped_for_a_symlink_after_its_path_was_resolved_is_never_followed_out(
+        store, canary, monkeypatch, operation):
+    """Found by a review: the object itself swapped for a symlink to a file outside (the same window
+    as a directory's) raised a raw ``OSError`` (ELOOP) from a read, and ``size`` answered with the
+    symlink's length."""
+    store.write("d/obj.txt", [b"inside"])
+    resolve = store.path_for
+
+    def resolve_then_swap(key: str) -> str:
+        path = resolve(key)
+        monkeypatch.setattr(store, "path_for", resolve)  # once
+        os.replace(path, path + ".moved")
+        symlink(canary / "secret.txt", path)
+        return path
+
+    monkeypatch.setattr(store, "path_for", resolve_then_swap)
+    if operation == "exists":
+        assert store.exists("d/obj.txt") is False
+    else:
+        call = {"read": lambda: b"".join(store.read_chunks("d/obj.txt")),
+                "open_read": lambda: store.open_read("d/obj.txt").read(),
+                "size": lambda: store.size("d/obj.txt")}[operation]
+        with pytest.raises(SourceMissing, match="'d/obj.txt' does not exist"):
+            call()
+    assert (canary / "secret.txt").read_bytes() == b"do not touch\n"
+
+
+@pytest.mark.skipif(not objectstore._BENEATH, reason="no *at calls that refuse symlinks here")
+@pytest.mark.parametrize("refusal", [errno.ELOOP, errno.EMLINK], ids=["macOS", "FreeBSD"])
+@pytest.mark.parametrize("operation", ["read", "size", "exists", "delete"])
+def test_a_symlinked_directory_refused_as_other_systems_refuse_it_is_missing_too(
+        store, canary, monkeypatch, refusal, operation):
+    """Found by a review: opening a symlink with ``O_DIRECTORY | O_NOFOLLOW`` fails ``ENOTDIR`` on
+    Linux, but ``ELOOP`` on macOS and ``EMLINK`` on FreeBSD, which escaped as raw ``OSError``s. Those
+    systems' answer is simulated here on a directory swapped for a symlink."""
+    store.write("d/secret.txt", [b"inside"])
+    os.rename(os.path.join(store.root, "d"), os.path.join(store.root, "d-moved"))
+    symlink(canary, os.path.join(store.root, "d"), target_is_directory=True)
+    real_open = os.open
+
+    def open_as_elsewhere(path, flags, mode=0o777, *, dir_fd=None):
+        if dir_fd is not None and flags & os.O_DIRECTORY and flags & os.O_NOFOLLOW and os.path.islink(
+                os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), path)):
+            raise OSError(refusal, os.strerror(refusal), path)
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc to see where a descriptor points")
+    monkeypatch.setattr(store, "path_for", lambda key: os.path.join(store.root, *key.split("/")))  # resolved before
+    monkeypatch.setattr(objectstore.os, "open", open_as_elsewhere)
+    if operation == "read":
+        with pytest.raises(SourceMissing):
+            b"".join(store.read_chunks("d/secret.txt"))
+    elif operation == "size":
+        with pytest.raises(SourceMissing):
+            store.size("d/secret.txt")
+    elif operation == "exists":
+        assert store.exists("d/secret.txt") is False
+    else:
+        assert store.delete("d/secret.txt") is False
+    assert (canary / "secret.txt").read_bytes() == b"do not touch\n"
+
+
+@pytest.mark.skipif(not (objectstore._BENEATH and hasattr(os, "geteuid") and os.geteuid() == 0),
+                    reason="needs *at calls, and root to act as another user")
+def test_directories_that_may_be_searched_but_not_listed_still_work(tmp_path):
+    """Found by a review: the walk opened each directory for reading, so a store whose directories a
+    user may pass through and write to but not list (mode 0o733) refused that user every object. Run
+    in a child process as ``nobody``."""
+    base = tempfile.mkdtemp()  # tmp_path's parents are closed to other users
+    try:
+        os.chmod(base, 0o755)
+        root = os.path.join(base, "store")
+        LocalObjectStore(root).write("in/src.txt", [b"hello"])
+        for directory in (root, os.path.join(root, "in")):
+            os.chmod(directory, 0o733)
+        os.chmod(os.path.join(root, "in", "src.txt"), 0o644)
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: only os calls and the store, then _exit
+            try:
+                os.close(read_end)
+                os.setgid(65534)
+                os.setuid(65534)
+                s = LocalObjectStore(root)
+                seen = [s.exists("in/src.txt"), s.size("in/src.txt"), b"".join(s.read_chunks("in/src.txt")).decode(),
+                        s.write("in/out.txt", [b"made"]), s.write("new/dir/out.txt", [b"deep"])]
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent
+                seen = [f"{type(exc).__name__}: {exc}"]
+            os.write(write_end, json.dumps(seen).encode())
+            os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as f:
+            seen = json.loads(f.read())
+        assert os.waitpid(pid, 0)[1] == 0
+        assert seen == [True, 5, "hello", 4, 4]
+        with open(os.path.join(root, "new", "dir", "out.txt"), "rb") as f:
+            assert f.read() == b"deep"
+    finally:
+        for directory, _dirs, _files in os.walk(base):
+            os.chmod(directory, 0o755)
+        shutil.rmtree(base)
+
+
+@pytest.mark.skipif(not (objectstore._BENEATH and os.path.isdir("/proc/self/fd")), reason="needs *at calls and /proc")
+def test_a_directory_another_writer_made_first_is_made_durable_too(store, monkeypatch):
+    """Found by a review: the writer whose mkdir lost the race (FileExistsError) skipped fsyncing the
+    parent, and published its object before the winner's fsync of that entry had happened."""
+    synced: list[str] = []
+    real_fsync, real_mkdir = os.fsync, os.mkdir
+
+    def spy(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    def beaten_to_it(name, mode=0o777, *, dir_fd=None):
+        real_mkdir(name, mode, dir_fd=dir_fd)  # the other writer's mkdir lands first (its fsync still to come)
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), name)
+
+    monkeypatch.setattr(objectstore.os, "fsync", spy)
+    monkeypatch.setattr(objectstore.os, "mkdir", beaten_to_it)
+    store.write("new/obj", [b"x"])
+    assert [path for path in synced if os.path.isdir(path)] == [store.root, f"{store.root}/new"]
 
 
 @pytest.mark.skipif(not (objectstore._BENEATH and os.path.isdir("/proc/self/fd")), reason="needs *at calls and /proc")
