@@ -6,11 +6,14 @@ thread between :meth:`~MetricsServer.start` and :meth:`~MetricsServer.stop`.
 The thread waits in a selector on the listening socket and on a wake-up
 socket pair, so ``stop()`` returns at once instead of after a poll interval;
 each request is answered in a daemon thread of its own (a slow client holds
-up no scrape). Standard library only: ``http.server``.
+up no scrape), at most ``max_connections`` at once: past that a connection is
+answered 503 at once and closed, so a flood of idle connections cannot pile up
+threads. Standard library only: ``http.server``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import logging
 import selectors
@@ -25,6 +28,10 @@ from .logs import LOGGER_NAME
 from .prometheus import CONTENT_TYPE
 
 _log = logging.getLogger(LOGGER_NAME)
+MAX_CONNECTIONS = 16  # answered at once; a scraper or two and a probe need a few
+_BUSY_BODY = b"too many connections\n"
+_BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+         b"Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY))
 
 
 class MetricsServer:
@@ -36,7 +43,10 @@ class MetricsServer:
     thread-safe. An exception from it answers 500 and is logged.
     """
 
-    def __init__(self, render: Callable[[], str], *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, render: Callable[[], str], *, host: str = "127.0.0.1", port: int = 0,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
+        if type(max_connections) is not int or max_connections <= 0:
+            raise ValueError(f"max_connections must be a positive integer, got {max_connections!r}")
         server_class = _Server6 if ":" in host else _Server
         try:
             self._httpd = server_class((host, port), _Handler)
@@ -44,6 +54,7 @@ class MetricsServer:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise ConfigError(f"cannot serve metrics on {host}:{port}: {reason}") from exc
         self._httpd.render = render
+        self._httpd.slots = threading.BoundedSemaphore(max_connections)
         self.host = host
         self.port = self._httpd.server_address[1]
         self._wake_r, self._wake_w = socket.socketpair()
@@ -93,6 +104,29 @@ class _Server(http.server.ThreadingHTTPServer):
     allow_reuse_port = False  # never share the port with another listener: in use means refused
     timeout = None  # handle_request() is only called once the socket is readable
     render: Callable[[], str]
+    slots: threading.BoundedSemaphore  # one per connection being answered
+
+    def process_request(self, request, client_address) -> None:
+        """Answer in a thread of its own while a slot is free; else 503 at once (a few bytes into an
+        empty send buffer: this never waits on the client) and close."""
+        if not self.slots.acquire(blocking=False):
+            _log.debug("metrics server: too many connections, %s refused", client_address,
+                       extra={"event": "metrics_http_busy", "task_id": None, "idempotency_key": None})
+            with contextlib.suppress(OSError):
+                request.sendall(_BUSY)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # its thread would not start: the slot was never taken up
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
     def handle_error(self, request, client_address) -> None:
         """A request that failed in its thread: logged, never printed on stderr (socketserver's default).

@@ -12,6 +12,7 @@ import logging
 import socket
 import struct
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -163,6 +164,36 @@ def test_a_request_that_fails_in_its_thread_is_logged_never_printed_on_stderr(fa
     else:
         assert record.levelno == logging.ERROR and record.exc_info[0] is KeyError
     assert stderr.getvalue() == ""
+
+
+def test_connections_past_the_cap_are_answered_503_at_once_and_the_slots_come_back():
+    """Found by a review: each connection held a thread of its own, with no cap, for up to the
+    handler's timeout: a flood of idle connections piled up threads without end. Past the cap, a
+    connection is answered 503 at once (before it sends anything) and closed."""
+    server = MetricsServer(lambda: "x 1\n", port=0, max_connections=2)
+    server.start()
+    held = [socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S) for _ in range(2)]
+    try:
+        extra = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S)
+        with extra, extra.makefile("rb") as answer:
+            status_line, rest = answer.readline(), answer.read()
+        assert status_line.startswith(b"HTTP/1.0 503 ") and rest.endswith(b"too many connections\n")
+    finally:
+        for client in held:
+            client.close()
+    try:
+        deadline = time.monotonic() + WAIT_S  # the held connections' threads end as their clients close
+        while (status := get(server.url)[0]) == 503 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert status == 200
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("cap", [0, -1, 1.5, True])
+def test_the_connection_cap_must_be_a_positive_integer(cap):
+    with pytest.raises(ValueError, match="max_connections"):
+        MetricsServer(lambda: "", port=0, max_connections=cap)
 
 
 def test_stop_closes_the_port_and_is_idempotent():
