@@ -9,8 +9,17 @@ are checked without it.
 from __future__ import annotations
 
 import io
+import os
+import random
 import struct
+import subprocess
+import sys
 import zlib
+
+try:
+    import resource
+except ImportError:  # Windows
+    resource = None
 
 import pytest
 
@@ -531,6 +540,43 @@ def test_16_bit_rgb_levels_are_scaled(store):
     pixels = [(LEVELS16[1], LEVELS16[2], LEVELS16[3])] * 16
     out = make(store, "thumb_4", png16(4, 4, pixels, colour_type=2), format="png")
     assert close(out.getpixel((2, 2)), (64, 128, 255), 2)
+
+
+@needs_pillow
+@pytest.mark.parametrize("mode", ["I;16", "I"])
+@pytest.mark.parametrize("height", [1, 255, 256, 700])  # around the band's height
+def test_16_bit_conversion_by_bands_gives_what_the_whole_image_conversion_gave(mode, height):
+    rng = random.Random(height)
+    im = Image.new(mode, (37, height))
+    im.putdata([rng.randrange(65536) for _ in range(37 * height)])
+    whole = im.convert("I").point(lambda v: v * (1 / 257) + 0.5).convert("L")  # the former conversion
+    assert imaging._working_mode(im).tobytes() == whole.tobytes()
+
+
+_PEAK_SCRIPT = """
+import io, resource, sys
+from PIL import Image
+import taskqueue.imaging as imaging
+im = Image.new("I;16", (4000, 4000), 30000)
+im.load()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+out = imaging._working_mode(im)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 // (4000 * 4000), out.mode)
+"""
+
+
+@needs_pillow
+@pytest.mark.skipif(resource is None, reason="no resource module here")
+def test_16_bit_images_convert_within_a_few_bytes_a_pixel():
+    """Found by a review: a 16-bit image became 8-bit through two full-size 32-bit copies, 10 bytes a
+    pixel at the peak beside its 2 (a 100 MP scan at the default pixel limit: 1 GB in one worker).
+    Measured in a child process (peak RSS), beyond the decoded image: the 8-bit result, 1 byte a
+    pixel, and a band at a time."""
+    child = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT], capture_output=True, text=True, timeout=120,
+                           cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert child.returncode == 0, child.stderr
+    extra_per_pixel, mode = child.stdout.split()
+    assert mode == "L" and int(extra_per_pixel) <= 2, child.stdout
 
 
 # -- metadata ---------------------------------------------------------------------------------------
