@@ -561,7 +561,8 @@ im = Image.new("I;16", (4000, 4000), 30000)
 im.load()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 out = imaging._working_mode(im)
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 // (4000 * 4000), out.mode)
+unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB elsewhere
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * unit // (4000 * 4000), out.mode)
 """
 
 
