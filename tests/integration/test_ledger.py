@@ -336,13 +336,18 @@ class _Bump(Processor):
         return super().process(task, attempt)
 
 
-def test_an_attempt_whose_posted_start_finds_the_row_taken_elsewhere_fails_as_claimed_elsewhere(tmp_path):
+def _bumping_queue(tmp_path: Path) -> tuple[Path, _Bump, TaskQueue]:
+    """A one-worker queue over two objects whose processor is a :class:`_Bump`: (db, processor, queue)."""
     db = tmp_path / "tasks.db"
     objects = LocalObjectStore(tmp_path / "objects", fsync=False)
     for n in (1, 2):
         objects.write(f"src/o{n}.txt", [b"x\n"])
     processor = _Bump(objects, db)
-    tq = TaskQueue(db, objects, config=Config(workers=1, fsync_outputs=False), processor=processor)
+    return db, processor, TaskQueue(db, objects, config=Config(workers=1, fsync_outputs=False), processor=processor)
+
+
+def test_an_attempt_whose_posted_start_finds_the_row_taken_elsewhere_fails_as_claimed_elsewhere(tmp_path):
+    db, processor, tq = _bumping_queue(tmp_path)
     try:
         first, second = tq.submit(make_task(1)), tq.submit(make_task(2))
         processor.second_submitted.set()
@@ -362,12 +367,7 @@ def test_an_attempt_whose_posted_start_finds_the_row_taken_elsewhere_fails_as_cl
 def test_a_second_offer_of_a_key_in_flight_is_counted_as_its_item_ends_not_as_done_before(tmp_path):
     # The second offer shares the first one's Future; that one then fails as claimed elsewhere. Counted
     # "deduplicated" when offered, the progress line would have called it done.
-    db = tmp_path / "tasks.db"
-    objects = LocalObjectStore(tmp_path / "objects", fsync=False)
-    for n in (1, 2):
-        objects.write(f"src/o{n}.txt", [b"x\n"])
-    processor = _Bump(objects, db)
-    tq = TaskQueue(db, objects, config=Config(workers=1, fsync_outputs=False), processor=processor)
+    db, processor, tq = _bumping_queue(tmp_path)
     try:
         first, second = tq.submit(make_task(1)), tq.submit(make_task(2))
         again = tq.submit(Task(id="t2-again", image_key="src/o2.txt", variant="gzip"))

@@ -12,7 +12,6 @@ import logging
 import socket
 import struct
 import threading
-import time
 import urllib.error
 import urllib.request
 
@@ -166,10 +165,21 @@ def test_a_request_that_fails_in_its_thread_is_logged_never_printed_on_stderr(fa
     assert stderr.getvalue() == ""
 
 
-def test_connections_past_the_cap_are_answered_503_at_once_and_the_slots_come_back():
+def test_connections_past_the_cap_are_answered_503_at_once_and_the_slots_come_back(monkeypatch):
     """Found by a review: each connection held a thread of its own, with no cap, for up to the
     handler's timeout: a flood of idle connections piled up threads without end. Past the cap, a
     connection is answered 503 at once (before it sends anything) and closed."""
+    import taskqueue.metrics_http as mh
+    answered = threading.Semaphore(0)  # released as each connection's thread ends (its slot given back)
+    real_thread = mh._Server.process_request_thread
+
+    def counted(self, request, client_address):
+        try:
+            real_thread(self, request, client_address)
+        finally:
+            answered.release()
+
+    monkeypatch.setattr(mh._Server, "process_request_thread", counted)
     server = MetricsServer(lambda: "x 1\n", port=0, max_connections=2)
     server.start()
     held = [socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S) for _ in range(2)]
@@ -182,10 +192,8 @@ def test_connections_past_the_cap_are_answered_503_at_once_and_the_slots_come_ba
         for client in held:
             client.close()
     try:
-        deadline = time.monotonic() + WAIT_S  # the held connections' threads end as their clients close
-        while (status := get(server.url)[0]) == 503 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert status == 200
+        assert answered.acquire(timeout=WAIT_S) and answered.acquire(timeout=WAIT_S)  # both held ones ended
+        assert get(server.url)[0] == 200
     finally:
         server.stop()
 
