@@ -42,10 +42,20 @@ def test_cpu_mode_times_untraced_runs_and_reports_medians_per_task(capsys):
     timing = opcount.time_once(opcount.EngineOption(), tasks=40, clients=4, warmup=3)
     assert timing.tasks == 40 and timing.cpu_s > 0 and timing.wall_s > 0
     assert sys.gettrace() is None
+    # Where the process can tell (getrusage), the CPU time splits into user and system time, and the
+    # threads' waits are counted as voluntary context switches: each task waits at least once.
+    assert timing.user_s is not None and timing.system_s is not None and timing.switches is not None
+    assert timing.user_s + timing.system_s > 0 and timing.switches >= 40
     text = opcount.cpu_report("engine", [opcount.Timing(1000, 0.1, 0.05), opcount.Timing(1000, 0.3, 0.1),
                                          opcount.Timing(1000, 0.2, 0.2)])
     # medians: 200 us per task, 10000 tasks/s (of 20000, 10000, 5000), 2.00 cores (of 2, 3, 1)
     assert text == "engine: 200 us CPU per task, 10000 tasks/s, 2.00 cores (medians of 3)"
+    split = opcount.cpu_report("engine", [opcount.Timing(1000, 0.1, 0.05, 0.04, 0.06, 8000),
+                                          opcount.Timing(1000, 0.3, 0.1, 0.1, 0.2, 9000),
+                                          opcount.Timing(1000, 0.2, 0.2, 0.05, 0.15, 7500)])
+    # medians of each: user 50 us (of 40, 100, 50), system 150 us (of 60, 200, 150), 8.0 switches a task
+    assert split == ("engine: 200 us CPU per task (user 50, system 150), 8.0 context switches per task, "
+                     "10000 tasks/s, 2.00 cores (medians of 3)")
     assert opcount.main(["--cpu", "2", "--tasks", "20", "--clients", "2", "pool", "engine"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in lines] == ["pool", "engine"]
