@@ -137,9 +137,13 @@ class LocalObjectStore:
     # -- reads ---------------------------------------------------------------
 
     def exists(self, key: str) -> bool:
+        """Whether a regular file is at ``key``. Raises ``OSError`` when that cannot be told
+        (permission denied, an I/O error): not being able to look is not "nothing is there"."""
         try:
             return stat.S_ISREG(self._stat(key).st_mode)
-        except OSError:
+        except OSError as exc:
+            if not _missing(exc):
+                raise
             return False
 
     def size(self, key: str) -> int:

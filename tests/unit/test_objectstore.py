@@ -525,6 +525,30 @@ def test_exists_size_delete(store):
     assert not store.exists("a/b")
 
 
+@pytest.mark.parametrize("error", [errno.EACCES, errno.EIO, errno.EPERM])
+def test_exists_raises_what_hides_the_answer_instead_of_saying_no(store, monkeypatch, error):
+    """Permission denied or an I/O error does not mean "nothing is there": exists() raises it (the
+    caller, told no, would write over what it cannot see). Found by a review: it answered False."""
+    store.write("d/obj", [b"x"])
+
+    def failing(key: str) -> os.stat_result:
+        raise OSError(error, os.strerror(error), key)
+
+    monkeypatch.setattr(store, "_stat", failing)
+    with pytest.raises(OSError) as info:
+        store.exists("d/obj")
+    assert info.value.errno == error
+
+
+@pytest.mark.parametrize("error", [errno.ENOENT, errno.ENOTDIR, errno.ELOOP])
+def test_exists_says_no_when_the_walk_finds_nothing_there(store, monkeypatch, error):
+    def failing(key: str) -> os.stat_result:
+        raise OSError(error, os.strerror(error), key)
+
+    monkeypatch.setattr(store, "_stat", failing)
+    assert store.exists("d/obj") is False
+
+
 # -- atomic writes ------------------------------------------------------------------------------
 
 class Boom(Exception):
