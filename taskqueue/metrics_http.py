@@ -8,19 +8,21 @@ socket pair, so ``stop()`` returns at once instead of after a poll interval;
 each request is answered in a daemon thread of its own (a slow client holds
 up no scrape), at most ``max_connections`` at once: past that a connection is
 answered 503 at once and closed, so a flood of idle connections cannot pile up
-threads. Standard library only: ``http.server``.
+threads; and a client has 10 s to send its whole request, however it trickles in. Standard library only: ``http.server``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import http.server
+import io
 import logging
 import selectors
 import socket
 import socketserver
 import sys
 import threading
+import time
 from typing import Callable
 
 from .errors import ConfigError
@@ -149,9 +151,33 @@ class _Server6(_Server):
     address_family = socket.AF_INET6
 
 
+class _ReadUntil(socket.SocketIO):
+    """A socket's reading end whose every read waits only for what is left until ``deadline``
+    (``time.monotonic()``); past it a read raises ``TimeoutError``."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        super().__init__(sock, "rb")
+        self._socket, self._deadline = sock, deadline
+
+    def readinto(self, buffer) -> int | None:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request took longer than its deadline")
+        self._socket.settimeout(left)
+        return super().readinto(buffer)
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     server: _Server
-    timeout = 10  # seconds a client may take to send its request
+    timeout = 10  # seconds a client may take to send its whole request (not each read of it)
+
+    def setup(self) -> None:
+        """Read the request through a socket reader that gives up at ``timeout`` from now: the
+        socket's own timeout bounds each read, so a client sending a byte now and then would hold
+        its slot for as long as it liked."""
+        super().setup()
+        self.rfile.close()  # the buffered reader over the socket that setup() made: replaced
+        self.rfile = io.BufferedReader(_ReadUntil(self.connection, time.monotonic() + self.timeout))
 
     def do_GET(self) -> None:
         self._answer(send_body=True)

@@ -198,6 +198,49 @@ def test_connections_past_the_cap_are_answered_503_at_once_and_the_slots_come_ba
         server.stop()
 
 
+def test_a_client_sending_its_request_a_byte_at_a_time_is_cut_off_at_the_request_deadline(monkeypatch):
+    """Found by a review: the handler's timeout bounded each read, not the request, so a client
+    sending a byte now and then held its connection's slot (one of ``max_connections``) as long as it
+    liked: a handful of them starved the scrapes. The deadline is now for the whole request."""
+    import taskqueue.metrics_http as mh
+    monkeypatch.setattr(mh._Handler, "timeout", 0.5)
+    answered = threading.Semaphore(0)  # released as the connection's thread ends
+    real_thread = mh._Server.process_request_thread
+
+    def counted(self, request, client_address):
+        try:
+            real_thread(self, request, client_address)
+        finally:
+            answered.release()
+
+    monkeypatch.setattr(mh._Server, "process_request_thread", counted)
+    server = MetricsServer(lambda: "x 1\n", port=0)
+    server.start()
+    stop = threading.Event()
+    request = b"GET /metrics HTTP/1.1\r\nX-Pad: " + b"a" * 1200  # a byte per 50 ms: a minute, never finished
+
+    def drip() -> None:  # each byte arrives well within 0.5 s of the one before
+        with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S) as client:
+            for byte in request:
+                if stop.wait(0.05):
+                    return
+                try:
+                    client.sendall(bytes([byte]))
+                except OSError:  # reset, or a broken pipe: the server closed the connection
+                    return
+
+    dripper = threading.Thread(target=drip)
+    dripper.start()
+    try:
+        # Ended by the server within the hang guard (half the drip's minute): before, only once it all came.
+        assert answered.acquire(timeout=WAIT_S)
+        assert get(server.url)[0] == 200
+    finally:
+        stop.set()
+        dripper.join(WAIT_S)
+        server.stop()
+
+
 @pytest.mark.parametrize("cap", [0, -1, 1.5, True])
 def test_the_connection_cap_must_be_a_positive_integer(cap):
     with pytest.raises(ValueError, match="max_connections"):
