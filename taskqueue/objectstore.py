@@ -10,8 +10,8 @@ Keys are validated before any I/O (:mod:`taskqueue.keys`), and a path that would
 root (through ``..`` or a symlink) is refused: nothing is ever read or written
 outside the root. A key may use a symlink that stays inside the root: the path
 is resolved first, then (on POSIX) opened from the root one name at a time
-without following any symlink, so a directory swapped for a symlink in between
-(another process renaming things under the root) is refused, never followed out.
+without following any symlink (:mod:`taskqueue.confined`), so a directory swapped for a symlink in
+between (another process renaming things under the root) is refused, never followed out.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import socket
 import stat
 from typing import BinaryIO, Iterable, Iterator
 
+from .confined import BENEATH, NOFOLLOW, at, fsync_directory, fsync_held, missing, open_directory
 from .errors import InvalidKey, OutputWriteError, SourceMissing, SourceReadError
 from .keys import MAX_KEY_LENGTH, MAX_SEGMENT_BYTES, MAX_SEGMENT_LENGTH, TEMP_MARKER, validate_key  # noqa: F401
 
@@ -38,19 +39,6 @@ HOST_TAG = hashlib.sha1(socket.gethostname().encode("utf-8", "surrogatepass")).h
 # Opening a named pipe for reading blocks until a writer comes: open without waiting, then look.
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
-# Where paths can be opened relative to a directory without following symlinks (POSIX), every access
-# walks from the root: see LocalObjectStore._directory. Elsewhere (Windows) paths are used as resolved.
-_BENEATH = (hasattr(os, "O_NOFOLLOW") and hasattr(os, "O_DIRECTORY")
-            and {os.open, os.mkdir, os.rename, os.unlink, os.stat} <= os.supports_dir_fd)
-_NOFOLLOW = os.O_NOFOLLOW if _BENEATH else 0
-# The walk's descriptors only name directories to the *at calls. O_PATH (Linux) asks for no read
-# permission, so a directory one may pass through but not list (mode 0o711, 0o733) works as its path
-# would; O_PATH descriptors cannot be fsynced (see _fsync_held). Elsewhere a directory is opened to read.
-_PATH = getattr(os, "O_PATH", 0)
-_WALK = (_PATH or os.O_RDONLY) | (os.O_DIRECTORY | os.O_NOFOLLOW if _BENEATH else 0)
-# What opening a name without following it says when the name is a symlink (or no longer a directory):
-# ELOOP (Linux, for a file; macOS), ENOTDIR (Linux, with O_DIRECTORY), EMLINK (FreeBSD).
-_NOT_THERE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EMLINK})
 
 
 class LocalObjectStore:
@@ -90,46 +78,16 @@ class LocalObjectStore:
         return resolved
 
     def _directory(self, directory: str, *, create: bool = False) -> int | None:
-        """A descriptor of ``directory`` (resolved, under the root) for the ``*at`` calls; None where
-        there are none (Windows: the caller uses the resolved path, see :func:`_at`).
-
-        Reached from the root one name at a time, never following a symlink: a directory swapped for
-        a symlink since :meth:`path_for` resolved the path is refused (an ``OSError`` that
-        :func:`_missing` recognises), not followed out of the root. ``create`` makes the missing
-        directories, each one's entry made durable (its parent fsynced) when ``fsync`` is on.
-        Raises ``OSError``.
-        """
-        if not _BENEATH:
-            if create:
-                os.makedirs(directory, exist_ok=True)
-            return None
-        fd = os.open(self.root, _WALK)
-        try:
-            names = [] if directory == self.root else os.path.relpath(directory, self.root).split(os.sep)
-            for name in names:
-                try:
-                    child = os.open(name, _WALK, dir_fd=fd)
-                except FileNotFoundError:
-                    if not create:
-                        raise
-                    with contextlib.suppress(FileExistsError):  # another writer made it meanwhile ...
-                        os.mkdir(name, dir_fd=fd)
-                    if self.fsync:  # ... and may not have made its entry durable yet
-                        _fsync_held(fd)
-                    child = os.open(name, _WALK, dir_fd=fd)
-                os.close(fd)
-                fd = child
-            return fd
-        except BaseException:
-            os.close(fd)
-            raise
+        """A descriptor of ``directory`` (resolved, under the root), reached as
+        :func:`~taskqueue.confined.open_directory` says; None where there are no ``*at`` calls."""
+        return open_directory(self.root, directory, create=create, fsync=self.fsync)
 
     def _stat(self, key: str) -> os.stat_result:
         """``lstat`` of what is at ``key`` now (reached as :meth:`_directory` says). Raises ``OSError``."""
         directory, name = os.path.split(self.path_for(key))
         fd = self._directory(directory)
         try:
-            return os.stat(_at(fd, directory, name), dir_fd=fd, follow_symlinks=False)
+            return os.stat(at(fd, directory, name), dir_fd=fd, follow_symlinks=False)
         finally:
             if fd is not None:
                 os.close(fd)
@@ -142,7 +100,7 @@ class LocalObjectStore:
         try:
             return stat.S_ISREG(self._stat(key).st_mode)
         except OSError as exc:
-            if not _missing(exc):
+            if not missing(exc):
                 raise
             return False
 
@@ -151,7 +109,7 @@ class LocalObjectStore:
         try:
             found = self._stat(key)
         except OSError as exc:
-            if not _missing(exc):
+            if not missing(exc):
                 raise
             found = None
         if found is None or not stat.S_ISREG(found.st_mode):
@@ -182,13 +140,13 @@ class LocalObjectStore:
         try:
             parent = self._directory(directory)
             try:
-                fd = os.open(_at(parent, directory, name), os.O_RDONLY | _NONBLOCK | _BINARY | _NOFOLLOW,
+                fd = os.open(at(parent, directory, name), os.O_RDONLY | _NONBLOCK | _BINARY | NOFOLLOW,
                              dir_fd=parent)
             finally:
                 if parent is not None:
                     os.close(parent)
         except OSError as exc:
-            if not (_missing(exc) or isinstance(exc, IsADirectoryError)):
+            if not (missing(exc) or isinstance(exc, IsADirectoryError)):
                 raise
             raise SourceMissing(f"object {key!r} does not exist") from None
         try:
@@ -218,7 +176,7 @@ class LocalObjectStore:
         parent = created = None
         try:
             parent = self._directory(directory, create=True)
-            fd = os.open(_at(parent, directory, temp), os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _BINARY,
+            fd = os.open(at(parent, directory, temp), os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | _BINARY,
                          0o666, dir_fd=parent)
             created = temp
             with os.fdopen(fd, "wb") as f:
@@ -226,18 +184,18 @@ class LocalObjectStore:
                 if self.fsync:
                     f.flush()
                     os.fsync(f.fileno())
-            os.replace(_at(parent, directory, temp), _at(parent, directory, name), src_dir_fd=parent,
+            os.replace(at(parent, directory, temp), at(parent, directory, name), src_dir_fd=parent,
                        dst_dir_fd=parent)
             created = None
             if self.fsync:
                 if parent is not None:
-                    _fsync_held(parent)
+                    fsync_held(parent)
                 else:
-                    _fsync_directory(directory)
+                    fsync_directory(directory)
         except BaseException as exc:
             if created is not None:
                 with contextlib.suppress(OSError):
-                    os.unlink(_at(parent, directory, created), dir_fd=parent)
+                    os.unlink(at(parent, directory, created), dir_fd=parent)
             if isinstance(exc, OSError):
                 raise OutputWriteError(f"writing object {key!r}: {exc.strerror or exc}") from exc
             raise
@@ -259,11 +217,11 @@ class LocalObjectStore:
         try:
             parent = self._directory(directory)
         except OSError as exc:
-            if not _missing(exc):
+            if not missing(exc):
                 raise
             return False
         try:
-            os.unlink(_at(parent, directory, name), dir_fd=parent)
+            os.unlink(at(parent, directory, name), dir_fd=parent)
             return True
         except FileNotFoundError:
             return False
@@ -290,7 +248,7 @@ class LocalObjectStore:
             if pid_text.isdigit() and _pid_alive(int(pid_text)):
                 continue
             with contextlib.suppress(OSError):
-                os.unlink(_at(directory_fd, directory, name), dir_fd=directory_fd)
+                os.unlink(at(directory_fd, directory, name), dir_fd=directory_fd)
                 removed += 1
         return removed
 
@@ -298,7 +256,7 @@ class LocalObjectStore:
         """``(directory, name, descriptor of the directory or None)`` of each temporary file under the
         root. On POSIX the walk holds each directory open (``os.fwalk``, never following a symlink), so
         what it deletes is in the directory it listed, whatever is renamed meanwhile."""
-        if _BENEATH and hasattr(os, "fwalk"):
+        if BENEATH and hasattr(os, "fwalk"):
             for directory, _dirs, files, directory_fd in os.fwalk(self.root):
                 yield from ((directory, name, directory_fd) for name in files if TEMP_MARKER in name)
         else:
@@ -360,12 +318,7 @@ def atomic_write_text(path: str, text: str) -> None:
         _remove_quietly(temp)
         raise
     with contextlib.suppress(OSError):  # the rename durable too; a file system that cannot say so keeps it
-        _fsync_directory(directory)
-
-
-def _at(directory_fd: int | None, directory: str, name: str) -> str:
-    """What to pass with ``dir_fd=directory_fd``: the bare name beside a descriptor, else the path."""
-    return name if directory_fd is not None else os.path.join(directory, name)
+        fsync_directory(directory)
 
 
 def _temp_name(path: str) -> str:
@@ -378,38 +331,6 @@ def _remove_quietly(path: str) -> None:
         os.remove(path)
     except OSError:
         pass
-
-
-def _missing(exc: OSError) -> bool:
-    """Whether ``exc``, from reaching a name without following symlinks, means nothing is there."""
-    return exc.errno in _NOT_THERE
-
-
-def _fsync_held(directory_fd: int) -> None:
-    """fsync the directory ``directory_fd`` holds. An ``O_PATH`` descriptor cannot be: the directory
-    is opened again to read, which a user who may write in it but not list it (mode 0o733) may not
-    do; its entries then stay as durable as the file system makes them unasked."""
-    if not _PATH:
-        os.fsync(directory_fd)
-        return
-    try:
-        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=directory_fd)
-    except PermissionError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_directory(directory: str) -> None:
-    if os.name != "posix":  # Windows cannot open a directory for fsync; NTFS journals renames.
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -6,13 +6,12 @@ import errno
 import json
 import os
 import shutil
-import stat
 import tempfile
 import threading
 
 import pytest
 
-from taskqueue import keys, objectstore
+from taskqueue import confined, keys, objectstore
 from taskqueue.errors import InvalidKey, OutputWriteError, PermanentError, SourceMissing
 from taskqueue.objectstore import (DEFAULT_CHUNK_SIZE, MAX_KEY_LENGTH, MAX_SEGMENT_BYTES, MAX_SEGMENT_LENGTH,
                                    TEMP_MARKER, LocalObjectStore, validate_key)
@@ -218,7 +217,7 @@ def test_symlink_staying_inside_the_root_works(store):
     assert store.exists("alias") and store.size("alias") == 7
 
 
-@pytest.mark.skipif(not objectstore._BENEATH, reason="no *at calls that refuse symlinks here")
+@pytest.mark.skipif(not confined.BENEATH, reason="no *at calls that refuse symlinks here")
 @pytest.mark.parametrize("operation", ["read", "open_read", "write", "exists", "size", "delete"])
 def test_a_directory_swapped_for_a_symlink_after_its_path_was_resolved_is_never_followed_out(
         store, canary, monkeypatch, operation):
@@ -254,7 +253,7 @@ def test_a_directory_swapped_for_a_symlink_after_its_path_was_resolved_is_never_
     assert (canary / "secret.txt").read_bytes() == b"do not touch\n" and not (canary / "planted.txt").exists()
 
 
-@pytest.mark.skipif(not objectstore._BENEATH, reason="no *at calls that refuse symlinks here")
+@pytest.mark.skipif(not confined.BENEATH, reason="no *at calls that refuse symlinks here")
 @pytest.mark.parametrize("operation", ["read", "open_read", "exists", "size"])
 def test_an_object_swapped_for_a_symlink_after_its_path_was_resolved_is_never_followed_out(
         store, canary, monkeypatch, operation):
@@ -283,7 +282,7 @@ def test_an_object_swapped_for_a_symlink_after_its_path_was_resolved_is_never_fo
     assert (canary / "secret.txt").read_bytes() == b"do not touch\n"
 
 
-@pytest.mark.skipif(not objectstore._BENEATH, reason="no *at calls that refuse symlinks here")
+@pytest.mark.skipif(not confined.BENEATH, reason="no *at calls that refuse symlinks here")
 @pytest.mark.parametrize("refusal", [errno.ELOOP, errno.EMLINK], ids=["macOS", "FreeBSD"])
 @pytest.mark.parametrize("operation", ["read", "size", "exists", "delete"])
 def test_a_symlinked_directory_refused_as_other_systems_refuse_it_is_missing_too(
@@ -319,7 +318,7 @@ def test_a_symlinked_directory_refused_as_other_systems_refuse_it_is_missing_too
     assert (canary / "secret.txt").read_bytes() == b"do not touch\n"
 
 
-@pytest.mark.skipif(not (objectstore._BENEATH and hasattr(os, "geteuid") and os.geteuid() == 0),
+@pytest.mark.skipif(not (confined.BENEATH and hasattr(os, "geteuid") and os.geteuid() == 0),
                     reason="needs *at calls, and root to act as another user")
 def test_directories_that_may_be_searched_but_not_listed_still_work(tmp_path):
     """Found by a review: the walk opened each directory for reading, so a store whose directories a
@@ -360,7 +359,7 @@ def test_directories_that_may_be_searched_but_not_listed_still_work(tmp_path):
         shutil.rmtree(base)
 
 
-@pytest.mark.skipif(not (objectstore._BENEATH and os.path.isdir("/proc/self/fd")), reason="needs *at calls and /proc")
+@pytest.mark.skipif(not (confined.BENEATH and os.path.isdir("/proc/self/fd")), reason="needs *at calls and /proc")
 def test_a_directory_another_writer_made_first_is_made_durable_too(store, monkeypatch):
     """Found by a review: the writer whose mkdir lost the race (FileExistsError) skipped fsyncing the
     parent, and published its object before the winner's fsync of that entry had happened."""
@@ -381,7 +380,7 @@ def test_a_directory_another_writer_made_first_is_made_durable_too(store, monkey
     assert [path for path in synced if os.path.isdir(path)] == [store.root, f"{store.root}/new"]
 
 
-@pytest.mark.skipif(not (objectstore._BENEATH and os.path.isdir("/proc/self/fd")), reason="needs *at calls and /proc")
+@pytest.mark.skipif(not (confined.BENEATH and os.path.isdir("/proc/self/fd")), reason="needs *at calls and /proc")
 def test_every_directory_a_write_creates_is_made_durable_in_its_parent(store, monkeypatch):
     """Found by a review: only the leaf directory was fsynced, so after a power cut the database could
     say success while the new directories on the object's path were gone."""
