@@ -30,7 +30,9 @@ task must cost to reach a given rate. Where ``getrusage`` is there (Unix), the
 CPU time is also split into user time (the interpreter's own work) and system
 time (mostly threads waiting and waking each other: futexes, the GIL's hand-overs), and the
 voluntary context switches per task are counted: two designs with the same number of waits per
-task differ by their user time alone.
+task differ by their user time alone. On Linux the CPU time is also given by thread
+(``/proc/self/task/*/schedstat``; the clients' share is what the process spent beyond the
+threads still alive at the end, which the clients are not).
 """
 
 from __future__ import annotations
@@ -143,18 +145,42 @@ class Timing(NamedTuple):
     user_s: float | None = None
     system_s: float | None = None
     switches: int | None = None
+    threads: dict[str, float] | None = None  # CPU seconds by thread name (digits stripped), Linux
 
 
 def time_once(option: Any, tasks: int, clients: int, warmup: int = 50) -> Timing:
     """Run the loop of :func:`measure` untraced; the CPU time (all threads) and wall time it took."""
     marks: list[tuple] = []
     _closed_loop(option, tasks, clients, warmup,
-                 lambda on: marks.append((time.process_time(), time.perf_counter(), _usage())))
-    (cpu0, wall0, usage0), (cpu1, wall1, usage1) = marks
-    if usage0 is None:
-        return Timing(tasks, cpu1 - cpu0, wall1 - wall0)
-    return Timing(tasks, cpu1 - cpu0, wall1 - wall0, usage1.ru_utime - usage0.ru_utime,
-                  usage1.ru_stime - usage0.ru_stime, usage1.ru_nvcsw - usage0.ru_nvcsw)
+                 lambda on: marks.append((time.process_time(), time.perf_counter(), _usage(), _thread_cpu())))
+    (cpu0, wall0, usage0, threads0), (cpu1, wall1, usage1, threads1) = marks
+    timing = Timing(tasks, cpu1 - cpu0, wall1 - wall0)
+    if usage0 is not None:
+        timing = timing._replace(user_s=usage1.ru_utime - usage0.ru_utime, system_s=usage1.ru_stime - usage0.ru_stime,
+                                 switches=usage1.ru_nvcsw - usage0.ru_nvcsw)
+    if threads0 is not None and threads1 is not None:
+        # Every thread alive at the end was alive at the start (the option's threads start with it);
+        # the clients, gone by the end, spent the rest.
+        by_name = collections.Counter()
+        for ident, (name, seconds) in threads1.items():
+            by_name[name] += seconds - threads0.get(ident, (name, 0.0))[1]
+        by_name["client"] = max(0.0, timing.cpu_s - sum(by_name.values()))
+        timing = timing._replace(threads=dict(by_name))
+    return timing
+
+
+def _thread_cpu() -> dict[int, tuple[str, float]] | None:
+    """Per live thread, by native id: its name (digits stripped, as :class:`Count` does) and the CPU
+    seconds it has run (``/proc/self/task/<id>/schedstat``, in nanoseconds); None off Linux."""
+    names = {thread.native_id: thread.name for thread in threading.enumerate()}
+    seen: dict[int, tuple[str, float]] = {}
+    for ident, name in names.items():
+        try:
+            with open(f"/proc/self/task/{ident}/schedstat") as f:
+                seen[ident] = (name.rstrip("0123456789_-"), int(f.read().split()[0]) / 1e9)
+        except (OSError, ValueError, IndexError):  # no /proc (not Linux), or the thread just ended
+            continue
+    return seen or None
 
 
 def _usage() -> Any:
@@ -213,8 +239,15 @@ def cpu_report(name: str, timings: list[Timing]) -> str:
         system = statistics.median(t.system_s / t.tasks * 1e6 for t in timings)
         switches = statistics.median(t.switches / t.tasks for t in timings)
         split = f" (user {user:.0f}, system {system:.0f}), {switches:.1f} context switches per task,"
-    return (f"{name}: {per_task:.0f} us CPU per task{split} {rate:.0f} tasks/s, {cores:.2f} cores "
+    text = (f"{name}: {per_task:.0f} us CPU per task{split} {rate:.0f} tasks/s, {cores:.2f} cores "
             f"(medians of {len(timings)})")
+    if all(t.threads is not None for t in timings):
+        groups = {group for t in timings for group in t.threads}
+        medians = {group: statistics.median(t.threads.get(group, 0.0) / t.tasks * 1e6 for t in timings)
+                   for group in groups}
+        shown = sorted((group for group in medians if medians[group] >= 0.5), key=lambda g: (-medians[g], g))
+        text += "\n  by thread, us CPU per task: " + ", ".join(f"{g} {medians[g]:.0f}" for g in shown)
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import threading
+
 import pytest
 
 from taskqueue.bench import opcount
@@ -46,6 +49,10 @@ def test_cpu_mode_times_untraced_runs_and_reports_medians_per_task(capsys):
     # threads' waits are counted as voluntary context switches: each task waits at least once.
     assert timing.user_s is not None and timing.system_s is not None and timing.switches is not None
     assert timing.user_s + timing.system_s > 0 and timing.switches >= 40
+    if os.path.exists(f"/proc/self/task/{threading.get_native_id()}/schedstat"):  # Linux: by thread too
+        assert timing.threads is not None and {"client", "tq-store-writer", "tq-worker"} <= set(timing.threads)
+        assert all(seconds >= 0 for seconds in timing.threads.values())
+        assert sum(timing.threads.values()) <= timing.cpu_s * 1.05  # parts of the whole (clocks differ a little)
     text = opcount.cpu_report("engine", [opcount.Timing(1000, 0.1, 0.05), opcount.Timing(1000, 0.3, 0.1),
                                          opcount.Timing(1000, 0.2, 0.2)])
     # medians: 200 us per task, 10000 tasks/s (of 20000, 10000, 5000), 2.00 cores (of 2, 3, 1)
@@ -56,8 +63,14 @@ def test_cpu_mode_times_untraced_runs_and_reports_medians_per_task(capsys):
     # medians of each: user 50 us (of 40, 100, 50), system 150 us (of 60, 200, 150), 8.0 switches a task
     assert split == ("engine: 200 us CPU per task (user 50, system 150), 8.0 context switches per task, "
                      "10000 tasks/s, 2.00 cores (medians of 3)")
+    by_thread = opcount.cpu_report("engine", [
+        opcount.Timing(1000, 0.1, 0.05, threads={"client": 0.06, "tq-worker": 0.03, "tq-store-writer": 0.01}),
+        opcount.Timing(1000, 0.3, 0.1, threads={"client": 0.09, "tq-worker": 0.02, "tq-store-writer": 0.04}),
+        opcount.Timing(1000, 0.2, 0.2, threads={"client": 0.07, "tq-worker": 0.025, "tq-store-writer": 0.02})])
+    # medians per thread group, largest first: client 70 (of 60, 90, 70), tq-worker 25, tq-store-writer 20
+    assert by_thread.splitlines()[1] == "  by thread, us CPU per task: client 70, tq-worker 25, tq-store-writer 20"
     assert opcount.main(["--cpu", "2", "--tasks", "20", "--clients", "2", "pool", "engine"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    lines = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("  by thread")]
     assert [line.split(":")[0] for line in lines] == ["pool", "engine"]
     assert all("us CPU per task" in line and "(medians of 2)" in line for line in lines)
 
