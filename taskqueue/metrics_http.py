@@ -8,7 +8,8 @@ socket pair, so ``stop()`` returns at once instead of after a poll interval;
 each request is answered in a daemon thread of its own (a slow client holds
 up no scrape), at most ``max_connections`` at once: past that a connection is
 answered 503 at once and closed, so a flood of idle connections cannot pile up
-threads; and a client has 10 s to send its whole request, however it trickles in. Standard library only: ``http.server``.
+threads; and a client has 10 s to send its whole request, however it trickles
+in (and 10 s more to take the answer). Standard library only: ``http.server``.
 """
 
 from __future__ import annotations
@@ -186,6 +187,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._answer(send_body=False)
 
     def _answer(self, send_body: bool) -> None:
+        self.connection.settimeout(self.timeout)  # the request is in: the answer gets its own time
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
             try:
