@@ -15,6 +15,7 @@ offered (while the task file loads or ``--make-sources`` writes).
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import sys
@@ -87,7 +88,7 @@ def processing_flags(parser: argparse.ArgumentParser, queue_help: str | None = N
     parser.add_argument("--log-level", help="debug | info | warning | error")
 
 
-def check_paths(config: Config, *, store: bool = True, outputs: bool = True) -> None:
+def check_paths(config: Config, *, store: bool = True, outputs: bool = True, tasks: str | None = None) -> None:
     """Refuse paths that cannot work before anything is created or processed; every message starts
     with the flag or variable the path came from (``--store: ...``, ``TQ_LOG_FILE (environment): ...``).
 
@@ -99,7 +100,10 @@ def check_paths(config: Config, *, store: bool = True, outputs: bool = True) -> 
     * ``--metrics-out`` and ``--log-file`` (``outputs``): not a directory, in a directory that exists
       and takes new files, names the file system accepts (the metrics are written through a temporary
       file named after them); an existing metrics file must be a regular file (it is replaced), an
-      existing log file writable (it is appended to).
+      existing log file writable (it is appended to: a named pipe must have a reader); neither may be
+      another path of the run (``tasks``, the task file; the database or its side files; the other
+      output; anything in the store), which it would overwrite;
+    * a SQLite ``--db`` is a file: not ``:memory:`` (gone at exit), and if it exists a regular file.
 
     Writability is probed by creating and removing a temporary entry (``.tq-probe-*``), which works
     for every user and file system, ``root`` and ``/proc`` included; nothing probed is left behind.
@@ -108,14 +112,19 @@ def check_paths(config: Config, *, store: bool = True, outputs: bool = True) -> 
     if store:
         _check_store(label["store"], config.store)
     local_db = None if is_url(config.db) else config.db
-    if local_db:
+    if local_db is not None:
+        if local_db in ("", ":memory:"):
+            raise ConfigError(f"{label['db']}: {local_db!r} is a database in memory, lost at exit: give a file")
         if os.path.isdir(local_db):
             raise IsADirectoryError(f"{label['db']}: {local_db!r} is a directory, not a database file")
+        if os.path.lexists(local_db) and not os.path.isfile(local_db):  # a device, a pipe, a dangling link
+            raise ConfigError(f"{label['db']}: {local_db!r} is not a regular file")
         parent = _parent(label["db"], local_db)
         if not os.path.lexists(local_db):
             _check_name(label["db"], local_db, parent, extra=len("-journal"))  # SQLite's side files
             _probe(label["db"], local_db, parent)
     if outputs:  # a command that writes them (not enqueue, whatever the environment says)
+        _check_apart(config, label, tasks, local_db)
         if config.metrics_out:
             _check_output(label["metrics_out"], config.metrics_out, replaced=True)
         if config.log_file:
@@ -148,6 +157,38 @@ def _check_store(label: str, root: str) -> None:
     _probe(label, root, existing, directory_entry=bool(missing))
 
 
+def _check_apart(config: Config, label: dict[str, str], tasks: str | None, local_db: str | None) -> None:
+    """Refuse an output (the metrics, the log) that is another path of the same run: writing it would
+    overwrite the task file, the database (or a side file of it), the other output or an object."""
+    taken: list[tuple[str, str]] = []
+    if tasks:
+        taken.append((tasks, "the task file (--tasks)"))
+    if local_db:
+        taken += [(local_db + side, f"the database ({label['db']})") for side in ("", "-wal", "-shm", "-journal")]
+    root = os.path.realpath(config.store) if config.store else None
+    for name, what in (("metrics_out", "the metrics file"), ("log_file", "the log file")):
+        path = getattr(config, name)
+        if not path:
+            continue
+        for other, whose in taken:
+            if _same_file(path, other):
+                raise ConfigError(f"{label[name]}: {path!r} is {whose}: it would be overwritten")
+        if root is not None and os.path.realpath(path).startswith(root + os.sep):
+            raise ConfigError(f"{label[name]}: {path!r} is inside the object store ({label['store']}): "
+                              f"it would be written over an object")
+        taken.append((path, f"{what} ({label[name]})"))
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` name the same file: the same path once resolved, or one file by two names."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either does not exist (yet): different paths are different files
+        return False
+
+
 def _check_output(label: str, path: str, *, replaced: bool) -> None:
     """An output file: ``replaced`` (the metrics) is written through a temporary file and renamed onto
     ``path``; otherwise (the log) it is opened for appending."""
@@ -163,6 +204,14 @@ def _check_output(label: str, path: str, *, replaced: bool) -> None:
     elif os.path.exists(path):
         if not os.access(path, os.W_OK):
             raise PermissionError(f"{label}: {path!r} is not writable")
+        try:  # as the log will be; without waiting (a named pipe nobody reads would block it for good)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | getattr(os, "O_NONBLOCK", 0))
+            open(fd, "ab").close()  # what the log's own open does next: seek to the end (refused by /proc files)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                raise ConfigError(f"{label}: {path!r} is a named pipe nobody reads: the run would wait for a "
+                                  f"reader before doing anything") from None
+            raise PermissionError(f"{label}: {path!r} cannot be appended to ({exc.strerror or exc})") from None
     else:
         _check_name(label, path, parent)
         _probe(label, path, parent)

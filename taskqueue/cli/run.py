@@ -43,7 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = config_from(args, "workers", "queue_size", "on_full", "max_attempts", "shutdown_grace_s",
                          "log_level", "log_file", *watch.FIELDS)
-    check_paths(config)
+    check_paths(config, tasks=args.tasks)
     # Everything that can refuse the run does so before anything is created.
     loaded = load_tasks(args.tasks, max_bytes=config.max_task_file_bytes, check=Processor.check,
                         on_invalid=args.invalid)

@@ -87,13 +87,35 @@ FIFO = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs os.mkfifo")
                  id="store-not-creatable", marks=PROC),
     pytest.param("--metrics-out", "a-fifo", ["error: --metrics-out: ", "a-fifo", "is not a regular file"],
                  id="metrics-out-would-replace-a-fifo", marks=FIFO),  # as /dev/null would be, by root
+    # Found by a review: an output naming another input or output of the same run overwrote it (exit 0).
+    pytest.param("--metrics-out", "tasks.json", ["error: --metrics-out: ", "is the task file (--tasks)"],
+                 id="metrics-out-is-the-task-file"),
+    pytest.param("--metrics-out", "tasks.db", ["error: --metrics-out: ", "is the database (--db)"],
+                 id="metrics-out-is-the-database"),
+    pytest.param("--log-file", "tasks.db-wal", ["error: --log-file: ", "is the database (--db)"],
+                 id="log-file-is-the-database-log"),
+    pytest.param("--metrics-out", "sources/m.json", ["error: --metrics-out: ", "inside the object store (--store)"],
+                 id="metrics-out-inside-the-store"),
+    pytest.param("--log-file", "m.json", ["error: --log-file: ", "is the metrics file (--metrics-out)"],
+                 id="log-file-is-the-metrics-file"),
+    # Found by a review: a database path that is not a file passed the checks, then the store and the
+    # sources were made (and /dev/null-journal written) before SQLite refused it.
+    pytest.param("--db", "/dev/null", ["error: --db: ", "'/dev/null' is not a regular file"], id="db-is-a-device"),
+    pytest.param("--db", ":memory:", ["error: --db: ", "':memory:'", "in memory"], id="db-in-memory"),
+    # ... and a log file that could not be opened for appending hung (a pipe nobody reads) or raised a
+    # traceback (/proc/version) once the run had begun.
+    pytest.param("--log-file", "a-fifo", ["error: --log-file: ", "a-fifo", "named pipe nobody reads"],
+                 id="log-file-is-a-fifo-nobody-reads", marks=FIFO),
+    pytest.param("--log-file", "/proc/version", ["error: --log-file: ", "'/proc/version' cannot be appended to"],
+                 id="log-file-cannot-be-appended-to", marks=PROC),
 ])
 def test_an_unusable_path_exits_2_naming_its_flag_and_creates_nothing(base, flag, value, expected):
     if value == "a-fifo":
         os.mkfifo(base / value)
-    value = value if os.path.isabs(value) else str(base / value)
+    extra = ["--metrics-out", str(base / "m.json")] if flag == "--log-file" and value == "m.json" else []
+    value = value if os.path.isabs(value) or value == ":memory:" else str(base / value)
     before = tree(base)
-    result = run(base, flag, value, "--make-sources")
+    result = run(base, flag, value, "--make-sources", *extra)
     assert_refused(result, *expected)
     assert tree(base) == before  # no db, no store, no output, no probe left behind
 
