@@ -81,8 +81,30 @@ def configure(level: str | int = "info", path: str | None = None, stream: Any = 
                 existing.baseFilename if isinstance(existing, logging.FileHandler)
                 else getattr(existing, "stream", None)):
             return existing
-    handler: logging.Handler = (logging.FileHandler(path, encoding="utf-8") if path
+    handler: logging.Handler = (_LogFile(path, encoding="utf-8") if path
                                 else logging.StreamHandler(stream or sys.stderr))
     handler.setFormatter(JsonFormatter())
     logger.addHandler(handler)
     return handler
+
+
+class _LogFile(logging.FileHandler):
+    """A log file that, when it cannot be written (its disk is full), says so once on stderr instead
+    of a traceback per record, and whose :meth:`close` never raises: lines lost from the log must not
+    turn a run whose tasks all finished into a crash."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord | None) -> None:
+        if not self.failed:
+            self.failed = True
+            error = sys.exc_info()[1]
+            print(f"warning: the log file {self.baseFilename!r} cannot be written ({error}); its lines are lost",
+                  file=sys.stderr)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:  # the last flush failed
+            self.handleError(None)
+

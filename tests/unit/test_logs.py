@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import math
+import os
 import sqlite3
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from taskqueue.config import Config
 from taskqueue.engine import TaskQueue
 from taskqueue.errors import InjectedPermanentError, InjectedTransientError, SourceMissing
+from taskqueue import logs
 from taskqueue.logs import LOGGER_NAME, JsonFormatter, configure, task_extra
 from taskqueue.objectstore import LocalObjectStore
 from taskqueue.processor import Processor
@@ -232,3 +234,19 @@ def test_every_line_of_a_run_with_retries_and_dead_letters_is_complete_json(tmp_
         if r["idempotency_key"] is not None:
             name = r["idempotency_key"].split("/")[1].split(".")[0]
             assert r["task_id"] == f"id-{name}", r
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (a device whose writes fail: disk full)")
+def test_a_log_file_that_cannot_be_written_warns_once_and_never_raises(capsys):
+    """Found by a review: with the log file's disk full, logging printed a traceback per record, and the
+    handler's close() raised at the end of a run whose every task had finished (exit 1, not 0)."""
+    handler = logs.configure("info", path="/dev/full")
+    log = logging.getLogger(logs.LOGGER_NAME)
+    try:
+        for n in range(3):
+            log.info("line %d", n, extra={"event": "x", "task_id": None, "idempotency_key": None})  # emit flushes
+    finally:
+        log.removeHandler(handler)
+        handler.close()  # must not raise
+    err = capsys.readouterr().err
+    assert err.count("cannot be written") == 1 and "/dev/full" in err and "Traceback" not in err
