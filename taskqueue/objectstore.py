@@ -21,6 +21,7 @@ import errno
 import hashlib
 import itertools
 import os
+import re
 import socket
 import stat
 from typing import BinaryIO, Iterable, Iterator
@@ -35,6 +36,10 @@ _temp_counter = itertools.count()
 # temp files of dead writers on its own host (another host's pids mean nothing here).
 HOST_TAG = hashlib.sha1(socket.gethostname().encode("utf-8", "surrogatepass")).hexdigest()[:8]
 
+
+# What _temp_name makes, and nothing else: a user's "holiday.tmp-edit.jpg" beside the objects is not ours
+# to sweep. (Names written before the host tag have none: they are this host's.)
+_TEMP_NAME = re.compile(r"\..+" + re.escape(TEMP_MARKER) + r"(?P<pid>[0-9]+)-[0-9]+(?:~(?P<host>[0-9A-Za-z]+))?")
 
 # Opening a named pipe for reading blocks until a writer comes: open without waiting, then look.
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
@@ -241,11 +246,8 @@ class LocalObjectStore:
         """
         removed = 0
         for directory, name, directory_fd in self._temp_entries():
-            suffix, _, host = name.rsplit(TEMP_MARKER, 1)[1].partition("~")
-            if host and host != HOST_TAG:
-                continue
-            pid_text = suffix.split("-", 1)[0]
-            if pid_text.isdigit() and _pid_alive(int(pid_text)):
+            pid, host = _TEMP_NAME.fullmatch(name).group("pid", "host")
+            if (host and host != HOST_TAG) or _pid_alive(int(pid)):
                 continue
             with contextlib.suppress(OSError):
                 os.unlink(at(directory_fd, directory, name), dir_fd=directory_fd)
@@ -258,10 +260,10 @@ class LocalObjectStore:
         what it deletes is in the directory it listed, whatever is renamed meanwhile."""
         if BENEATH and hasattr(os, "fwalk"):
             for directory, _dirs, files, directory_fd in os.fwalk(self.root):
-                yield from ((directory, name, directory_fd) for name in files if TEMP_MARKER in name)
+                yield from ((directory, name, directory_fd) for name in files if _TEMP_NAME.fullmatch(name))
         else:
             for directory, _dirs, files in os.walk(self.root):
-                yield from ((directory, name, None) for name in files if TEMP_MARKER in name)
+                yield from ((directory, name, None) for name in files if _TEMP_NAME.fullmatch(name))
 
 
 class _ChunkReader:

@@ -760,12 +760,11 @@ def test_sweep_removes_dead_writers_temps_and_keeps_live_ones(store):
     store.write("a/obj", [b"keep me"])
     dead1 = make_temp(store, "a", "obj", DEAD_PID)
     dead2 = make_temp(store, "b/c", "x", DEAD_PID, 7)
-    garbage = make_temp(store, "", "y", "notapid")
     mine = make_temp(store, "a", "obj", os.getpid(), 3)
     parent = make_temp(store, "", "p", os.getppid())
-    assert sorted(store.temp_files()) == sorted([dead1, dead2, garbage, mine, parent])
+    assert sorted(store.temp_files()) == sorted([dead1, dead2, mine, parent])
 
-    assert store.sweep_temp_files() == 3
+    assert store.sweep_temp_files() == 2
     assert sorted(store.temp_files()) == sorted([mine, parent])
     assert b"".join(store.read_chunks("a/obj")) == b"keep me"
     assert store.sweep_temp_files() == 0
@@ -787,6 +786,25 @@ def test_sweep_leaves_the_temps_of_another_host_alone(store):
         [writing] = [p for p in store.temp_files() if p != theirs]
         assert writing.endswith(f"~{HOST_TAG}")  # every temp file says where its writer runs
     os.remove(theirs)
+
+
+@posix_only
+def test_sweep_leaves_alone_every_name_the_store_does_not_write(store):
+    """Found by a review: any file whose name held ".tmp-" counted as a dead writer's temp file, so a
+    store pointed at an existing photo tree lost ``holiday.tmp-edit.jpg`` at the start of a run. Only
+    the store's own pattern, ``.<name>.tmp-<pid>-<n>[~<host>]``, is a temp file."""
+    users = ["photos/2024/holiday.tmp-edit.jpg", "a/.obj.tmp-notapid-0", "a/.obj.tmp-12-x", "a/obj.tmp-99999999-0",
+             "a/.tmp-99999999-0"]
+    for name in users:
+        os.makedirs(os.path.dirname(os.path.join(store.root, name)), exist_ok=True)
+        with open(os.path.join(store.root, name), "wb") as f:
+            f.write(b"a user's file")
+    dead = make_temp(store, "a", "obj", DEAD_PID)
+    assert store.temp_files() == [dead]
+    assert store.sweep_temp_files() == 1
+    for name in users:
+        with open(os.path.join(store.root, name), "rb") as f:
+            assert f.read() == b"a user's file"
 
 
 def test_sweep_does_not_touch_an_in_progress_write(store):
