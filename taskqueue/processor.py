@@ -246,9 +246,10 @@ class _Image:
 
 def _plan(task: Task) -> _Gzip | _Image:
     """The plan for ``task``, its parameters parsed; raises :class:`InvalidTask` naming the field."""
-    if task.image_key.startswith(OUTPUT_PREFIX):
-        raise InvalidParameter(f"field 'image_key': {task.image_key[:80]!r} is under {OUTPUT_PREFIX!r}, "
-                               f"which is reserved for outputs (a task could overwrite another's output)")
+    if task.image_key.startswith(OUTPUT_PREFIX) or task.image_key == OUTPUT_PREFIX.rstrip("/"):
+        raise InvalidParameter(f"field 'image_key': {task.image_key[:80]!r} is or is under {OUTPUT_PREFIX!r}, "
+                               f"which is reserved for outputs (a task could overwrite another's output, or a "
+                               f"source there stand where every output's directory goes)")
     variant = task.variant
     if variant == "gzip":
         kind, size = _Gzip, None

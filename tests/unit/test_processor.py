@@ -533,3 +533,11 @@ def test_a_transient_read_error_while_decoding_is_not_a_permanent_failure(store,
     with pytest.raises(Exception) as info:
         Processor(store).process(task("gray", "img/src"))
     assert not isinstance(info.value, PermanentError)
+
+
+@pytest.mark.parametrize("key", ["variants", "variants/gzip/a.txt", "variants/x"])
+def test_a_source_key_that_is_or_is_under_the_outputs_directory_is_refused(key):
+    """Found by a review: only keys under ``variants/`` were refused, so a source made at ``variants``
+    itself (``--make-sources``) was a file where every output's directory must go: every task failed."""
+    with pytest.raises(InvalidParameter, match="reserved for outputs"):
+        Processor.check(task("gzip", key))
