@@ -13,12 +13,13 @@ optionally ``"params"``), ready for ``json.dump`` and ``Task.from_dict``.
 
 from __future__ import annotations
 
+import errno
 import math
 import numbers
 import random
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from .errors import DependencyMissing, InvalidKey
+from .errors import DependencyMissing, InvalidKey, OutputWriteError
 from .objectstore import LocalObjectStore
 from .task import VARIANT_PATTERN
 
@@ -134,7 +135,9 @@ def create_sources(store: LocalObjectStore, tasks: Iterable[Any], *, seed: int,
     object that already exists is left alone (so a second call creates
     nothing); keys starting with ``skip_prefix`` are never created (that is
     how a task file shows a missing source; None or "" skips nothing); items
-    without a valid image key are skipped, since the task loader rejects them.
+    without a valid image key are skipped, since the task loader rejects them,
+    and so is a key that clashes with another as file and directory (``a`` and
+    ``a/b``): the first made stands, the other's task finds its source missing.
 
     Content depends only on ``seed`` and the key. Keys ending in
     ``.jpg``/``.png`` become real JPEG/PNG images (gradients plus seeded
@@ -168,10 +171,16 @@ def create_sources(store: LocalObjectStore, tasks: Iterable[Any], *, seed: int,
         except InvalidKey:
             continue
         rng = random.Random(f"{seed}:{key}")
-        if make_images and key.lower().endswith(IMAGE_SUFFIXES):
-            _write_image(store, key, rng, image_range)
-        else:
-            store.write(key, _text_chunks(rng, rng.randint(low, high)))
+        try:
+            if make_images and key.lower().endswith(IMAGE_SUFFIXES):
+                _write_image(store, key, rng, image_range)
+            else:
+                store.write(key, _text_chunks(rng, rng.randint(low, high)))
+        except OutputWriteError as exc:
+            if getattr(exc.__cause__, "errno", None) not in (errno.ENOTDIR, errno.EISDIR):
+                raise
+            continue  # a file where its directory goes, or a directory where it goes: not made (its task
+            # finds its source missing); the other sources are made
         created += 1
     return created
 

@@ -269,3 +269,13 @@ def test_sample_task_file_shows_each_case(store):
     image_outcome = "ok" if workload.Image is not None else DependencyMissing
     assert outcomes["sample-04-thumb"] == outcomes["sample-05-gray"] == image_outcome
     assert os.path.isfile(store.path_for("variants/gzip/src/sample/readme.txt.gz"))
+
+
+def test_sources_whose_keys_clash_as_file_and_directory_make_the_others_and_skip_the_clash(tmp_path):
+    """Found by a review: keys ``photos/a`` and ``photos/a/b`` (one a file where the other needs a
+    directory) ended ``run --make-sources`` with a traceback, the sources after them never made. Each
+    that cannot be made is skipped (its task then finds its source missing); the rest are made."""
+    store = LocalObjectStore(tmp_path / "s", fsync=False)
+    tasks = [{"image_key": "photos/a"}, {"image_key": "photos/a/b"}, {"image_key": "photos/c"}]
+    assert workload.create_sources(store, tasks, seed=1, images=False) == 2
+    assert store.exists("photos/a") and store.exists("photos/c") and not store.exists("photos/a/b")
