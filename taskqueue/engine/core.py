@@ -152,7 +152,7 @@ class TaskQueue:
                 raise
             if held:
                 self._give_back(item)
-            self.inflight.settle(item, error=exc)
+            self.inflight.settle(item, error=exc, accepted=False)
             raise
 
     def _count_duplicate(self, item: WorkItem) -> None:

@@ -108,9 +108,11 @@ class InFlight:
         item = self._items.get(key)
         return None if item is None or item.future.cancelled() else item
 
-    def settle(self, item: WorkItem, result: object = None, error: BaseException | None = None) -> None:
+    def settle(self, item: WorkItem, result: object = None, error: BaseException | None = None, *,
+               accepted: bool = True) -> None:
         """Resolve ``item``'s Future (unless its client cancelled it) and stop tracking it, even when
-        a done-callback of the Future raises what the Future does not catch (``SystemExit``)."""
+        a done-callback of the Future raises what the Future does not catch (``SystemExit``).
+        ``accepted=False``: its offer was refused (see :meth:`forget`)."""
         try:
             if error is None:
                 item.future.set_result(result)
@@ -119,7 +121,7 @@ class InFlight:
         except InvalidStateError:
             pass  # cancelled meanwhile; whatever the outcome, it is in the store
         finally:
-            self.forget(item)
+            self.forget(item, accepted)
 
     def release(self, item: WorkItem) -> None:
         """Stop holding ``item``'s key: its row is being given back, so a claim or a recovery that
@@ -129,8 +131,10 @@ class InFlight:
             if self._items.get(item.key) is item:
                 del self._items[item.key]
 
-    def forget(self, item: WorkItem) -> None:
-        """``item`` settled (or was never accepted): stop tracking it."""
+    def forget(self, item: WorkItem, accepted: bool = True) -> None:
+        """``item`` settled, or (``accepted=False``) its offer was refused: stop tracking it. A refused
+        offer does not count in :attr:`settled`: it made no room, so a producer waiting for room
+        (:meth:`wait_settled` after ``QueueFull``) must not wake for it."""
         with self._lock:
             if item.forgotten:
                 return
@@ -138,7 +142,8 @@ class InFlight:
             if self._items.get(item.key) is item:
                 del self._items[item.key]
             self._unfinished -= 1
-            self.settled += 1
+            if accepted:
+                self.settled += 1
             if self._waiters:
                 self._settled.notify_all()
 
