@@ -62,6 +62,9 @@ def _valid_task(tq: "TaskQueue", row: Row) -> Task | None:
     check = getattr(tq.processor, "check", None)  # a processor of the caller's may offer no check()
     try:
         task = row.task()
+        if task.idempotency_key != row.idempotency_key:  # an invalid item, recorded under a key of its own
+            raise errors.InvalidTask(f"the stored task's key {task.idempotency_key!r} is not its row's "
+                                     f"({row.idempotency_key!r}): that task is another row's to run")
         if check is not None:
             check(task)
         return task

@@ -994,3 +994,21 @@ def test_an_invalid_item_recorded_before_counts_as_deduplicated_so_a_rerun_s_pro
     assert (counters["dead_lettered"], counters["deduplicated"]) == (1, 1)
     assert done_count(tq.snapshot()) == 2
     assert db_rows(db, "SELECT COUNT(*) FROM dead_letters") == [(1,)]
+
+
+def test_a_redriven_invalid_item_whose_stored_task_has_another_key_is_dead_lettered_not_run(make_queue, objects, db):
+    """Found by a review: an item refused as a duplicate id is recorded under a key of its own
+    (``<key>#invalid-item-N``) with its payload, which may be a valid task whose key is another row's.
+    Redriven and recovered, it ran under the invalid key: the same output made twice, by two rows."""
+    from taskqueue.errors import InvalidTask
+    [task] = make_tasks(objects, 1)
+    tq = make_queue()
+    assert tq.submit(task).result(timeout=WAIT_S).status is TaskStatus.SUCCESS
+    invalid_key = task.idempotency_key + "#invalid-item-1"
+    assert tq.record_invalid(task.id, invalid_key, json.dumps(task.to_dict()), InvalidTask("duplicate id"))
+    assert tq.store.commit(tq.store.redrive([invalid_key])) == [invalid_key]
+    tq.recover_orphans()
+    assert tq.join(timeout=WAIT_S)
+    rows = dict(db_rows(db, "SELECT idempotency_key, status FROM tasks"))
+    assert rows == {task.idempotency_key: "success", invalid_key: "dead"}
+    assert db_rows(db, "SELECT COUNT(*) FROM tasks WHERE output_key IS NOT NULL") == [(1,)]
