@@ -13,6 +13,7 @@ setting, where it came from, and the value.
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import os
 from dataclasses import dataclass
@@ -300,25 +301,27 @@ class Config:
 
 
 def read_dotenv(path: str | os.PathLike) -> dict[str, str]:
-    """The ``KEY=VALUE`` pairs of a .env file; empty if the file does not exist."""
+    """The ``KEY=VALUE`` pairs of a .env file (UTF-8, a byte order mark allowed); empty if the file
+    does not exist."""
     if not os.path.isfile(path):
         return {}
+    with open(path, encoding="utf-8-sig") as f:  # a BOM would otherwise become part of the first key
+        text = f.read()
     try:
         from dotenv import dotenv_values
     except ImportError:
         values: dict[str, str] = {}
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                line = line.strip()
-                if not line or line.startswith("#") or "=" not in line:
-                    continue
-                key, _, value = line.partition("=")
-                key = key.strip().removeprefix("export ").strip()
-                value = value.strip()
-                if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-                    value = value[1:-1]
-                elif " #" in value:  # an inline comment, as python-dotenv reads it
-                    value = value.split(" #", 1)[0].rstrip()
-                values[key] = value
+        for line in text.splitlines():
+            line = line.strip()
+            if not line or line.startswith("#") or "=" not in line:
+                continue
+            key, _, value = line.partition("=")
+            key = key.strip().removeprefix("export ").strip()
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            elif " #" in value:  # an inline comment, as python-dotenv reads it
+                value = value.split(" #", 1)[0].rstrip()
+            values[key] = value
         return values
-    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+    return {k: v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v is not None}

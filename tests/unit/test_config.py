@@ -331,3 +331,16 @@ def test_the_committed_env_example_lists_every_setting_as_config_describes_it():
     committed = (Path(__file__).resolve().parents[2] / ".env.example").read_text(encoding="utf-8")
     assert committed == Config.dotenv_example(), "regenerate: python3 -c 'from taskqueue.config import Config; " \
                                                  "open(\".env.example\", \"w\").write(Config.dotenv_example())'"
+
+
+@pytest.mark.parametrize("parser", ["python-dotenv", "fallback"])
+def test_a_byte_order_mark_does_not_hide_the_first_setting(tmp_path, monkeypatch, parser):
+    """Found by a review: a .env saved with a BOM (Windows editors) lost its first line, silently: the
+    fallback parser (and python-dotenv before 1.2.4) read the key as '\\ufeffTQ_DB'."""
+    if parser == "python-dotenv":
+        pytest.importorskip("dotenv")
+    else:
+        monkeypatch.setitem(sys.modules, "dotenv", None)
+    env_file = tmp_path / ".env"
+    env_file.write_bytes("TQ_DB=other.db\nTQ_WORKERS=3\n".encode("utf-8-sig"))
+    assert read_dotenv(env_file) == {"TQ_DB": "other.db", "TQ_WORKERS": "3"}
