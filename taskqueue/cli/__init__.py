@@ -33,6 +33,7 @@ from ..store.postgres import redact
 
 EXIT_OK, EXIT_UNFINISHED, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # Ctrl-C before any work began, as a shell reports it
+EXIT_BROKEN_PIPE = 128 + getattr(signal, "SIGPIPE", 13)  # the reader of the output went away, as a shell says
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +43,12 @@ def main(argv: list[str] | None = None) -> int:
         return bench_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
-        return args.handler(args)
+        code = args.handler(args)
+        sys.stdout.flush()  # here, where a reader gone away is caught, not at exit
+        return code
+    except BrokenPipeError:  # the reader stopped reading (| head): end as a shell reports a SIGPIPE, quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # what is still buffered goes nowhere
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:  # before a command holds its signals (loading the file, making sources)
         print("\ninterrupted before any task was offered", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -303,3 +303,18 @@ def test_a_worker_that_makes_its_database_says_so_and_then_waits_for_tasks(base)
             worker.wait()
     assert worker.returncode == 0
     assert "stopped" in out
+
+
+@pytest.mark.parametrize("command", [["status"], ["status", "--json"], ["dlq", "list"]])
+def test_a_reader_that_stops_reading_ends_the_command_quietly(base, command):
+    """Found by a review: ``dlq list | head -1`` ended in a BrokenPipeError traceback and exit 1.
+    The reader going away ends the command as a shell reports a SIGPIPE (141), with nothing on stderr."""
+    (base / "tasks.json").write_text(json.dumps([{"id": f"m{i}", "image_key": f"missing/{i}.txt", "variant": "gzip"}
+                                                 for i in range(3)]), encoding="utf-8")
+    assert run(base).returncode == 0  # three dead letters (their sources are missing)
+    child = subprocess.Popen([sys.executable, str(SCRIPT), *command, "--db", str(base / "tasks.db")],
+                             cwd=base / "work", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child.stdout.close()  # the reader is gone before the first line is written
+    stderr = child.stderr.read().decode()
+    assert child.wait(timeout=HANG_S) == 128 + signal.SIGPIPE, stderr
+    assert stderr == ""
