@@ -33,24 +33,46 @@ def done_count(snap: dict) -> int:
     return counters["succeeded"] + counters["dead_lettered"] + counters["deduplicated"]
 
 
-def format_status(snap: dict, total: int | None, rate: float | None) -> str:
-    """One frame of the line, e.g. ``37/120 done (30.8%) | 12.5 tasks/s | ETA 0:07 | retries 2 | ...``."""
+SEPARATOR = " | "
+
+
+def format_status(snap: dict, total: int | None, rate: float | None, width: int | None = None) -> str:
+    """One frame of the line, e.g. ``37/120 done (30.8%) | 12.5 tasks/s | ETA 0:07 | retries 2 | ...``.
+
+    ``width``: the most characters the frame may take (None: no limit). A line
+    that does not fit loses whole fields from its end, the least important
+    first, and then the first field is shortened (``37/120 done``, ``37/120``,
+    ``30.8%``); if not even that fits, the frame is empty. A field is never cut:
+    ``queue 128/128`` cut to ``queue 1`` would be a wrong number, not a shorter one.
+    """
     done = done_count(snap)
-    parts = []
     if total is None:
-        parts.append(f"{done} done")
+        first = [f"{done} done", f"{done}"]
     else:
         done = min(done, total)  # never past the total, whatever a counter says
-        percent = 100.0 * done / total if total else 100.0
-        parts.append(f"{done}/{total} done ({percent:.1f}%)")
-    parts.append("-- tasks/s" if rate is None else f"{rate:.1f} tasks/s")
+        percent = f"{100.0 * done / total if total else 100.0:.1f}%"
+        first = [f"{done}/{total} done ({percent})", f"{done}/{total} done", f"{done}/{total}", percent]
+    rest = ["-- tasks/s" if rate is None else f"{rate:.1f} tasks/s"]
     if total is not None:
         remaining = total - done
-        parts.append("ETA " + ("0:00" if remaining <= 0 else "--:--" if not rate else _clock(remaining / rate)))
+        rest.append("ETA " + ("0:00" if remaining <= 0 else "--:--" if not rate else _clock(remaining / rate)))
     counters, depth = snap["counters"], snap["queue_depth"]
-    parts += [f"retries {counters['retried']}", f"dead {counters['dead_lettered']}",
-              f"queue {depth['current']}/{depth['capacity']}"]
-    return " | ".join(parts)
+    rest += [f"retries {counters['retried']}", f"dead {counters['dead_lettered']}",
+             f"queue {depth['current']}/{depth['capacity']}"]
+    return _fit(first, rest, width)
+
+
+def _fit(first: list[str], rest: list[str], width: int | None) -> str:
+    """``first[0]`` and as many of ``rest`` as fit in ``width``, or the first of ``first`` that fits alone."""
+    line = SEPARATOR.join([first[0], *rest])
+    if width is None or len(line) <= width:
+        return line
+    while rest:  # the fields are in order of importance: the last one goes first
+        rest = rest[:-1]
+        line = SEPARATOR.join([first[0], *rest])
+        if rest and len(line) <= width:
+            return line
+    return next((text for text in first if len(text) <= width), "")
 
 
 def _clock(seconds: float) -> str:
@@ -135,7 +157,7 @@ class ProgressLine:
             now, done = self._clock(), done_count(snap)
             first_t, first_done = self._first or (now, done)
             rate = (done - first_done) / (now - first_t) if now > first_t else None
-            self._draw(format_status(snap, self.total, rate), final=True)
+            self._draw(format_status(snap, self.total, rate, self._width()), final=True)
         finally:
             self._restore()
 
@@ -146,12 +168,16 @@ class ProgressLine:
             now, done = self._clock(), done_count(snap)
             if self._first is None:
                 self._first = (now, done)
-            self._draw(format_status(snap, self.total, self._rate.add(now, done)), final=False)
+            self._draw(format_status(snap, self.total, self._rate.add(now, done), self._width()), final=False)
 
     # -- drawing ------------------------------------------------------------------------------
 
+    def _width(self) -> int:
+        """The most characters a frame may take: one less than the terminal's width, as a line that
+        fills the last column wraps on some terminals, and a wrapped line cannot be redrawn in place."""
+        return max(self._columns() - 1, 0)
+
     def _draw(self, frame: str, final: bool) -> None:
-        frame = frame[:max(self._columns() - 1, 10)]  # a wrapped line could not be redrawn in place
         with self._drawing:
             self._frame = frame
             if self._midline and not final:

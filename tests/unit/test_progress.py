@@ -116,7 +116,48 @@ def test_a_frame_never_wraps():
     progress.start()
     progress.stop()
     frames = out.getvalue().split("\r")[1:]
-    assert frames and all(len(f.replace(ERASE_TO_END, "").rstrip("\n")) == 29 for f in frames)
+    assert frames and all(len(f.replace(ERASE_TO_END, "").rstrip("\n")) <= 29 for f in frames)
+
+
+# The README's example line: 87 characters, wider than an 80-column terminal.
+README_SNAP = snap(succeeded=1237, retried=23, depth=128, capacity=128)
+README_LINE = "1237/2000 done (61.9%) | 328.9 tasks/s | ETA 0:02 | retries 23 | dead 0 | queue 128/128"
+
+
+def test_a_line_too_wide_loses_whole_fields_from_its_end_never_part_of_a_number():
+    assert len(README_LINE) == 87
+    out = io.StringIO()
+    progress = ProgressLine(lambda: README_SNAP, total=2000, stream=out, interval_s=3600, clock=Clock(),
+                            columns=lambda: 80)
+    progress.start()  # the first frame: no rate yet (nor in the last, the clock never moving)
+    progress.stop()
+    frames = [f.replace(ERASE_TO_END, "").rstrip("\n") for f in out.getvalue().split("\r")[1:]]
+    assert frames == ["1237/2000 done (61.9%) | -- tasks/s | ETA --:-- | retries 23 | dead 0"] * 2
+    assert "queue 1" not in out.getvalue()  # not 'queue 128/128' cut to a wrong number
+    assert (format_status(README_SNAP, 2000, 328.9, width=79)
+            == "1237/2000 done (61.9%) | 328.9 tasks/s | ETA 0:02 | retries 23 | dead 0")
+
+
+@pytest.mark.parametrize("width", range(0, 90))
+def test_at_any_width_the_frame_is_whole_fields_that_fit(width):
+    fields = README_LINE.split(" | ")
+    shortened = {"1237/2000 done", "1237/2000", "61.9%"}  # the first field, shorter, still true
+    text = format_status(README_SNAP, 2000, 328.9, width=width)
+    assert len(text) <= width
+    shown = text.split(" | ") if text else []
+    assert shown == fields[:len(shown)] or (len(shown) == 1 and shown[0] in shortened)
+    if width >= len(README_LINE):
+        assert text == README_LINE
+    elif width >= len("1237/2000 done (61.9%) | 328.9 tasks/s"):
+        assert len(shown) >= 2 and shown[0] == fields[0]
+
+
+def test_an_open_ended_line_is_shortened_the_same_way():
+    text = format_status(snap(succeeded=1872, retried=4, dead=1, depth=16, capacity=16), total=None, rate=312.4,
+                         width=30)
+    assert text == "1873 done | 312.4 tasks/s"
+    assert format_status(snap(succeeded=1873), total=None, rate=None, width=6) == "1873"
+    assert format_status(snap(succeeded=1873), total=None, rate=None, width=3) == ""
 
 
 def test_stop_without_start_writes_nothing():
