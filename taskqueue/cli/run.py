@@ -241,14 +241,18 @@ def _await_elsewhere(tq, waiter: _Waiter) -> None:
 
 
 def _summary(waiter: _Waiter, loaded, rejected_offers: int, elapsed: float, tq, swept: int) -> dict:
+    """The figures :func:`_render` prints. ``throughput_per_s`` is the tasks done -- succeeded,
+    deduplicated or dead-lettered -- per second of the run, as on the progress line: counting the
+    tasks offered would credit an interrupted run with work it never did."""
     outcome = waiter.counts(len(loaded.tasks))
+    done = outcome["succeeded"] + outcome["deduplicated"] + outcome["dead_lettered"]
     snap = tq.final_metrics or tq.snapshot()
     return {"tasks": len(loaded.tasks), "invalid_dead_lettered": len(loaded.invalid),
             "duplicates_in_file_dropped": loaded.duplicates_dropped, **outcome,
             "retries": snap["counters"]["retried"], "rejected_offers": rejected_offers,
             "recovered": len(tq.recovered.runnable), "recovered_dead": len(tq.recovered.dead),
             "temp_files_swept": swept, "elapsed_s": round(elapsed, 3),
-            "throughput_per_s": round(waiter.offered / elapsed, 1) if elapsed > 0 else None,
+            "throughput_per_s": round(done / elapsed, 1) if elapsed > 0 else None,
             "latency_p95_s": snap["latency_s"]["p95"], "queue_depth_max": snap["queue_depth"]["max"],
             "db": tq.store.location, "store": tq.objects.root}
 

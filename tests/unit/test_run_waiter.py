@@ -8,8 +8,9 @@ from __future__ import annotations
 import gc
 import weakref
 from concurrent.futures import Future
+from types import SimpleNamespace
 
-from taskqueue.cli.run import _Waiter
+from taskqueue.cli.run import _render, _summary, _Waiter
 from taskqueue.errors import ClaimedElsewhere, OutcomeNotRecorded, PermanentError, QueueShutDown
 from taskqueue.task import Task, TaskResult, TaskStatus
 
@@ -90,3 +91,35 @@ def test_the_waiter_keeps_no_future_once_it_has_settled():
     gc.collect()
     assert ref() is None
     assert waiter.counts(1)["succeeded"] == 1
+
+
+def summary_of(waiter: _Waiter, tasks: int, elapsed: float) -> dict:
+    """``run``'s summary of a file of ``tasks`` tasks after ``elapsed`` seconds (the queue stubbed)."""
+    loaded = SimpleNamespace(tasks=[task(n) for n in range(tasks)], invalid=[], duplicates_dropped=0)
+    snap = {"counters": {"retried": 0}, "latency_s": {"p95": None}, "queue_depth": {"max": 4}}
+    tq = SimpleNamespace(final_metrics=snap, recovered=SimpleNamespace(runnable=[], dead=[]),
+                         store=SimpleNamespace(location="tasks.db"), objects=SimpleNamespace(root="store"))
+    return _summary(waiter, loaded, 0, elapsed, tq, 0)
+
+
+def test_tasks_per_second_counts_the_tasks_done_not_those_offered():
+    """An interrupted run whose offered tasks never finished did no task per second."""
+    waiter = _Waiter()
+    for n in range(8):
+        waiter.watch(task(n), Future())  # offered, never settled: a stop, and the grace period ran out
+    interrupted = summary_of(waiter, 10, elapsed=2.0)
+    assert interrupted["unfinished"] == 10 and interrupted["throughput_per_s"] == 0.0
+    assert "elapsed 2.0s, 0.0 tasks/s" in _render(interrupted)
+
+    waiter = _Waiter()
+    outcomes = [succeeded(0), succeeded(1), succeeded(2, deduplicated=True)]
+    for n, result in enumerate(outcomes):
+        future: Future = Future()
+        future.set_result(result)
+        waiter.watch(task(n), future)
+    waiter.watch(task(3), failed(PermanentError("bad")))
+    waiter.watch(task(4), failed(QueueShutDown("cancelled at shutdown")))  # unfinished: not done
+    waiter.watch(task(5), Future())
+    partial = summary_of(waiter, 8, elapsed=2.0)
+    assert (partial["succeeded"], partial["deduplicated"], partial["dead_lettered"]) == (2, 1, 1)
+    assert partial["throughput_per_s"] == 2.0  # 4 done (succeeded, deduplicated or dead-lettered) in 2 s
