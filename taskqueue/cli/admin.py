@@ -32,6 +32,21 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     redrive.set_defaults(handler=cmd_dlq_redrive)
 
 
+def printable(text: object) -> str:
+    """``text`` with every character a terminal would act on written as its escape (``\\n``, ``\\x1b``).
+
+    Task ids, keys, variants and error text come from task files and other hosts: printed raw, a
+    newline or a carriage return forges a line of the listing, an ANSI escape sequence colours or
+    clears the terminal, and a lone surrogate (an undecodable byte of a file name) cannot be encoded
+    on a strict UTF-8 stdout at all. Only what :meth:`str.isprintable` refuses is escaped, the way
+    :func:`ascii` writes it, so ordinary text -- accents, a backslash -- is shown as it is.
+    """
+    text = str(text)
+    if text.isprintable():  # nearly always: no copy
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
 def _existing_db(config: Config) -> str:
     if is_url(config.db):
         return config.db
@@ -52,9 +67,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                          indent=2))
         return EXIT_OK
     print("  ".join(f"{name} {n}" for name, n in counts.items()) + f"  (total {sum(counts.values())})")
-    for f in failures:
-        print(f"  {f['status']:6} {f['idempotency_key']}  attempts {f['attempts']}  "
-              f"{f['error_class']}: {f['last_error']}")
+    for f in failures:  # text, not --json: escaped, as a key or an error may hold anything (see printable)
+        print(f"  {printable(f['status']):6} {printable(f['idempotency_key'])}  attempts {f['attempts']}  "
+              f"{printable(f['error_class'])}: {printable(f['last_error'])}")
     return EXIT_OK
 
 
@@ -64,9 +79,9 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
     print(f"{len(rows)} dead-lettered")
-    for r in rows:
-        print(f"  {r['idempotency_key']}  task {r['task_id']}  attempts {r['attempts']}  "
-              f"{r['error_class']}: {r['last_error']}")
+    for r in rows:  # text, not --json: escaped (see printable)
+        print(f"  {printable(r['idempotency_key'])}  task {printable(r['task_id'])}  attempts {r['attempts']}  "
+              f"{printable(r['error_class'])}: {printable(r['last_error'])}")
     return EXIT_OK
 
 
@@ -83,5 +98,5 @@ def cmd_dlq_redrive(args: argparse.Namespace) -> int:
     print(f"redriven {len(done)} task(s) to queued; the next `run` processes them")
     missing = [] if args.all else sorted(set(args.keys) - set(done))
     for key in missing:
-        print(f"  not in the dead-letter queue: {key}", file=sys.stderr)
+        print(f"  not in the dead-letter queue: {printable(key)}", file=sys.stderr)
     return EXIT_UNFINISHED if missing else EXIT_OK
