@@ -62,8 +62,12 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         invalid = sum(bool(store.commit(store.record_invalid(*item.dead_letter()))) for item in loaded.invalid)
     finally:
         store.close()
-    present = len(loaded.tasks) - added
-    print(f"enqueued {added} task(s) into {store.location}; {present} already there (not added again)")
+    # Tasks of the file sharing a key (other ids, so not dropped as identical) are one row: the file's
+    # own repeats are told apart from the keys the database already held, which alone were "there".
+    keys = len({task.idempotency_key for task in loaded.tasks})
+    print(f"enqueued {added} task(s) into {store.location}; {keys - added} already there (not added again)")
+    if len(loaded.tasks) > keys:
+        print(f"repeats of a key earlier in the file (added once): {len(loaded.tasks) - keys}")
     if loaded.invalid:
         print(f"invalid items dead-lettered: {invalid} ({len(loaded.invalid) - invalid} recorded before)")
     if loaded.duplicates_dropped:

@@ -38,3 +38,23 @@ def test_status_and_dlq_list_escape_what_the_terminal_would_act_on_and_json_stay
     assert [(r["idempotency_key"], r["task_id"]) for r in rows] == [(FORGERY + ":gzip#invalid-item-1", FORGED_ID)]
     failures = json.loads(cli("status", "--db", "tasks.db", "--json", cwd=tmp_path).stdout)["recent_failures"]
     assert [f["idempotency_key"] for f in failures] == [FORGERY + ":gzip#invalid-item-1"]
+
+
+def test_enqueue_tells_keys_repeated_in_the_file_from_keys_already_in_the_database(tmp_path: Path):
+    items = [{"id": "a-1", "image_key": "src/a.txt", "variant": "gzip"},
+             {"id": "b-1", "image_key": "src/b.txt", "variant": "gzip"},
+             {"id": "a-2", "image_key": "src/a.txt", "variant": "gzip"},  # a's key again, another id
+             {"id": "a-3", "image_key": "src/a.txt", "variant": "gzip"},
+             {"id": "b-1", "image_key": "src/b.txt", "variant": "gzip"}]  # b-1 again, identical: dropped
+    (tmp_path / "tasks.json").write_text(json.dumps(items), encoding="utf-8")
+    first = cli("enqueue", "--tasks", "tasks.json", "--db", "tasks.db", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.splitlines() == [
+        "enqueued 2 task(s) into tasks.db; 0 already there (not added again)",
+        "repeats of a key earlier in the file (added once): 2",
+        "identical duplicates in the file dropped: 1"]
+    again = cli("enqueue", "--tasks", "tasks.json", "--db", "tasks.db", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[:2] == [
+        "enqueued 0 task(s) into tasks.db; 2 already there (not added again)",  # the database holds 2 rows
+        "repeats of a key earlier in the file (added once): 2"]
