@@ -47,6 +47,16 @@ def printable(text: object) -> str:
     return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
+def printable_path(path: str | bytes | os.PathLike) -> str:
+    """``path`` as :func:`printable` text, any byte that is not in the file system's encoding as ``\\xff``.
+
+    A name need not be valid UTF-8 (``--store $'st\\xff'``): Python holds such a byte as a lone
+    surrogate, which a strict UTF-8 stdout (``PYTHONIOENCODING=utf-8``) refuses to encode, crashing
+    the command after its work is done. The original bytes, shown escaped, say which name it is.
+    """
+    return printable(os.fsencode(path).decode(sys.getfilesystemencoding(), "backslashreplace"))
+
+
 def _existing_db(config: Config) -> str:
     if is_url(config.db):
         return config.db

@@ -23,6 +23,7 @@ from ..store import probe, store_errors
 from ..taskfile import ON_INVALID, load_tasks
 from . import (EXIT_OK, EXIT_UNFINISHED, check_paths, config_from, hold_signals, processing_flags,
                release_signals, run_with_signals, start_logging, stop_on_signal)
+from .admin import printable_path
 
 
 def add_command(sub: argparse._SubParsersAction) -> None:
@@ -59,7 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             from ..workload import create_sources
             created = create_sources(objects, [t.to_dict() for t in loaded.tasks], seed=config.fault_seed)
             if created:
-                print(f"created {created} source objects under {objects.root}")
+                print(f"created {created} source objects under {printable_path(objects.root)}")
         swept = objects.sweep_temp_files()
         held = hold_signals()  # before any thread starts: SIGINT/SIGTERM will reach the main thread only
         started = time.perf_counter()

@@ -24,6 +24,7 @@ from ..store import is_url, open_store, probe, store_errors
 from ..taskfile import ON_INVALID, load_tasks
 from . import (EXIT_OK, EXIT_UNFINISHED, check_paths, config_from, hold_signals, processing_flags, release_signals,
                run_with_signals, start_logging, stop_on_signal, store_flags)
+from .admin import printable_path
 
 ENQUEUE_BATCH = 500  # tasks per transaction: all of a batch or none of it
 
@@ -65,7 +66,8 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     # Tasks of the file sharing a key (other ids, so not dropped as identical) are one row: the file's
     # own repeats are told apart from the keys the database already held, which alone were "there".
     keys = len({task.idempotency_key for task in loaded.tasks})
-    print(f"enqueued {added} task(s) into {store.location}; {keys - added} already there (not added again)")
+    print(f"enqueued {added} task(s) into {printable_path(store.location)}; {keys - added} already there "
+          f"(not added again)")
     if len(loaded.tasks) > keys:
         print(f"repeats of a key earlier in the file (added once): {len(loaded.tasks) - keys}")
     if loaded.invalid:

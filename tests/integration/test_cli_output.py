@@ -7,8 +7,10 @@ Each command runs in a subprocess (tests/integration/clirun.py) in a temporary d
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+import pytest
 from clirun import cli
 
 # An image key that, printed raw, starts a new row that looks like a dead letter and colours it red.
@@ -58,3 +60,24 @@ def test_enqueue_tells_keys_repeated_in_the_file_from_keys_already_in_the_databa
     assert again.stdout.splitlines()[:2] == [
         "enqueued 0 task(s) into tasks.db; 2 already there (not added again)",  # the database holds 2 rows
         "repeats of a key earlier in the file (added once): 2"]
+
+
+def test_a_store_path_that_is_not_utf8_is_printed_escaped_on_a_strict_utf8_stdout(tmp_path: Path):
+    store = os.fsdecode(b"st\xff")  # 'st\udcff': the byte 0xff is not UTF-8
+    try:
+        (tmp_path / store).mkdir()
+        (tmp_path / store).rmdir()
+    except (OSError, UnicodeError):
+        pytest.skip("this file system takes no name that is not valid UTF-8")
+    items = [{"id": "a-1", "image_key": "src/a.txt", "variant": "gzip"}]
+    (tmp_path / "tasks.json").write_text(json.dumps(items), encoding="utf-8")
+    result = cli("run", "--tasks", "tasks.json", "--db", "tasks.db", "--store", store, "--make-sources",
+                 "--no-progress", cwd=tmp_path, env={"PYTHONIOENCODING": "utf-8"})  # strict: no surrogateescape
+    assert result.returncode == 0, result.stderr
+    assert "UnicodeEncodeError" not in result.stderr
+    assert "created 1 source objects under " in result.stdout and "st\\xff" in result.stdout
+    assert "tasks 1: 1 succeeded" in result.stdout
+    enqueued = cli("enqueue", "--tasks", "tasks.json", "--db", store + ".db", cwd=tmp_path,
+                   env={"PYTHONIOENCODING": "utf-8"})
+    assert enqueued.returncode == 0, enqueued.stderr
+    assert enqueued.stdout.startswith("enqueued 1 task(s) into st\\xff.db; 0 already there")
