@@ -9,6 +9,7 @@ read connections and its dialect of :mod:`.statements`.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from typing import Any, Callable, Iterable, Iterator
 
@@ -283,6 +284,11 @@ class StateMachine(Reads):
     def _claim_due(self, conn: Any, limit: int, max_attempts: int) -> Recovered:
         now = self._clock()
         runnable, dead = [], []
+        # A process of this host that is gone (a worker SIGKILLed) renews no lease: its rows would wait
+        # up to lease_s for their leases to run out. They run out now, and are taken below as any other.
+        for (owner,) in conn.execute(self.sql["leasing_owners"], (self.owner, now)).fetchall():
+            if not owners.alive(owner, None, now, self.owner):
+                conn.execute(self.sql["end_lease"], (math.nextafter(now, -math.inf), owner, now))
         if self._ledgers is not None:  # waiting rows whose owner's lease lapsed: had it begun any?
             self._replay(conn, [owner for (owner,) in conn.execute(self.sql["lapsed_owners"], (self.owner, now))],
                          now)

@@ -28,6 +28,10 @@ SQL = {
     "replay": "UPDATE tasks SET status = 'running', attempts = attempts + 1, next_attempt_at = NULL,"
               " updated_at = ?, version = version + 1"
               " WHERE id = ? AND version = ? AND owner = ? AND status IN ('queued', 'failed')",
+    # Other owners whose leases still hold rows (a dead one's, on this host, are ended at once: end_lease).
+    "leasing_owners": f"SELECT DISTINCT owner FROM tasks WHERE status IN {_OPEN_SQL}"
+                      " AND owner IS NOT NULL AND owner <> ? AND lease_until >= ?",
+    "end_lease": f"UPDATE tasks SET lease_until = ? WHERE owner = ? AND status IN {_OPEN_SQL} AND lease_until >= ?",
     "lapsed_owners": "SELECT DISTINCT owner FROM tasks WHERE status IN ('queued', 'failed')"
                      " AND owner IS NOT NULL AND owner <> ? AND lease_until < ?",
     "finish": "UPDATE tasks SET status = ?, output_key = ?, output_bytes = ?, last_error = ?, error_class = ?,"

@@ -520,6 +520,33 @@ def test_claim_due_takes_another_owners_expired_rows_but_never_its_own(store, ba
     assert {r.id: r.owner for r in store.rows() if r.id in {m.id for m in mine}} == {m.id: store.owner for m in mine}
 
 
+def test_claim_due_takes_over_at_once_the_rows_of_a_dead_process_of_this_host_whatever_their_lease(
+        store, backend, fake_clock, dead_pid, live_pid):
+    """Found by a review: a worker SIGKILLed mid-run left its rows to wait out their whole lease (5 min
+    by default) before the other workers' feeders took them, though the README says "at once on the
+    same host, where a dead pid is seen": only a start-up's recovery asked whether owners lived."""
+    now = fake_clock.now
+    dead, live, other_host = f"{HOST}:{dead_pid}:-:x", f"{HOST}:{live_pid}:-:y", f"elsewhere-{HOST}:1:-:z"
+    states = {  # n: (status, owner, attempts, lease_until)
+        1: ("running", dead, 1, now + 1000),   # its owner is gone: taken, the attempt stays counted
+        2: ("queued", dead, 0, now + 1000),
+        3: ("running", dead, 3, now + 1000),   # on its last attempt: dead-lettered
+        4: ("running", live, 1, now + 1000),   # a live owner's: kept
+        5: ("queued", other_host, 0, now + 1000),  # another host's, lease valid: kept
+    }
+    ids = {}
+    for n, (status, owner, attempts, lease) in states.items():
+        row = claim(store, n)
+        ids[n] = row.id
+        set_row(backend, row.id, status=status, owner=owner, attempts=attempts, lease_until=lease, version=10)
+    found = store.commit(store.claim_due(10, max_attempts=3))
+    assert sorted(r.id for r in found.runnable) == sorted(ids[n] for n in (1, 2))
+    assert [r.id for r in found.dead] == [ids[3]]
+    after = {r.id: r for r in store.rows()}
+    assert (after[ids[1]].owner, after[ids[1]].status, after[ids[1]].attempts) == (store.owner, TaskStatus.QUEUED, 1)
+    assert (after[ids[4]].owner, after[ids[5]].owner) == (live, other_host)
+
+
 def test_give_up_lets_any_process_take_the_row_over_counting_its_attempt(store, backend, fake_clock):
     other = backend.make(clock=fake_clock, lease_s=30.0)
     store.commit(store.enqueue([make_task(1)]))
