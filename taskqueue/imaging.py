@@ -18,7 +18,8 @@ writes it. The steps, in order, and why each is where it is:
    before the final Lanczos pass (``reducing_gap=2``).
 3. **Working mode.** Palette and 1-bit images become RGB/RGBA/L (a palette
    resized as such would be resampled with NEAREST); 16-bit samples are scaled
-   to 8 bits (``v / 257``), never clipped; a ``tRNS`` colour key becomes alpha.
+   to 8 bits (``v / 257``), never clipped; a ``tRNS`` colour key becomes alpha (a 16-bit one is
+   matched at 16 bits, before scaling).
 4. **Colour.** An embedded ICC profile (RGB or CMYK) is converted to sRGB
    with ImageCms and the output carries no profile: browsers read an untagged
    image as sRGB, a thumbnail stays small, and a CMYK or grayscale output
@@ -51,7 +52,7 @@ from typing import BinaryIO, Iterator
 from .errors import ImageTooLarge, UnsupportedSource
 
 try:  # Pillow is optional: the processor checks ``Image`` before calling in here.
-    from PIL import Image
+    from PIL import Image, ImageChops
     # Importing a plugin registers it with Image.OPEN; WebP registers only if Pillow was built with it.
     from PIL import (BmpImagePlugin, GifImagePlugin, JpegImagePlugin,  # noqa: F401
                      PngImagePlugin, TiffImagePlugin, WebPImagePlugin)
@@ -224,9 +225,15 @@ def _working_mode(im):
     if mode in ("P", "PA"):
         return im.convert("RGBA" if keyed or mode == "PA" else "RGB")
     if mode == "1":
-        return im.convert("L")
+        gray = im.convert("L")  # 0 and 255
+        if not keyed:
+            return gray
+        # A 1-bit PNG's key is the sample 0 or 1; Pillow gives it as 0/255 (older versions: 0/1).
+        gray.info["transparency"] = 255 if im.info["transparency"] else 0
+        return gray.convert("LA")
     if mode.startswith("I"):  # I;16, I;16B, I (16-bit PNG, TIFF): scale 0..65535 to 0..255
-        return _to_eight_bits(im)
+        key = im.info.get("transparency")
+        return _to_eight_bits(im, key if isinstance(key, int) else None)
     if mode in ("RGBa", "La"):
         return im.convert(mode[:-1] + "A")
     if mode == "F":
@@ -234,18 +241,35 @@ def _working_mode(im):
     return im.convert("RGB")  # RGBX, YCbCr, LAB, HSV
 
 
-def _to_eight_bits(im):
-    """A 16-bit (or 32-bit integer) gray image as L, each sample scaled by 1/257 and rounded.
+def _to_eight_bits(im, key: int | None = None):
+    """A 16-bit (or 32-bit integer) gray image as L, each sample scaled by 1/257 and rounded; as LA
+    when ``key`` (a PNG ``tRNS`` colour key) is given, the samples equal to it transparent.
 
     A band of rows at a time: converted whole, the two 32-bit copies Pillow's ``point`` goes through
     (4 bytes a pixel each) came to 10 bytes a pixel at the peak. Here the peak is the source, the
-    8-bit result (1 byte a pixel) and one band.
+    result (L: 1 byte a pixel; LA: 4, as Pillow stores it) and one band.
     """
-    out = Image.new("L", im.size)
+    out = Image.new("L" if key is None else "LA", im.size)
     for top in range(0, im.height, _BAND_ROWS):
-        band = im.crop((0, top, im.width, min(top + _BAND_ROWS, im.height)))
-        out.paste(band.convert("I").point(lambda v: v * (1 / 257) + 0.5).convert("L"), (0, top))
+        band = im.crop((0, top, im.width, min(top + _BAND_ROWS, im.height))).convert("I")
+        gray = band.point(lambda v: v * (1 / 257) + 0.5).convert("L")
+        if key is not None:
+            # The key is compared at 16 bits: 257 values share an 8-bit one, and only one is keyed.
+            gray = Image.merge("LA", (gray, _key_alpha(band, key)))
+        out.paste(gray, (0, top))
     return out
+
+
+def _key_alpha(band, key: int):
+    """Alpha (L) for an I image: 0 where a sample equals ``key``, 255 elsewhere.
+
+    With ``point`` (only ``v * scale + offset`` on I) and the clipping of I to L: ``v - key`` is
+    non-zero in L only above the key, ``key - v`` only below it, so their maximum is 0 only at it.
+    """
+    # Written as additions and products: older Pillow's ``point`` understands nothing else.
+    above = band.point(lambda v: v + -key).convert("L")
+    below = band.point(lambda v: v * -1 + key).convert("L")
+    return ImageChops.lighter(above, below).point([0] + [255] * 255)
 
 
 def _usable_profile(im) -> bool:

@@ -553,6 +553,66 @@ def test_16_bit_conversion_by_bands_gives_what_the_whole_image_conversion_gave(m
     assert imaging._working_mode(im).tobytes() == whole.tobytes()
 
 
+def keyed_gray_png(depth, samples, key, width) -> bytes:
+    """A grayscale PNG of bit ``depth`` (1, 8 or 16) with a ``tRNS`` colour key: ``samples`` row-major."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = []
+    for top in range(0, len(samples), width):
+        row = samples[top:top + width]
+        if depth == 1:
+            bits = "".join(str(v) for v in row).ljust(-(-width // 8) * 8, "0")
+            rows.append(b"\0" + int(bits, 2).to_bytes(len(bits) // 8, "big"))
+        else:
+            rows.append(b"\0" + struct.pack(f">{width}{'H' if depth == 16 else 'B'}", *row))
+    header = struct.pack(">IIBBBBB", width, len(samples) // width, depth, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"tRNS", struct.pack(">H", key))
+            + chunk(b"IDAT", zlib.compress(b"".join(rows))) + chunk(b"IEND", b""))
+
+
+# (bit depth, keyed sample, other sample, the other's 8-bit value): left half keyed, right half not.
+# 0x1011 is one step from the 16-bit key and scales to the same 8 bits: the key is matched at 16 bits.
+KEYED_SOURCES = {"8-bit": (8, 0x10, 0x80, 0x80), "16-bit": (16, 0x1010, 0x1011, 0x10),
+                 "16-bit, key 0": (16, 0, 0x8080, 0x80), "1-bit, key black": (1, 0, 1, 255),
+                 "1-bit, key white": (1, 1, 0, 0)}
+
+
+@needs_pillow
+@pytest.mark.parametrize("source", sorted(KEYED_SOURCES))
+@pytest.mark.parametrize("fmt", ["png", "webp", "jpeg"])
+def test_a_trns_colour_key_makes_gray_pngs_of_every_depth_transparent(store, source, fmt):
+    """Found by a review: the key of a 16-bit or 1-bit grayscale PNG was dropped (the keyed pixels came
+    out opaque), while an 8-bit one's became alpha."""
+    depth, keyed, other, other8 = KEYED_SOURCES[source]
+    data = keyed_gray_png(depth, [keyed] * 8 + [other] * 8, keyed, width=16)
+    out = make(store, "gray", data, format=fmt, **({"background": "#ff0000"} if fmt == "jpeg" else {}))
+    assert out.size == (16, 1)
+    if fmt == "jpeg":  # flattened over the background, then gray: red's luma where the key was
+        assert close(out.getpixel((2, 0)), 76, 8) and close(out.getpixel((13, 0)), other8, 8)
+        return
+    rgba = out.convert("RGBA")
+    assert rgba.getpixel((2, 0))[3] == 0, rgba.getpixel((2, 0))
+    assert rgba.getpixel((13, 0))[3] == 255 and close(rgba.getpixel((13, 0))[:3], (other8,) * 3, 4)
+
+
+@needs_pillow
+@pytest.mark.parametrize("mode", ["I;16", "I"])
+def test_16_bit_keyed_conversion_by_bands_keys_exactly_the_keyed_samples(mode):
+    rng = random.Random(7)
+    key = 30000
+    samples = [rng.choice((key, key - 1, key + 1, rng.randrange(65536))) for _ in range(37 * 700)]
+    im = Image.new(mode, (37, 700))
+    im.putdata(samples)
+    im.info["transparency"] = key
+    out = imaging._working_mode(im)
+    assert out.mode == "LA"
+    unkeyed = Image.new(mode, im.size)
+    unkeyed.putdata(samples)
+    assert out.getchannel("L").tobytes() == imaging._working_mode(unkeyed).tobytes()
+    assert out.getchannel("A").tobytes() == bytes(0 if v == key else 255 for v in samples)
+
+
 _PEAK_SCRIPT = """
 import io, resource, sys
 from PIL import Image
