@@ -102,7 +102,7 @@ def prepare(source: BinaryIO, spec: Rendition, *, max_pixels: int, name: str) ->
 
     Raises :class:`ImageTooLarge` (over ``max_pixels``, from the header),
     :class:`UnsupportedSource` (not an accepted image, truncated, corrupt);
-    an ``OSError`` with an errno (a failing read) propagates for
+    an ``OSError`` with an errno (a failing read) and a ``MemoryError`` propagate for
     ``retry.classify`` to judge. ``name`` is the object key, for messages.
     """
     with _decoding(name):
@@ -200,7 +200,11 @@ def _check_tiles(im, name: str, max_pixels: int) -> None:
 
 @contextlib.contextmanager
 def _decoding(name: str) -> Iterator[None]:
-    """Map Pillow's failures on a bad file to permanent errors; a real I/O error stays an OSError."""
+    """Map Pillow's failures on a bad file to permanent errors; a real I/O error stays an OSError.
+
+    A ``MemoryError`` (an allocation refused while decoding) is deliberately not caught: it says
+    nothing about the file, and ``retry.classify`` makes it transient.
+    """
     try:
         yield
     except Image.DecompressionBombError as exc:  # a plugin's own check (GIF frames, TIFF tiles)

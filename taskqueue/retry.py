@@ -33,6 +33,9 @@ def classify(exc: BaseException) -> str:
       errno is in ``TRANSIENT_ERRNOS`` (``EAGAIN``, ``EBUSY``, ``ENOSPC``, ...)
       and permanent otherwise (``EACCES``, ``EROFS``, ``ENOENT``, ...);
     * ``TimeoutError`` and SQLite "database is locked/busy" are transient;
+    * ``MemoryError`` is transient: an allocation refused says how busy the host is (other workers'
+      images, a cgroup, strict overcommit), not that the task is bad; a task that can never fit
+      is still dead-lettered after ``max_attempts``;
     * anything else -- a bug, a bad value -- is permanent: retrying a bug
       only hides it.
     """
@@ -43,7 +46,7 @@ def classify(exc: BaseException) -> str:
         return TRANSIENT
     if isinstance(exc, (PermanentError, TaskQueueError)):
         return PERMANENT
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, (TimeoutError, MemoryError)):
         return TRANSIENT
     if isinstance(exc, sqlite3.OperationalError):
         text = str(exc).lower()

@@ -878,6 +878,50 @@ def test_other_formats_are_reduced_by_an_integer_factor_before_resampling(store,
     assert factors and min(factors[0]) >= 8
 
 
+@needs_pillow
+@pytest.mark.parametrize("where", ["open", "load"])
+def test_a_memory_shortage_while_decoding_stays_a_memory_error(store, monkeypatch, where):
+    """Pillow's MemoryError (an allocation refused) is not a verdict on the file: it must reach
+    retry.classify as itself, not as UnsupportedSource."""
+    from PIL import PngImagePlugin
+
+    def short(self, *args, **kwargs):
+        raise MemoryError()
+
+    store.write("img/ok.png", [encoded(quadrants(64, 48), "PNG")])
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "_open" if where == "open" else "load", short)
+    with pytest.raises(MemoryError):
+        Processor(store).process(task("thumb_32", "img/ok.png"))
+
+
+@needs_pillow
+def test_a_memory_shortage_is_retried_then_dead_lettered_after_the_last_attempt(tmp_path, store, monkeypatch):
+    import sqlite3
+
+    from PIL import PngImagePlugin
+
+    from taskqueue.config import Config
+    from taskqueue.engine import TaskQueue
+
+    calls = []
+
+    def short(self, *args, **kwargs):
+        calls.append(1)
+        raise MemoryError()
+
+    store.write("img/ok.png", [encoded(quadrants(64, 48), "PNG")])
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", short)
+    db = tmp_path / "tasks.db"
+    config = Config(workers=1, max_attempts=3, retry_base_s=0.001, retry_cap_s=0.002, fsync_outputs=False)
+    with TaskQueue(db, store, config=config) as tq:
+        error = tq.submit(task("thumb_32", "img/ok.png")).exception(timeout=60)
+    assert isinstance(error, MemoryError)
+    assert len(calls) == 3
+    with sqlite3.connect(db) as conn:
+        letters = conn.execute("SELECT idempotency_key, attempts, error_class FROM dead_letters").fetchall()
+    assert letters == [("img/ok.png:thumb_32", 3, "MemoryError")]
+
+
 # -- bad files, end to end ------------------------------------------------------------------------------
 
 @needs_pillow

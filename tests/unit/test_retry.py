@@ -237,6 +237,15 @@ def test_timeouts_are_transient():
     assert classify(errors.ProcessingTimeout("attempt 1 timed out")) == TRANSIENT
 
 
+def test_a_memory_shortage_is_transient_and_retried_up_to_the_limit():
+    """Found by a review: a valid 24 MP photo decoded while memory was short (other workers' images, a
+    cgroup) raised MemoryError, classified as a bug: dead-lettered at the first attempt."""
+    assert classify(MemoryError()) == TRANSIENT
+    assert classify(MemoryError("out of memory")) == TRANSIENT
+    policy = RetryPolicy(max_attempts=3)
+    assert [policy.should_retry(MemoryError(), n) for n in (1, 2, 3)] == [True, True, False]
+
+
 @pytest.mark.parametrize("exc", [ValueError("bad"), TypeError("bad"), KeyError("k"), ZeroDivisionError(),
                                  RuntimeError("bug"), AttributeError("x"), Exception()])
 def test_bugs_and_bad_values_are_permanent(exc):
