@@ -18,7 +18,10 @@ writes it. The steps, in order, and why each is where it is:
    before the final Lanczos pass (``reducing_gap=2``).
 3. **Working mode.** Palette and 1-bit images become RGB/RGBA/L (a palette
    resized as such would be resampled with NEAREST); 16-bit samples are scaled
-   to 8 bits (``v / 257``), never clipped; a ``tRNS`` colour key becomes alpha (a 16-bit one is
+   to 8 bits (``v / 257``), never clipped, and so are 32-bit integer ones holding
+   16-bit data; float samples in 0..1 are scaled by 255, in 0..255 taken as they
+   are, and any other 32-bit samples refused (:class:`UnsupportedSource`: no
+   scale to read them by); a ``tRNS`` colour key becomes alpha (a 16-bit one is
    matched at 16 bits, before scaling).
 4. **Colour.** An embedded ICC profile (RGB or CMYK) is converted to sRGB
    with ImageCms and the output carries no profile: browsers read an untagged
@@ -117,7 +120,7 @@ def prepare(source: BinaryIO, spec: Rendition, *, max_pixels: int, name: str) ->
         # Pillow's TIFF decoder applies the orientation tag itself (10.0 leaves the tag behind).
         orientation = 1 if im.format == "TIFF" else _orientation(im)
         icc = im.info.get("icc_profile") or None
-        im = _working_mode(im)  # ValueError for a mode Pillow cannot convert: the source's fault
+        im = _working_mode(im, name)  # ValueError for a mode Pillow cannot convert: the source's fault
     if spec.size is not None and not jpeg:  # reduce() by an integer factor first, then Lanczos
         im.thumbnail((spec.size, spec.size), Image.Resampling.LANCZOS, reducing_gap=REDUCING_GAP)
     im, keep_icc = _to_srgb(im, icc)
@@ -218,8 +221,12 @@ def _decoding(name: str) -> Iterator[None]:
         raise UnsupportedSource(f"object {name!r} is not a decodable image: {exc}") from exc
 
 
-def _working_mode(im):
-    """RGB, RGBA, L, LA or CMYK: modes every later step handles (see step 3)."""
+def _working_mode(im, name: str = ""):
+    """RGB, RGBA, L, LA or CMYK: modes every later step handles (see step 3).
+
+    Raises :class:`UnsupportedSource` for 32-bit samples (mode I or F) outside the ranges whose scale
+    is known (see :func:`_check_wide_samples`).
+    """
     mode = im.mode
     keyed = "transparency" in im.info
     if mode in ("RGB", "L"):
@@ -236,13 +243,49 @@ def _working_mode(im):
         gray.info["transparency"] = 255 if im.info["transparency"] else 0
         return gray.convert("LA")
     if mode.startswith("I"):  # I;16, I;16B, I (16-bit PNG, TIFF): scale 0..65535 to 0..255
+        if mode == "I":  # 32 bits a sample: only 16-bit data held in it has a scale to read it by
+            _check_wide_samples(im, name, 0, 65535)
         key = im.info.get("transparency")
         return _to_eight_bits(im, key if isinstance(key, int) else None)
     if mode in ("RGBa", "La"):
         return im.convert(mode[:-1] + "A")
     if mode == "F":
-        return im.convert("L")
+        _, high = _check_wide_samples(im, name, 0, 255)
+        # Within 0..1 the samples are read as fractions of white, the usual scale of float images
+        # (read as 0..255 they all came out black); within 0..255, as 8-bit values.
+        return _unit_floats_to_eight_bits(im) if high <= 1 else im.convert("L")
     return im.convert("RGB")  # RGBX, YCbCr, LAB, HSV
+
+
+def _check_wide_samples(im, name: str, low: float, high: float) -> tuple[float, float]:
+    """The extrema of an I or F image; :class:`UnsupportedSource` unless within ``low..high``.
+
+    A 32-bit integer or float sample has no scale of its own: data outside the ranges that have
+    one (16-bit integers; floats in 0..1 or 0..255) would be clipped to black or white, silently,
+    so it is refused, naming the range found. ``getextrema`` is one pass in C, with no copy.
+    """
+    found_low, found_high = im.getextrema()
+    if not (low <= found_low and found_high <= high):  # also refuses NaN, which compares false
+        kind, accepted = (("32-bit integer", "0..65535 (16-bit data)") if im.mode == "I"
+                          else ("floating-point", "0..1 or 0..255"))
+        shown = (f"{found_low} to {found_high}" if im.mode == "I"
+                 else f"{found_low:.6g} to {found_high:.6g}")
+        raise UnsupportedSource(f"object {name!r} is a {kind} image (mode {im.mode}) with samples from "
+                                f"{shown}; only {accepted} can be scaled to 8 bits")
+    return found_low, found_high
+
+
+def _unit_floats_to_eight_bits(im):
+    """A float (F) image with samples in 0..1 as L, each sample times 255, rounded.
+
+    A band of rows at a time, as in :func:`_to_eight_bits`: scaled whole, ``point`` would make a
+    second full-size float image (4 bytes a pixel).
+    """
+    out = Image.new("L", im.size)
+    for top in range(0, im.height, _BAND_ROWS):
+        band = im.crop((0, top, im.width, min(top + _BAND_ROWS, im.height)))
+        out.paste(band.point(lambda v: v * 255 + 0.5).convert("L"), (0, top))  # convert() truncates
+    return out
 
 
 def _to_eight_bits(im, key: int | None = None):

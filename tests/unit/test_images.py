@@ -613,6 +613,45 @@ def test_16_bit_keyed_conversion_by_bands_keys_exactly_the_keyed_samples(mode):
     assert out.getchannel("A").tobytes() == bytes(0 if v == key else 255 for v in samples)
 
 
+def wide_gray_tiff(mode, samples, width=256) -> bytes:
+    """A grayscale TIFF of Pillow ``mode`` F (32-bit float) or I (32-bit integer), ``samples`` row-major."""
+    im = Image.new(mode, (width, len(samples) // width))
+    im.putdata(samples)
+    return encoded(im, "TIFF")
+
+
+RAMP = [x / 255 for x in range(256)] * 4  # 0.0 .. 1.0 left to right, 4 rows
+
+
+@needs_pillow
+@pytest.mark.parametrize("mode, samples, shown", [
+    ("I", [round(v * (2 ** 31 - 1)) for v in RAMP], "from 0 to 2147483647"),
+    ("I", [round(v * 70000) - 5 for v in RAMP], "from -5 to 69995"),
+    ("F", [v * 1000 for v in RAMP], "from 0 to 1000"),
+    ("F", [v * 2 - 1 for v in RAMP], "from -1 to 1"),
+])
+def test_32_bit_samples_outside_the_ranges_read_are_refused_naming_mode_and_range(store, mode, samples, shown):
+    """Found by a review: a full-range 32-bit integer TIFF came out white and a float one black or
+    clipped, silently. There is no scale to read such samples by: refused, permanently."""
+    store.write("img/wide.tif", [wide_gray_tiff(mode, samples)])
+    with pytest.raises(UnsupportedSource, match=rf"object 'img/wide.tif' .*\(mode {mode}\) .*{shown}") as info:
+        Processor(store).process(task("gray", "img/wide.tif", format="png"))
+    assert isinstance(info.value, PermanentError)
+
+
+@needs_pillow
+@pytest.mark.parametrize("mode, samples", [
+    ("F", RAMP),                                   # 0..1: the usual scale of float images, times 255
+    ("F", [v * 255 for v in RAMP]),                # 0..255: as 8-bit values
+    ("I", [round(v * 65535) for v in RAMP]),       # 0..65535: 16-bit data, divided by 257
+])
+def test_32_bit_samples_in_a_known_range_are_scaled_to_8_bits(store, mode, samples):
+    out = make(store, "gray", wide_gray_tiff(mode, samples), key="img/ok.tif", format="png")
+    assert (out.mode, out.size) == ("L", (256, 4))
+    got = [out.getpixel((x, 2)) for x in (0, 64, 128, 192, 255)]
+    assert all(close(g, e, 1) for g, e in zip(got, (0, 64, 128, 192, 255))), got
+
+
 _PEAK_SCRIPT = """
 import io, resource, sys
 from PIL import Image
