@@ -10,6 +10,10 @@ writes it. The steps, in order, and why each is where it is:
    ``PIL.Image.MAX_IMAGE_PIXELS``, runs inside ``Image.open``; this module
    opens through the same format plugins without it, so the per-processor
    limit is the one that applies, and the global is left alone.)
+   A WebP is charged :data:`WEBP_PIXEL_COST` times its pixels: libwebp needs
+   about 16 bytes a pixel to decode, against 3-4 for the other decoders, and
+   allocates its canvas while Pillow opens the file, so its size is read from
+   the first 30 bytes here, before Pillow's plugin sees them.
    Animated or multi-page sources give their first frame.
 2. **Decode small.** A JPEG thumbnail decodes at 1/2..1/8 scale (``draft``,
    the decoder's DCT scaling, to at least twice the box); a grayscale JPEG
@@ -73,6 +77,11 @@ WHITE = (255, 255, 255)
 ORIENTATION_TAG = 0x0112
 _BAND_ROWS = 256          # rows converted at a time from 16 to 8 bits (see _to_eight_bits)
 TILE_WIDTH_TAG, TILE_LENGTH_TAG = 322, 323  # TIFF tags: the size of each tile a decoder allocates
+# libwebp decodes at ~16 bytes a pixel, ~4x the others: a WebP may have a quarter of the pixel limit.
+WEBP_PIXEL_COST = 4
+_HEADER_BYTES = 30        # enough for every WebP header's size (VP8X: bytes 24..29)
+_VP8_START_CODE = b"\x9d\x01\x2a"
+_VP8L_SIGNATURE = 0x2F
 _PERCEPTUAL = 0           # ICC rendering intent (ImageCms.Intent.PERCEPTUAL): the usual one for photos
 # A seek to an offset the file itself gave (a corrupt header), not a failing read: the file's fault.
 _BAD_OFFSET = (errno.EINVAL, errno.EOVERFLOW)
@@ -103,7 +112,7 @@ class Prepared:
 def prepare(source: BinaryIO, spec: Rendition, *, max_pixels: int, name: str) -> Prepared:
     """Decode ``source`` and apply steps 1-6 of the module docstring; blocks for the reads and the work.
 
-    Raises :class:`ImageTooLarge` (over ``max_pixels``, from the header),
+    Raises :class:`ImageTooLarge` (over ``max_pixels``, a WebP over ``max_pixels / 4``, from the header),
     :class:`UnsupportedSource` (not an accepted image, truncated, corrupt);
     an ``OSError`` with an errno (a failing read) and a ``MemoryError`` propagate for
     ``retry.classify`` to judge. ``name`` is the object key, for messages.
@@ -163,9 +172,11 @@ def _open(source: BinaryIO, name: str, max_pixels: int):
 
     What ``Image.open`` does, restricted to :data:`ACCEPTED_FORMATS` (no
     Ghostscript for EPS, no exotic decoders) and without its global bomb check,
-    whose place the pixel limit takes.
+    whose place the pixel limit takes. A WebP's size is checked before its
+    plugin runs: libwebp allocates the whole canvas in there.
     """
-    prefix = source.read(16)
+    header = source.read(_HEADER_BYTES)
+    prefix = header[:16]  # what Image.open gives the plugins' accept functions
     for fmt in ACCEPTED_FORMATS:
         factory, accept = Image.OPEN.get(fmt, (None, None))
         if factory is None:
@@ -173,19 +184,60 @@ def _open(source: BinaryIO, name: str, max_pixels: int):
         claimed = accept(prefix) if accept else True
         if not claimed or isinstance(claimed, str):  # a str is Pillow's "looks like it, but unsupported"
             continue
+        if fmt == "WEBP":
+            size = _webp_size(header)
+            if size is None:  # libwebp would fail on it too, but only after allocating what it declares
+                raise UnsupportedSource(f"object {name!r} is not a decodable image: its WebP header "
+                                        f"gives no size")
+            _check_pixels(name, *size, fmt, max_pixels)
         source.seek(0)
         try:
             im = factory(source, "")
         except (SyntaxError, IndexError, TypeError, struct.error):
             continue  # not this format after all: the next may claim it (as Image.open does)
-        width, height = im.size
-        if width * height > max_pixels:
-            raise ImageTooLarge(f"object {name!r} is {width}x{height} ({width * height} pixels), over the "
-                                f"limit of {max_pixels} pixels (TQ_MAX_IMAGE_PIXELS); nothing was decoded")
+        _check_pixels(name, *im.size, fmt, max_pixels)
         _check_tiles(im, name, max_pixels)
         return im
     raise UnsupportedSource(f"object {name!r} is not an image in an accepted format "
                             f"({', '.join(f.lower() for f in ACCEPTED_FORMATS)})")
+
+
+def _check_pixels(name: str, width: int, height: int, fmt: str, max_pixels: int) -> None:
+    """Refuse an image over the pixel limit: ``max_pixels``, or ``max_pixels / WEBP_PIXEL_COST`` for
+    a WebP (libwebp's decoder needs ~16 bytes a pixel: 100 MP would cost ~1.5 GiB in one worker)."""
+    pixels = width * height
+    if fmt == "WEBP":
+        limit = max_pixels // WEBP_PIXEL_COST
+        which = f"pixels for WebP (TQ_MAX_IMAGE_PIXELS / {WEBP_PIXEL_COST}: libwebp needs ~16 bytes a pixel)"
+    else:
+        limit, which = max_pixels, "pixels (TQ_MAX_IMAGE_PIXELS)"
+    if pixels > limit:
+        raise ImageTooLarge(f"object {name!r} is {width}x{height} ({pixels} pixels), over the limit of "
+                            f"{limit} {which}; nothing was decoded")
+
+
+def _webp_size(header: bytes) -> tuple[int, int] | None:
+    """(width, height) from a WebP's first 30 bytes (RIFF, size, WEBP, then the first chunk's
+    fourcc and size at 12..19); None if no size can be read there.
+
+    * ``VP8 `` (lossy): a 3-byte frame tag, the start code 9d 01 2a, then 14-bit width and height,
+      little-endian, at 26..29 (their top 2 bits are an upscaling hint, not the size);
+    * ``VP8L`` (lossless): the signature byte 0x2f, then width-1 and height-1 in 14 bits each;
+    * ``VP8X`` (extended: alpha, animation, metadata): the canvas's width-1 and height-1 in 24 bits
+      each at 24..29.
+    """
+    if len(header) < _HEADER_BYTES:
+        return None
+    chunk = header[12:16]
+    if chunk == b"VP8 " and header[23:26] == _VP8_START_CODE:
+        width, height = struct.unpack("<HH", header[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8L" and header[20] == _VP8L_SIGNATURE:
+        bits = int.from_bytes(header[21:25], "little")
+        return (bits & 0x3FFF) + 1, (bits >> 14 & 0x3FFF) + 1
+    if chunk == b"VP8X":
+        return int.from_bytes(header[24:27], "little") + 1, int.from_bytes(header[27:30], "little") + 1
+    return None
 
 
 def _check_tiles(im, name: str, max_pixels: int) -> None:

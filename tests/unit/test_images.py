@@ -757,6 +757,73 @@ def test_a_huge_header_is_refused_before_any_decoding(store, forbid_decoding, ma
     assert not store.exists(Processor.output_key(task(variant, "img/bomb")))
 
 
+def webp_header(chunk, width, height) -> bytes:
+    """The first 30 bytes of a WebP declaring ``width`` x ``height`` in a ``chunk`` of that kind
+    ('VP8 ', 'VP8L' or 'VP8X'), then junk: a file libwebp would be asked to decode, but not by us."""
+    if chunk == b"VP8 ":  # frame tag (3 bytes, a key frame), start code, 14-bit width and height
+        body = b"\x30\x04\x00" + b"\x9d\x01\x2a" + struct.pack("<HH", width, height)
+    elif chunk == b"VP8L":  # signature, then width-1 and height-1 in 14 bits each, little-endian
+        body = b"\x2f" + ((width - 1) | (height - 1) << 14).to_bytes(4, "little") + b"\0"
+    else:  # flags, 3 reserved bytes, then canvas width-1 and height-1 in 24 bits each
+        body = b"\x10\0\0\0" + (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
+    data = chunk + struct.pack("<I", 1000) + body + b"\0" * 64
+    return b"RIFF" + struct.pack("<I", len(data) + 4) + b"WEBP" + data
+
+
+@pytest.fixture
+def forbid_webp_open(monkeypatch):
+    """Call it, and from then on Pillow's WebP plugin may not even parse a file (libwebp allocates
+    the whole canvas while it does)."""
+    from PIL import WebPImagePlugin
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("the WebP plugin's _open ran: libwebp was handed the file")
+
+    return lambda: monkeypatch.setattr(WebPImagePlugin.WebPImageFile, "_open", refuse)
+
+
+@needs_pillow
+@pytest.mark.parametrize("chunk", [b"VP8 ", b"VP8L", b"VP8X"], ids=["lossy", "lossless", "extended"])
+def test_a_huge_webp_header_is_refused_before_libwebp_sees_it(store, forbid_webp_open, forbid_decoding, chunk):
+    """Found by a review: libwebp allocates its canvas (and decodes at ~16 bytes a pixel) inside
+    Image.open, before the pixel limit was checked on the size Pillow reported."""
+    store.write("img/bomb.webp", [webp_header(chunk, 16383, 16383)])
+    forbid_webp_open()
+    forbid_decoding()
+    with pytest.raises(ImageTooLarge, match=r"'img/bomb.webp' is 16383x16383 \(268402689 pixels\), over the "
+                                            r"limit of 25000000 pixels for WebP") as info:
+        Processor(store).process(task("thumb_64", "img/bomb.webp"))
+    assert isinstance(info.value, PermanentError)
+
+
+@needs_pillow
+@pytest.mark.parametrize("source", ["lossy", "lossless", "alpha"])
+def test_webp_counts_four_times_its_pixels_against_the_limit(store, forbid_webp_open, source):
+    """A 100x60 WebP (6000 pixels) needs a limit of 24000: libwebp's ~16 bytes a pixel against the
+    ~4 of the other decoders. Read from the header of a real WebP, before libwebp runs."""
+    colour, kwargs = {"lossy": (RED, {}), "lossless": (RED, {"lossless": True}),
+                      "alpha": ((255, 0, 0, 0), {})}[source]
+    data = encoded(Image.new("RGBA" if len(colour) == 4 else "RGB", (100, 60), colour), "WEBP", **kwargs)
+    store.write("img/a.webp", [data])
+    out = Processor(store, max_image_pixels=24000).process(task("thumb_50", "img/a.webp", format="png"))
+    with Image.open(io.BytesIO(b"".join(store.read_chunks(out.key)))) as im:
+        assert im.size == (50, 30)
+    forbid_webp_open()
+    with pytest.raises(ImageTooLarge, match=r"'img/a.webp' is 100x60 \(6000 pixels\), over the limit of 5999 "
+                                            r"pixels for WebP \(TQ_MAX_IMAGE_PIXELS / 4"):
+        Processor(store, max_image_pixels=23999).process(task("thumb_50", "img/a.webp"))
+
+
+@needs_pillow
+def test_a_webp_header_without_a_readable_size_is_unsupported(store, forbid_webp_open):
+    data = bytearray(webp_header(b"VP8 ", 64, 64))
+    data[23:26] = b"\0\0\0"  # no VP8 start code: libwebp would refuse it too, later
+    store.write("img/bad.webp", [bytes(data)])
+    forbid_webp_open()
+    with pytest.raises(UnsupportedSource, match="object 'img/bad.webp' is not a decodable image"):
+        Processor(store).process(task("thumb_64", "img/bad.webp"))
+
+
 @needs_pillow
 @pytest.mark.parametrize("offset", [2 ** 63 - 5, 2 ** 63 + 5], ids=["einval", "eoverflow"])
 def test_a_corrupt_offset_in_the_header_is_unsupported_naming_the_object(store, offset):
