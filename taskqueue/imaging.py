@@ -57,9 +57,10 @@ from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
 from .errors import ImageTooLarge, UnsupportedSource
+from .samples import check_wide_samples, to_eight_bits, unit_floats_to_eight_bits
 
 try:  # Pillow is optional: the processor checks ``Image`` before calling in here.
-    from PIL import Image, ImageChops
+    from PIL import Image
     # Importing a plugin registers it with Image.OPEN; WebP registers only if Pillow was built with it.
     from PIL import (BmpImagePlugin, GifImagePlugin, JpegImagePlugin,  # noqa: F401
                      PngImagePlugin, TiffImagePlugin, WebPImagePlugin)
@@ -75,7 +76,6 @@ REDUCING_GAP = 2.0        # decode/reduce to at least this many times the box, t
 MAX_SIDE = {"jpeg": 65500, "webp": 16383, "png": 2 ** 31 - 1}  # the encoders' own limits, per side
 WHITE = (255, 255, 255)
 ORIENTATION_TAG = 0x0112
-_BAND_ROWS = 256          # rows converted at a time from 16 to 8 bits (see _to_eight_bits)
 TILE_WIDTH_TAG, TILE_LENGTH_TAG = 322, 323  # TIFF tags: the size of each tile a decoder allocates
 # libwebp decodes at ~16 bytes a pixel, ~4x the others: a WebP may have a quarter of the pixel limit.
 WEBP_PIXEL_COST = 4
@@ -277,7 +277,7 @@ def _working_mode(im, name: str = ""):
     """RGB, RGBA, L, LA or CMYK: modes every later step handles (see step 3).
 
     Raises :class:`UnsupportedSource` for 32-bit samples (mode I or F) outside the ranges whose scale
-    is known (see :func:`_check_wide_samples`).
+    is known (see :func:`~taskqueue.samples.check_wide_samples`).
     """
     mode = im.mode
     keyed = "transparency" in im.info
@@ -296,79 +296,17 @@ def _working_mode(im, name: str = ""):
         return gray.convert("LA")
     if mode.startswith("I"):  # I;16, I;16B, I (16-bit PNG, TIFF): scale 0..65535 to 0..255
         if mode == "I":  # 32 bits a sample: only 16-bit data held in it has a scale to read it by
-            _check_wide_samples(im, name, 0, 65535)
+            check_wide_samples(im, name, 0, 65535)
         key = im.info.get("transparency")
-        return _to_eight_bits(im, key if isinstance(key, int) else None)
+        return to_eight_bits(im, key if isinstance(key, int) else None)
     if mode in ("RGBa", "La"):
         return im.convert(mode[:-1] + "A")
     if mode == "F":
-        _, high = _check_wide_samples(im, name, 0, 255)
+        _, high = check_wide_samples(im, name, 0, 255)
         # Within 0..1 the samples are read as fractions of white, the usual scale of float images
         # (read as 0..255 they all came out black); within 0..255, as 8-bit values.
-        return _unit_floats_to_eight_bits(im) if high <= 1 else im.convert("L")
+        return unit_floats_to_eight_bits(im) if high <= 1 else im.convert("L")
     return im.convert("RGB")  # RGBX, YCbCr, LAB, HSV
-
-
-def _check_wide_samples(im, name: str, low: float, high: float) -> tuple[float, float]:
-    """The extrema of an I or F image; :class:`UnsupportedSource` unless within ``low..high``.
-
-    A 32-bit integer or float sample has no scale of its own: data outside the ranges that have
-    one (16-bit integers; floats in 0..1 or 0..255) would be clipped to black or white, silently,
-    so it is refused, naming the range found. ``getextrema`` is one pass in C, with no copy.
-    """
-    found_low, found_high = im.getextrema()
-    if not (low <= found_low and found_high <= high):  # also refuses NaN, which compares false
-        kind, accepted = (("32-bit integer", "0..65535 (16-bit data)") if im.mode == "I"
-                          else ("floating-point", "0..1 or 0..255"))
-        shown = (f"{found_low} to {found_high}" if im.mode == "I"
-                 else f"{found_low:.6g} to {found_high:.6g}")
-        raise UnsupportedSource(f"object {name!r} is a {kind} image (mode {im.mode}) with samples from "
-                                f"{shown}; only {accepted} can be scaled to 8 bits")
-    return found_low, found_high
-
-
-def _unit_floats_to_eight_bits(im):
-    """A float (F) image with samples in 0..1 as L, each sample times 255, rounded.
-
-    A band of rows at a time, as in :func:`_to_eight_bits`: scaled whole, ``point`` would make a
-    second full-size float image (4 bytes a pixel).
-    """
-    out = Image.new("L", im.size)
-    for top in range(0, im.height, _BAND_ROWS):
-        band = im.crop((0, top, im.width, min(top + _BAND_ROWS, im.height)))
-        out.paste(band.point(lambda v: v * 255 + 0.5).convert("L"), (0, top))  # convert() truncates
-    return out
-
-
-def _to_eight_bits(im, key: int | None = None):
-    """A 16-bit (or 32-bit integer) gray image as L, each sample scaled by 1/257 and rounded; as LA
-    when ``key`` (a PNG ``tRNS`` colour key) is given, the samples equal to it transparent.
-
-    A band of rows at a time: converted whole, the two 32-bit copies Pillow's ``point`` goes through
-    (4 bytes a pixel each) came to 10 bytes a pixel at the peak. Here the peak is the source, the
-    result (L: 1 byte a pixel; LA: 4, as Pillow stores it) and one band.
-    """
-    out = Image.new("L" if key is None else "LA", im.size)
-    for top in range(0, im.height, _BAND_ROWS):
-        band = im.crop((0, top, im.width, min(top + _BAND_ROWS, im.height))).convert("I")
-        gray = band.point(lambda v: v * (1 / 257) + 0.5).convert("L")
-        if key is not None:
-            # The key is compared at 16 bits: 257 values share an 8-bit one, and only one is keyed.
-            gray = Image.merge("LA", (gray, _key_alpha(band, key)))
-        out.paste(gray, (0, top))
-    return out
-
-
-def _key_alpha(band, key: int):
-    """Alpha (L) for an I image: 0 where a sample equals ``key``, 255 elsewhere.
-
-    With ``point`` (only ``v * scale + offset`` on I) and the clipping of I to L: ``v - key`` is
-    non-zero in L only above the key, ``key - v`` only below it, so their maximum is 0 only at it.
-    """
-    # Written as additions and products: older Pillow's ``point`` understands nothing else.
-    above = band.point(lambda v: v + -key).convert("L")
-    below = band.point(lambda v: v * -1 + key).convert("L")
-    return ImageChops.lighter(above, below).point([0] + [255] * 255)
 
 
 def _usable_profile(im) -> bool:
