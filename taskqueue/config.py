@@ -25,6 +25,8 @@ from .processor import DEFAULT_MAX_IMAGE_PIXELS, FaultConfig
 ENV_PREFIX = "TQ_"
 METRICS_HOST = "127.0.0.1"
 METRICS_INTERVAL_S = 10.0
+MIN_METRICS_INTERVAL_S = 0.01  # below, the writer would rewrite the file flat out
+MIN_LEASE_S = 1.0  # renewed every lease_s/3: shorter, a busy process's live tasks are taken over and run twice
 FLAG_NAMES = {"shutdown_grace_s": "--grace", "metrics_interval_s": "--metrics-interval"}  # not --<name>
 
 # Upper bounds: a value past them would not be a tuning choice but a crash or a hang at run time.
@@ -174,8 +176,9 @@ class Config:
     max_attempts: int = _setting(3, _positive_int, "attempts before a task is dead-lettered")
     retry_base_s: float = _setting(0.1, _duration(), "backoff base in seconds: delay <= base * 2**(attempt-1)")
     retry_cap_s: float = _setting(10.0, _duration(), "backoff cap in seconds")
-    lease_s: float = _setting(300.0, _duration(low_open=True),
-                              "how many seconds a claim lasts unless its process renews it (every lease_s/3)")
+    lease_s: float = _setting(300.0, _number(MIN_LEASE_S, MAX_DURATION_S),
+                              "how many seconds a claim lasts unless its process renews it (every lease_s/3; "
+                              "at least 1: a busy process cannot promise to renew more often)")
     db_synchronous: str = _setting("normal", _choice("normal", "full"), "SQLite synchronous pragma")
     busy_timeout_ms: int = _setting(10000, _positive_int_at_most(MAX_BUSY_TIMEOUT_MS),
                                     f"SQLite busy timeout in milliseconds (at most {MAX_BUSY_TIMEOUT_MS})")
@@ -203,7 +206,7 @@ class Config:
     log_file: str | None = _setting(None, _optional_path, "append JSON-lines logs here (none: warnings to stderr)")
     metrics_out: str | None = _setting(None, _optional_path,
                                        "write the metrics here as JSON, during a run and at its end")
-    metrics_interval_s: float = _setting(METRICS_INTERVAL_S, _duration(low_open=True),
+    metrics_interval_s: float = _setting(METRICS_INTERVAL_S, _number(MIN_METRICS_INTERVAL_S, MAX_DURATION_S),
                                          "how often metrics_out is rewritten during a run (seconds)")
     metrics_port: int | None = _setting(None, _port, "serve GET /metrics and /healthz on this port while a run "
                                                      "or worker lasts (0: any free port)")

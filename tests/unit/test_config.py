@@ -117,7 +117,10 @@ INVALID = [
     ("fault_transient_rate", "nan"), ("fault_permanent_rate", "high"),
     ("fault_latency_s", "-1"), ("fault_latency_s", "inf"), ("fault_latency_s", "3601"),
     ("fault_jitter_s", "-0.5"), ("fault_timeout_s", "0"), ("fault_timeout_s", "-1"),
-    ("put_timeout_s", "0"), ("lease_s", "0"), ("retry_base_s", "-0.1"), ("shutdown_grace_s", "soon"),
+    ("put_timeout_s", "0"), ("lease_s", "0"), ("retry_base_s", "-0.1"),
+    # Found by a review: a lease of 1 ms (or 5e-324) was accepted, and live workers' tasks were taken
+    # over, run again and dead-lettered; a metrics interval of 1e-300 rewrote the file flat out.
+    ("lease_s", "0.001"), ("lease_s", "0.5"), ("metrics_interval_s", "1e-300"), ("metrics_interval_s", "0.001"), ("shutdown_grace_s", "soon"),
     ("fsync_outputs", "maybe"), ("retry_seed", "x"), ("fault_seed", "1.5"), ("db", ""), ("store", "  "),
 ]
 
