@@ -73,7 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                           held=held)
         except (*store_errors(), TaskQueueError, OSError) as exc:  # mid-run: some work may be done
             print(f"error: the run stopped: {exc}\nwhat finished is recorded; run again to finish the rest "
-                  f"(nothing is done twice)", file=sys.stderr)
+                  f"(nothing recorded as done is done again)", file=sys.stderr)
             return EXIT_UNFINISHED
     finally:
         release_signals(held)
