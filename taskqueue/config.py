@@ -220,11 +220,7 @@ class Config:
             except ValueError as exc:
                 raise ConfigError(f"{f.name}: {exc}, got {value!r}") from None
             object.__setattr__(self, f.name, parsed)
-        if self.fault_transient_rate + self.fault_permanent_rate > 1.0:
-            raise ConfigError("fault_transient_rate + fault_permanent_rate must not exceed 1, got "
-                              f"{self.fault_transient_rate} + {self.fault_permanent_rate}")
-        if self.retry_cap_s < self.retry_base_s:
-            raise ConfigError(f"retry_cap_s ({self.retry_cap_s}) must be >= retry_base_s ({self.retry_base_s})")
+        _check_together(lambda name: getattr(self, name), lambda name: name)
 
     @property
     def faults(self) -> FaultConfig:
@@ -282,6 +278,9 @@ class Config:
             except ValueError as exc:
                 raise ConfigError(f"{source}: {exc}, got {raw!r}") from None
             sources[f.name] = source
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        _check_together(lambda name: values[name] if name in values else fields[name].default,
+                        lambda name: sources.get(name, f"{name} (default)"))
         config = cls(**values)
         object.__setattr__(config, "_sources", sources)
         return config
@@ -301,6 +300,18 @@ class Config:
     def describe(cls) -> list[tuple[str, Any, str]]:
         """(environment variable, default, meaning) for every setting, for docs and .env.example."""
         return [(ENV_PREFIX + f.name.upper(), f.default, f.metadata["doc"]) for f in dataclasses.fields(cls)]
+
+
+def _check_together(value: Callable[[str], Any], label: Callable[[str], str]) -> None:
+    """The settings checked against each other: ``value(name)`` is a setting's (parsed) value,
+    ``label(name)`` how to name it (its variable or flag and where it came from, when known)."""
+    transient, permanent = value("fault_transient_rate"), value("fault_permanent_rate")
+    if transient + permanent > 1.0:
+        raise ConfigError(f"{label('fault_transient_rate')} + {label('fault_permanent_rate')} must not exceed 1, "
+                          f"got {transient} + {permanent}")
+    cap, base = value("retry_cap_s"), value("retry_base_s")
+    if cap < base:
+        raise ConfigError(f"{label('retry_cap_s')} ({cap}) must be >= {label('retry_base_s')} ({base})")
 
 
 def read_dotenv(path: str | os.PathLike) -> dict[str, str]:

@@ -236,14 +236,16 @@ def test_unknown_override_is_refused():
 
 
 def test_rates_summing_over_one_are_refused():
-    with pytest.raises(ConfigError, match="fault_transient_rate \\+ fault_permanent_rate"):
+    with pytest.raises(ConfigError, match="TQ_FAULT_TRANSIENT_RATE .* \\+ TQ_FAULT_PERMANENT_RATE .* must not exceed 1"):
         from_env(environ={"TQ_FAULT_TRANSIENT_RATE": "0.7", "TQ_FAULT_PERMANENT_RATE": "0.4"})
     assert from_env(environ={"TQ_FAULT_TRANSIENT_RATE": "0.6", "TQ_FAULT_PERMANENT_RATE": "0.4"})
 
 
 def test_retry_cap_below_base_is_refused():
-    with pytest.raises(ConfigError, match="retry_cap_s"):
+    with pytest.raises(ConfigError, match="--retry-cap-s \\(1.0\\) must be >= --retry-base-s \\(2.0\\)"):
         from_env({"retry_base_s": 2.0, "retry_cap_s": 1.0})
+    with pytest.raises(ConfigError, match="retry_cap_s \\(1.0\\) must be >= retry_base_s"):
+        Config(retry_base_s=2.0, retry_cap_s=1.0)  # built directly: no source to name
 
 
 # -- the value object -------------------------------------------------------------------------------
@@ -347,3 +349,18 @@ def test_a_byte_order_mark_does_not_hide_the_first_setting(tmp_path, monkeypatch
     env_file = tmp_path / ".env"
     env_file.write_bytes("TQ_DB=other.db\nTQ_WORKERS=3\n".encode("utf-8-sig"))
     assert read_dotenv(env_file) == {"TQ_DB": "other.db", "TQ_WORKERS": "3"}
+
+
+@pytest.mark.parametrize("environ, named", [
+    ({"TQ_RETRY_CAP_S": "0.01"}, ["TQ_RETRY_CAP_S (environment)", "retry_base_s (default)", "0.01", "0.1"]),
+    ({"TQ_RETRY_BASE_S": "20"}, ["retry_cap_s (default)", "TQ_RETRY_BASE_S (environment)", "20"]),
+    ({"TQ_FAULT_TRANSIENT_RATE": "0.7", "TQ_FAULT_PERMANENT_RATE": "0.7"},
+     ["TQ_FAULT_TRANSIENT_RATE (environment)", "TQ_FAULT_PERMANENT_RATE (environment)", "0.7 + 0.7"]),
+])
+def test_settings_that_conflict_are_named_with_where_they_came_from(environ, named):
+    """Found by a review: two settings checked together were named by their field names alone
+    ('retry_cap_s (0.01) must be >= retry_base_s (0.1)'), not by the variable or flag that set them."""
+    with pytest.raises(ConfigError) as info:
+        from_env(environ=environ)
+    for text in named:
+        assert text in str(info.value), str(info.value)
