@@ -82,8 +82,14 @@ class Watch:
         terminal and without ``no_progress``."""
         stream = stream or sys.stderr
         on_terminal = _is_terminal(stream) and os.environ.get("TERM") != "dumb"
-        return cls(progress=on_terminal and not no_progress, port=config.metrics_port, host=config.metrics_host,
-                   metrics_out=config.metrics_out, interval_s=config.metrics_interval_s, stream=stream)
+        try:
+            return cls(progress=on_terminal and not no_progress, port=config.metrics_port, host=config.metrics_host,
+                       metrics_out=config.metrics_out, interval_s=config.metrics_interval_s, stream=stream)
+        except ConfigError as exc:  # the port is in use, or the host is no address of ours: say which setting
+            named = config.source_of("metrics_port")
+            if config.metrics_host != METRICS_HOST:
+                named += f" on {config.source_of('metrics_host')}"
+            raise ConfigError(f"{named}: {exc}") from None
 
     def start(self, tq: Any, total: int | None) -> None:
         """Start watching ``tq`` (anything with ``snapshot()``; ``final_metrics`` is used once set)."""

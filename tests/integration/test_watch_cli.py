@@ -339,7 +339,8 @@ def test_a_metrics_port_in_use_exits_2_before_anything_is_created(held, command)
         result = subprocess.run([*args, str(port)], cwd=held["work"], env=env(),
                                 stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=HANG_S)
     assert result.returncode == 2, result.stderr
-    assert result.stderr.startswith("error: ") and f"127.0.0.1:{port}" in result.stderr
+    # Named by its flag, as every other refused setting (found by a review: it was not)
+    assert result.stderr.startswith("error: --metrics-port: ") and f"127.0.0.1:{port}" in result.stderr
     assert "in use" in result.stderr and "Traceback" not in result.stderr
     assert not held["db"].exists() and list(held["work"].iterdir()) == []
 
