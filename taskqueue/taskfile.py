@@ -160,7 +160,9 @@ def _validate(path: str, items: list, check: Callable[[Task], None] | None,
     invalid: list = []
     listed: list = []
     error_count = dropped = 0
-    first_with_id: dict = {}  # id -> [index, canonical JSON of that item, computed on a clash]
+    # id -> [index, canonical JSON of that item, computed on a clash], for valid items only: an item
+    # refused (for a repeated JSON key, say) leaves its id free, and the next with it is checked on its own
+    first_with_id: dict = {}
     for index, obj in enumerate(items):
         ident = obj.get("id") if isinstance(obj, dict) else None
         first = first_with_id.get(ident) if isinstance(ident, str) else None
@@ -174,9 +176,9 @@ def _validate(path: str, items: list, check: Callable[[Task], None] | None,
                 f"field 'id': duplicate id {_short.repr(ident)} with different content "
                 f"from item {first[0]}"))
         else:
-            if isinstance(ident, str):
-                first_with_id[ident] = [index, None]
             task, error = _check_item(index, obj, check, surrogates)
+            if error is None and isinstance(ident, str):
+                first_with_id[ident] = [index, None]
         if error is None:
             tasks.append(task)
             continue

@@ -502,6 +502,16 @@ def test_dead_letter_returns_good_tasks_and_bad_items(tmp_path, processor):
     assert [i.error.field for i in result.invalid] == [None, "variant", "id", "id"]
 
 
+def test_a_valid_item_sharing_its_id_with_a_refused_one_is_checked_on_its_own(tmp_path, processor):
+    """Found by a review: an item refused for a repeated JSON key registered its id, and a valid copy
+    after it (the same once decoded) was dropped as an identical duplicate: neither run nor reported."""
+    text = ('[{"id": "a", "image_key": "k/a.txt", "variant": "gzip", "variant": "gzip"},'
+            ' {"id": "a", "image_key": "k/a.txt", "variant": "gzip"}]')
+    result = load(write(tmp_path, text), check=processor.check, on_invalid="dead-letter")
+    assert [t.id for t in result.tasks] == ["a"] and result.duplicates_dropped == 0
+    assert [i.index for i in result.invalid] == [0]
+
+
 # -- arguments and error types ---------------------------------------------------------
 
 @pytest.mark.parametrize("on_invalid", ["drop", "REJECT", "dead_letter", None])
