@@ -17,6 +17,7 @@ Each item is then checked on its own, and each problem becomes an
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import os
 import re
@@ -89,18 +90,24 @@ class InvalidItem:
     index: int
     error: ItemError
     raw: dict | None = None
+    content: str | None = None  # the item as canonical JSON, when ``raw`` is None
 
     def dead_letter(self) -> tuple[str, str, str, InvalidTask]:
         """``(task_id, idempotency_key, payload, error)`` to record this item as a dead letter.
 
         The key is the item's own key plus ``#invalid-item-<index>``: '#' cannot occur in a
         variant, so it never collides with a real task's key, and re-running the file adds nothing.
+        An item without that identity is keyed by its index and a digest of its content
+        (``invalid-item:#<index>:<sha256, 16 hex>``): another file's bad item there is another one.
         """
         raw = self.raw or {}
         task_id = str(raw.get("id") or f"item-{self.index}")
-        key = (f"{raw.get('image_key', '')}:{raw.get('variant', '')}#invalid-item-{self.index}" if raw
-               else f"invalid-item:#{self.index}")
-        return task_id, key, json.dumps(raw, sort_keys=True, default=str), InvalidTask(str(self.error))
+        if raw:
+            key = f"{raw.get('image_key', '')}:{raw.get('variant', '')}#invalid-item-{self.index}"
+            return task_id, key, json.dumps(raw, sort_keys=True, default=str), InvalidTask(str(self.error))
+        content = self.content if self.content is not None else "null"
+        key = f"invalid-item:#{self.index}:{hashlib.sha256(content.encode('utf-8', 'surrogatepass')).hexdigest()[:16]}"
+        return task_id, key, content, InvalidTask(str(self.error))
 
 
 @dataclass(frozen=True)
@@ -184,7 +191,10 @@ def _validate(path: str, items: list, check: Callable[[Task], None] | None,
             continue
         error_count += 1
         if on_invalid == "dead-letter":
-            invalid.append(InvalidItem(index, error, dict(obj) if _has_identity(obj) else None))
+            if _has_identity(obj):
+                invalid.append(InvalidItem(index, error, dict(obj)))
+            else:
+                invalid.append(InvalidItem(index, error, None, _canonical(obj)))
         elif len(listed) < MAX_REPORTED_ERRORS:
             listed.append(error)
     if error_count and on_invalid == "reject":

@@ -512,6 +512,20 @@ def test_a_valid_item_sharing_its_id_with_a_refused_one_is_checked_on_its_own(tm
     assert [i.index for i in result.invalid] == [0]
 
 
+def test_items_without_identity_from_two_files_get_two_dead_letter_keys(tmp_path):
+    """Found by a review: every item without an id/image_key/variant was keyed by its index alone
+    (``invalid-item:#0``), so a different bad item of another file was reported as recorded before,
+    and never recorded. The key now holds a digest of the item: the same file again adds nothing."""
+    keys = []
+    for name, content in (("a.json", [5]), ("b.json", ["x"]), ("a2.json", [5])):
+        [invalid] = load(write(tmp_path, content, name), on_invalid="dead-letter").invalid
+        task_id, key, payload, _error = invalid.dead_letter()
+        keys.append(key)
+        assert json.loads(payload) == content[0]  # what was refused, kept
+    assert keys[0] != keys[1] and keys[0] == keys[2]
+    assert all(key.startswith("invalid-item:#0:") for key in keys)
+
+
 # -- arguments and error types ---------------------------------------------------------
 
 @pytest.mark.parametrize("on_invalid", ["drop", "REJECT", "dead_letter", None])
