@@ -283,10 +283,17 @@ def test_a_worker_holds_no_more_than_its_queue_size_or_two_per_worker(database, 
     tq = TaskQueue(database.url, objects, config=Config(workers=workers, queue_size=queue_size, fsync_outputs=False),
                    processor=Gated(objects), recover_unowned=False)
     feeder = Feeder(tq, batch=3)
+    waiting, real_wait = threading.Event(), tq.inflight.wait_settled
+
+    def wait_settled(seen, timeout=None, also=None):  # the feeder waits: its room is full (or nothing is due)
+        waiting.set()
+        return real_wait(seen, timeout, also)
+
+    tq.inflight.wait_settled = wait_settled
     thread = threading.Thread(target=feeder.run)
     thread.start()
     try:
-        wait_until(lambda: feeder.claimed >= holds, "the feeder filling its room")
+        assert waiting.wait(HANG), "hang guard: the feeder never waited"
         held = database.query("SELECT COUNT(*) FROM tasks WHERE owner = ?", (tq.store.owner,))
         assert held == [(holds,)] and feeder.claimed == holds  # running and queued, no more
     finally:

@@ -165,21 +165,27 @@ def test_a_request_that_fails_in_its_thread_is_logged_never_printed_on_stderr(fa
     assert stderr.getvalue() == ""
 
 
-def test_connections_past_the_cap_are_answered_503_at_once_and_the_slots_come_back(monkeypatch):
-    """Found by a review: each connection held a thread of its own, with no cap, for up to the
-    handler's timeout: a flood of idle connections piled up threads without end. Past the cap, a
-    connection is answered 503 at once (before it sends anything) and closed."""
+def _connection_ends(monkeypatch) -> threading.Semaphore:
+    """A semaphore the metrics server releases as each connection's thread ends (its slot given back)."""
     import taskqueue.metrics_http as mh
-    answered = threading.Semaphore(0)  # released as each connection's thread ends (its slot given back)
+    ended = threading.Semaphore(0)
     real_thread = mh._Server.process_request_thread
 
     def counted(self, request, client_address):
         try:
             real_thread(self, request, client_address)
         finally:
-            answered.release()
+            ended.release()
 
     monkeypatch.setattr(mh._Server, "process_request_thread", counted)
+    return ended
+
+
+def test_connections_past_the_cap_are_answered_503_at_once_and_the_slots_come_back(monkeypatch):
+    """Found by a review: each connection held a thread of its own, with no cap, for up to the
+    handler's timeout: a flood of idle connections piled up threads without end. Past the cap, a
+    connection is answered 503 at once (before it sends anything) and closed."""
+    answered = _connection_ends(monkeypatch)
     server = MetricsServer(lambda: "x 1\n", port=0, max_connections=2)
     server.start()
     held = [socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S) for _ in range(2)]
@@ -204,16 +210,7 @@ def test_a_client_sending_its_request_a_byte_at_a_time_is_cut_off_at_the_request
     liked: a handful of them starved the scrapes. The deadline is now for the whole request."""
     import taskqueue.metrics_http as mh
     monkeypatch.setattr(mh._Handler, "timeout", 0.5)
-    answered = threading.Semaphore(0)  # released as the connection's thread ends
-    real_thread = mh._Server.process_request_thread
-
-    def counted(self, request, client_address):
-        try:
-            real_thread(self, request, client_address)
-        finally:
-            answered.release()
-
-    monkeypatch.setattr(mh._Server, "process_request_thread", counted)
+    answered = _connection_ends(monkeypatch)
     server = MetricsServer(lambda: "x 1\n", port=0)
     server.start()
     stop = threading.Event()
