@@ -9,7 +9,7 @@ import sys
 
 from ..config import Config
 from ..store import is_url, open_reader, open_store
-from . import EXIT_OK, EXIT_UNFINISHED, EXIT_USAGE, config_from, store_flags
+from . import EXIT_OK, EXIT_UNFINISHED, EXIT_USAGE, config_from, printable, store_flags
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -30,31 +30,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     group.add_argument("--all", action="store_true")
     group.add_argument("keys", nargs="*", default=[], metavar="KEY")
     redrive.set_defaults(handler=cmd_dlq_redrive)
-
-
-def printable(text: object) -> str:
-    """``text`` with every character a terminal would act on written as its escape (``\\n``, ``\\x1b``).
-
-    Task ids, keys, variants and error text come from task files and other hosts: printed raw, a
-    newline or a carriage return forges a line of the listing, an ANSI escape sequence colours or
-    clears the terminal, and a lone surrogate (an undecodable byte of a file name) cannot be encoded
-    on a strict UTF-8 stdout at all. Only what :meth:`str.isprintable` refuses is escaped, the way
-    :func:`ascii` writes it, so ordinary text -- accents, a backslash -- is shown as it is.
-    """
-    text = str(text)
-    if text.isprintable():  # nearly always: no copy
-        return text
-    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
-
-
-def printable_path(path: str | bytes | os.PathLike) -> str:
-    """``path`` as :func:`printable` text, any byte that is not in the file system's encoding as ``\\xff``.
-
-    A name need not be valid UTF-8 (``--store $'st\\xff'``): Python holds such a byte as a lone
-    surrogate, which a strict UTF-8 stdout (``PYTHONIOENCODING=utf-8``) refuses to encode, crashing
-    the command after its work is done. The original bytes, shown escaped, say which name it is.
-    """
-    return printable(os.fsencode(path).decode(sys.getfilesystemencoding(), "backslashreplace"))
 
 
 def _existing_db(config: Config) -> str:

@@ -22,8 +22,7 @@ from ..processor import Processor
 from ..store import probe, store_errors
 from ..taskfile import ON_INVALID, load_tasks
 from . import (EXIT_OK, EXIT_UNFINISHED, check_paths, config_from, hold_signals, processing_flags,
-               release_signals, run_with_signals, start_logging, stop_on_signal)
-from .admin import printable_path
+               printable_path, release_signals, run_with_signals, start_logging, stop_on_signal)
 
 
 def add_command(sub: argparse._SubParsersAction) -> None:

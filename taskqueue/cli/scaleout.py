@@ -22,9 +22,8 @@ from ..processor import Processor
 from ..errors import TaskQueueError
 from ..store import is_url, open_store, probe, store_errors
 from ..taskfile import ON_INVALID, load_tasks
-from . import (EXIT_OK, EXIT_UNFINISHED, check_paths, config_from, hold_signals, processing_flags, release_signals,
-               run_with_signals, start_logging, stop_on_signal, store_flags)
-from .admin import printable_path
+from . import (EXIT_OK, EXIT_UNFINISHED, check_paths, config_from, hold_signals, printable_path, processing_flags,
+               release_signals, run_with_signals, start_logging, stop_on_signal, store_flags)
 
 ENQUEUE_BATCH = 500  # tasks per transaction: all of a batch or none of it
 
