@@ -9,8 +9,9 @@ share the work instead of one hoarding it.
 
 When nothing is due the feeder waits for the first of: a notification from
 another process (PostgreSQL ``LISTEN``), the earliest moment a row may become
-claimable (a retry falls due, another worker's lease runs out), or a stop
-request. SQLite cannot notify across processes, so there the feeder looks
+claimable (a retry falls due, another worker's lease runs out; within a second
+while a worker of this host holds a lease, as a killed one notifies nobody: see
+``wake_at``), or a stop request. SQLite cannot notify across processes, so there the feeder looks
 again after a bounded backoff (20 ms doubling to 1 s) -- the honest way
 without a broker, and the same as ``run`` waiting on another ``run``.
 """

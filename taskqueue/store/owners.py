@@ -89,6 +89,11 @@ def closed(token: str) -> None:
     _OPEN_HERE.discard(token)
 
 
+def here(owner: str) -> bool:
+    """Whether ``owner`` is a process of this host (whose liveness :func:`alive` can see)."""
+    return Owner.parse(owner).host == HOSTNAME
+
+
 def alive(owner: str | None, lease_until: float | None, now: float, me: str) -> bool:
     """Whether the owner of a row may still be working on it (so nobody else may take it).
 

@@ -6,8 +6,11 @@ import contextlib
 from typing import Any
 
 from ..task import TaskStatus
+from . import owners
 from .contract import Row
 from .statements import SQL, dialect
+
+RECHECK_LOCAL_S = 1.0  # how often a feeder looks again while a process of this host holds a lease
 
 
 class Reads:
@@ -36,11 +39,21 @@ class Reads:
         with self.reader() as conn:
             return conn.execute(self.sql["open_count"]).fetchone()[0]
 
-    def wake_at(self, now: float, me: str) -> float | None:
-        """The earliest time a row not held by ``me`` may become claimable: a retry falls due, or
-        another owner's lease runs out. None if no such row."""
+    def wake_at(self, now: float, me: str, recheck_s: float = RECHECK_LOCAL_S) -> float | None:
+        """When a feeder of ``me`` should look for rows again: the earliest time a row not held by
+        ``me`` may become claimable (a retry falls due, another owner's lease runs out). While a
+        process of this host holds a lease, it is ``now`` if that process is gone (``claim_due``
+        ends its leases at once), else at most ``recheck_s`` away: it may die at any moment, and
+        nothing would say so. None if no such row."""
         with self.reader() as conn:
-            return conn.execute(self.sql["wake_at"], (now, me)).fetchone()[0]
+            due = conn.execute(self.sql["wake_at"], (now, me)).fetchone()[0]
+            if due is not None and due > now:
+                for (owner,) in conn.execute(self.sql["leasing_owners"], (me, now)).fetchall():
+                    if owners.here(owner):
+                        if not owners.alive(owner, None, now, me):
+                            return now
+                        due = min(due, now + recheck_s)
+        return due
 
     def counts(self) -> dict[str, int]:
         counts = {status.value: 0 for status in TaskStatus}

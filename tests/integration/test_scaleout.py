@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from taskqueue.engine import TaskQueue
 from taskqueue.engine.feeder import Feeder
 from taskqueue.objectstore import LocalObjectStore
 from taskqueue.processor import Processor
+from taskqueue.store.owners import process_start
 from taskqueue.workload import create_sources, generate_tasks
 
 REPO = Path(__file__).resolve().parents[2]
@@ -302,6 +304,44 @@ def test_a_worker_holds_no_more_than_its_queue_size_or_two_per_worker(database, 
         thread.join(HANG)
         tq.shutdown(wait=True, cancel_futures=True)
     assert database.query("SELECT COUNT(*) FROM tasks WHERE status = 'queued' AND owner IS NOT NULL") == [(0,)]
+
+
+def test_an_idle_worker_takes_over_at_once_the_rows_of_a_worker_of_this_host_killed_while_it_waited(
+        database, workload):
+    """Found in review: on PostgreSQL an idle worker's feeder slept until the first lease ran out (its
+    listener hears enqueues, not deaths), so the rows of a worker of this host killed meanwhile waited
+    out their lease (5 min by default). It now looks again every second while one holds a lease."""
+    assert run("enqueue", "--tasks", str(workload["file"]), "--db", database.url, cwd=workload["cwd"]).returncode == 0
+    sibling = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    token = f"{socket.gethostname()}:{sibling.pid}:{process_start(sibling.pid) or '-'}:sibling"
+    database.execute(f"UPDATE tasks SET owner = '{token}', lease_until = {time.time() + 1000},"
+                     " version = version + 1")  # all claimed by the sibling, whose lease runs for 1000 s
+    objects = LocalObjectStore(workload["store"], fsync=False)
+    tq = TaskQueue(database.url, objects, config=Config(workers=2, fsync_outputs=False), recover_unowned=False)
+    feeder = Feeder(tq, exit_when_idle=True)
+    waiting, real_wait = threading.Event(), tq.inflight.wait_settled
+
+    def wait_settled(seen, timeout=None, also=None):  # the feeder found nothing to claim, and waits
+        waiting.set()
+        return real_wait(seen, timeout, also)
+
+    tq.inflight.wait_settled = wait_settled
+    thread = threading.Thread(target=feeder.run)
+    thread.start()
+    try:
+        assert waiting.wait(HANG), "hang guard: the feeder never waited"
+        assert feeder.claimed == 0
+        sibling.kill()  # SIGKILL: it renews nothing, releases nothing, notifies nobody
+        sibling.wait(HANG)
+        thread.join(HANG)
+        assert not thread.is_alive(), "the killed sibling's rows were left to wait out their lease"
+    finally:
+        feeder.stop()
+        thread.join(HANG)
+        tq.shutdown(wait=True)
+        sibling.stdin.close()
+    assert feeder.claimed == len(workload["keys"])
+    assert database.statuses() == {"success": len(workload["keys"])}
 
 
 def test_a_postgresql_database_whose_tasks_table_is_someone_elses_is_refused_untouched(request, tmp_path, workload):

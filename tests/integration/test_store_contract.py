@@ -547,6 +547,29 @@ def test_claim_due_takes_over_at_once_the_rows_of_a_dead_process_of_this_host_wh
     assert (after[ids[4]].owner, after[ids[5]].owner) == (live, other_host)
 
 
+def test_wake_at_looks_again_soon_while_a_process_of_this_host_holds_a_lease_and_now_once_it_is_gone(
+        store, backend, fake_clock, dead_pid, live_pid):
+    """Found in review: on PostgreSQL a worker's feeder with a live listener sleeps until ``wake_at``,
+    which was the end of the other workers' leases (5 min by default). A worker of this host killed
+    meanwhile renews nothing and notifies nobody: its rows waited out their lease, though claim_due
+    would have taken them at once. Another host's processes cannot be seen: their lease decides."""
+    now = fake_clock.now
+    other_host, live = f"elsewhere-{HOST}:1:-:z", f"{HOST}:{live_pid}:-:y"
+    set_row(backend, claim(store, 1).id, owner=other_host, lease_until=now + 1001, version=10)
+    assert store.wake_at(now, store.owner) == now + 1001  # when its lease runs out
+    live_row = claim(store, 2)
+    set_row(backend, live_row.id, owner=live, lease_until=now + 1002, version=10)
+    assert store.wake_at(now, store.owner, recheck_s=2.5) == now + 2.5  # alive now: look again soon
+    dead_row = claim(store, 3)
+    set_row(backend, dead_row.id, status="running", owner=f"{HOST}:{dead_pid}:-:x", attempts=1,
+            lease_until=now + 1000, version=10)
+    assert store.wake_at(now, store.owner, recheck_s=2.5) == now  # gone: its rows may be taken now
+    assert [r.id for r in store.commit(store.claim_due(10, MAX_ATTEMPTS)).runnable] == [dead_row.id]
+    assert store.wake_at(now, store.owner, recheck_s=2.5) == now + 2.5  # taken: the live one's, again
+    set_row(backend, live_row.id, status="success", owner=None, lease_until=None, version=11)
+    assert store.wake_at(now, store.owner, recheck_s=2.5) == now + 1001  # nobody of this host holds one
+
+
 def test_give_up_lets_any_process_take_the_row_over_counting_its_attempt(store, backend, fake_clock):
     other = backend.make(clock=fake_clock, lease_s=30.0)
     store.commit(store.enqueue([make_task(1)]))
