@@ -19,6 +19,7 @@ import logging
 import os
 import sqlite3
 import time
+import urllib.parse
 from typing import Callable, Iterator
 
 from ..logs import LOGGER_NAME
@@ -66,6 +67,26 @@ _log = logging.getLogger(LOGGER_NAME)
 APPLICATION_ID = 0x54517565  # "TQue": marks a SQLite file as this queue's database
 
 
+def read_only_uri(path: str) -> str:
+    """A ``file:`` URI that opens ``path`` for reading and leaves no file another user would own.
+
+    Even read-only, SQLite creates a WAL database's ``-wal`` and ``-shm`` files when they are
+    missing (no process has it open), owned by whoever opens it, and leaves them: another user's
+    ``status`` made files the database's owner cannot write, and the owner's next command failed
+    with "attempt to write a readonly database". So a user who does not own the file (root's are
+    handed to the owner by SQLite itself) opens it ``immutable`` while it has no ``-wal``: then the
+    file alone holds every committed change, and nothing is created. A writer starting meanwhile
+    writes to its WAL, not to the file, until a checkpoint: such a read may miss its changes.
+    """
+    absolute = os.path.abspath(path)
+    mode = "mode=ro"
+    if hasattr(os, "geteuid") and os.geteuid() != 0 and not os.path.lexists(absolute + "-wal"):
+        with contextlib.suppress(OSError):
+            if os.stat(absolute).st_uid != os.geteuid():
+                mode = "immutable=1"
+    return f"file:{urllib.parse.quote(os.fsencode(absolute))}?{mode}"
+
+
 def check_database(path: str) -> None:
     """Refuse, without changing it, a file that is not this queue's database.
 
@@ -76,7 +97,10 @@ def check_database(path: str) -> None:
     """
     if not os.path.exists(path) or os.path.getsize(path) == 0:
         return
-    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn = sqlite3.connect(read_only_uri(path), uri=True, isolation_level=None)
+    except sqlite3.DatabaseError as exc:
+        raise sqlite3.DatabaseError(f"database {path!r}: {exc}") from None
     try:
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
         tables = sorted(name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
@@ -175,7 +199,8 @@ class SQLiteReader(Reads):
 
     @contextlib.contextmanager
     def reader(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.path, isolation_level=None, timeout=self._busy_timeout_ms / 1000.0)
+        conn = sqlite3.connect(read_only_uri(self.path), uri=True, isolation_level=None,
+                               timeout=self._busy_timeout_ms / 1000.0)
         try:
             yield conn
         finally:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -318,3 +320,58 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly(base, command):
     stderr = child.stderr.read().decode()
     assert child.wait(timeout=HANG_S) == 128 + signal.SIGPIPE, stderr
     assert stderr == ""
+
+
+def _runner_as_others() -> str:
+    """A python3 that users other than root may run (the venv's may sit under /root); skip if none."""
+    if os.name != "posix" or os.geteuid() != 0 or not shutil.which("runuser"):
+        pytest.skip("needs root and runuser, to act as two other users")
+    import pwd
+
+    for user in ("postgres", "nobody"):
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            pytest.skip(f"needs a user named {user!r}")
+    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if os.path.exists(candidate) and subprocess.run(
+                ["runuser", "-u", "nobody", "--", candidate, "-c", "import sqlite3"],
+                capture_output=True, timeout=HANG_S).returncode == 0:
+            return candidate
+    pytest.skip("no python3 that other users may run")
+
+
+def test_another_users_status_leaves_nothing_that_stops_the_owners_next_run():
+    """Found in review: ``status`` (and ``dlq list``) opened the database as a writer would. With no
+    process holding it, SQLite created its -wal and -shm files for the reader, owned by the reader:
+    the owner's next command failed with "attempt to write a readonly database"."""
+    python = _runner_as_others()
+    shared = Path(tempfile.mkdtemp())  # not tmp_path: under a 0700 directory other users cannot enter
+    try:
+        shared.chmod(0o1777)  # a shared directory, like /tmp
+        shutil.copytree(REPO / "taskqueue", shared / "taskqueue")
+        shutil.copy(SCRIPT, shared / SCRIPT.name)
+        (shared / "tasks.json").write_text(json.dumps(GOOD), encoding="utf-8")
+        for path in shared.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+
+        def as_user(user: str, *args: str) -> subprocess.CompletedProcess:
+            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(shared), "LC_ALL": "C.UTF-8"}
+            return subprocess.run(["runuser", "-u", user, "--", python, SCRIPT.name, *args], cwd=shared, env=env,
+                                  capture_output=True, text=True, timeout=HANG_S)
+
+        db = str(shared / "tasks.db")
+        made = as_user("postgres", "enqueue", "--tasks", "tasks.json", "--db", db)
+        assert made.returncode == 0, made.stderr
+        for command in (["status"], ["dlq", "list"]):
+            read = as_user("nobody", *command, "--db", db)
+            assert read.returncode == 0, read.stderr
+        import pwd
+
+        nobody = pwd.getpwnam("nobody").pw_uid
+        assert [p.name for p in shared.iterdir() if p.stat().st_uid == nobody] == []
+        again = as_user("postgres", "enqueue", "--tasks", "tasks.json", "--db", db)
+        assert again.returncode == 0, again.stderr
+        assert "enqueued 0 task(s)" in again.stdout and "1 already there" in again.stdout, again.stdout
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
