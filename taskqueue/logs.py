@@ -16,6 +16,8 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
+from .errors import text_of
+
 LOGGER_NAME = "taskqueue"
 _STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "taskName"}
 
@@ -27,7 +29,7 @@ def task_extra(event: str, task: Any = None, *, error: BaseException | None = No
              "idempotency_key": getattr(task, "idempotency_key", None)}
     if error is not None:
         extra["error_class"] = type(error).__name__
-        extra["error"] = str(error)
+        extra["error"] = text_of(error)
     extra.update(fields)
     return extra
 

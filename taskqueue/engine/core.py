@@ -86,6 +86,7 @@ class TaskQueue:
         self._heartbeat = Heartbeat(self.store, self.store.lease_s / 3)
         self._executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="tq-worker")
         self._workers: list[Future] = []
+        self._worker_threads: set[int] = set()  # idents of the threads running a worker loop now
         closing.live_queues.add(self)
         try:
             for index in range(config.workers):
@@ -118,10 +119,15 @@ class TaskQueue:
         ``config.put_timeout_s`` if set). Raises :class:`QueueFull` in
         ``reject`` mode or on that timeout (the row this call claimed is
         given back, so the task can be offered again), :class:`QueueShutDown`
-        after :meth:`shutdown`, and store errors as they come. Done-callbacks
-        of Futures run in whichever thread commits the outcome: they must not
-        block.
+        after :meth:`shutdown`, ``TypeError`` if ``task`` is not a :class:`Task`,
+        and store errors as they come. Done-callbacks of Futures run in
+        whichever thread commits the outcome (the store's writer, a worker):
+        they must not block. A ``submit()`` there, or in a processor, never
+        waits for room: with the queue full it raises :class:`QueueFull`,
+        whatever ``on_full`` says (that thread may be the one to make room).
         """
+        if not isinstance(task, Task):
+            raise TypeError(f"submit() takes a Task, got {type(task).__name__} (Task.from_dict() builds one)")
         item, new = self.inflight.admit(task)
         if not new:  # counted as the item it joins ends: done, held elsewhere, or (refused) not at all
             item.future.add_done_callback(lambda _future: self._count_duplicate(item))
@@ -164,20 +170,39 @@ class TaskQueue:
             self.metrics.incr(counter)
 
     def _put(self, item: WorkItem) -> None:
-        """Put ``item`` on the bounded queue per the backpressure policy; raise QueueFull when refused."""
+        """Put ``item`` on the bounded queue per the backpressure policy; raise QueueFull when refused.
+
+        A thread the queue needs in order to make room never waits for it, whatever the policy: it
+        would wait for itself (see :meth:`_needed_here`)."""
         try:
-            if self.config.on_full == "reject":
-                self._queue.put_nowait(item)
-            else:
-                self._queue.put(item, timeout=self.config.put_timeout_s)
+            self._queue.put_nowait(item)
         except queue.Full:
-            raise self._rejected(item) from None
+            if self.config.on_full == "reject":
+                raise self._rejected(item) from None
+            if self._needed_here():
+                raise self._rejected(item, "; submit() ran in a thread the queue needs to make room (one of its "
+                                           "workers, or a done-callback that one of them or the store's writer "
+                                           "runs), so it cannot wait for room") from None
+            try:
+                self._queue.put(item, timeout=self.config.put_timeout_s)
+            except queue.Full:
+                raise self._rejected(item) from None
         self.metrics.on_put(self.depth())
 
-    def _rejected(self, item: WorkItem) -> QueueFull:
+    def _rejected(self, item: WorkItem, why: str = "") -> QueueFull:
         self.metrics.incr("rejected")
         self._log.info("queue full: task rejected", extra=task_extra("rejected", item.task))
-        return QueueFull(f"queue is full ({self.config.queue_size} tasks); task {item.task.id!r} was not accepted")
+        return QueueFull(f"queue is full ({self.config.queue_size} tasks){why}; task {item.task.id!r} was not "
+                         f"accepted")
+
+    def _needed_here(self, settling: bool = False) -> bool:
+        """Whether this thread is one the queue needs to make progress, so it must not wait for the
+        queue: one of its workers, or a thread delivering committed results (the store's writer, or a
+        worker committing its own start), whose done-callbacks run user code. With ``settling``, also
+        any thread resolving one of the queue's Futures: the item it settles is unfinished until its
+        callbacks return."""
+        return (threading.get_ident() in self._worker_threads or self.store.committer.delivering()
+                or (settling and self.inflight.settling()))
 
     def _give_back(self, item: WorkItem) -> None:
         """Give back the row of a task this submit could not accept, so it can be offered again at once
@@ -274,8 +299,12 @@ class TaskQueue:
         ``wait=True`` this blocks until done, or until ``timeout`` seconds
         have passed, in which case it returns False and leaves the workers to
         finish in the background (the store stays consistent: their rows are
-        recovered by the next run). With ``wait=False`` it returns at once.
-        Idempotent.
+        recovered by the next run; the interpreter still waits for them at
+        exit, as for any ``ThreadPoolExecutor``). With ``wait=False`` it
+        returns at once. Idempotent. With ``wait=True``, called from a
+        done-callback of this queue's Futures or from a processor (a worker),
+        it raises ``RuntimeError``: it would wait for itself; the shutdown goes
+        on in the background.
         """
         if self.inflight.close():
             threading.Thread(target=closing.close, args=(self, cancel_futures), name="tq-shutdown",
@@ -284,6 +313,10 @@ class TaskQueue:
             closing.cancel_pending(self)
         if not wait:
             return True
+        if self._needed_here(settling=True) and not self._finished.is_set():
+            raise RuntimeError("shutdown(wait=True) was called from a thread the shutdown waits for (a worker of "
+                               "this queue, or a done-callback of one of its Futures): it would wait for itself. "
+                               "The shutdown goes on in the background; call shutdown(wait=False) there")
         return self._finished.wait(timeout)
 
     # -- metrics -----------------------------------------------------------------------------------------

@@ -72,6 +72,7 @@ class InFlight:
         self._unfinished = 0
         self._closed = False
         self._waiters = 0  # threads in wait_settled() or join(): only then does a settle notify
+        self._resolving = threading.local()  # .items: how many items this thread is resolving (nested)
         self.settled = 0  # items settled so far
 
     def admit(self, task: Task) -> tuple[WorkItem, bool]:
@@ -113,6 +114,8 @@ class InFlight:
         """Resolve ``item``'s Future (unless its client cancelled it) and stop tracking it, even when
         a done-callback of the Future raises what the Future does not catch (``SystemExit``).
         ``accepted=False``: its offer was refused (see :meth:`forget`)."""
+        resolving = self._resolving
+        resolving.items = getattr(resolving, "items", 0) + 1  # the Future's done-callbacks run in here
         try:
             if error is None:
                 item.future.set_result(result)
@@ -121,7 +124,12 @@ class InFlight:
         except InvalidStateError:
             pass  # cancelled meanwhile; whatever the outcome, it is in the store
         finally:
+            resolving.items -= 1
             self.forget(item, accepted)
+
+    def settling(self) -> bool:
+        """Whether this thread is resolving an item's Future now (running its done-callbacks)."""
+        return getattr(self._resolving, "items", 0) > 0
 
     def release(self, item: WorkItem) -> None:
         """Stop holding ``item``'s key: its row is being given back, so a claim or a recovery that

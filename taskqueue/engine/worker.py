@@ -23,12 +23,13 @@ import contextlib
 import logging
 import os
 import queue
+import threading
 import time
 import traceback
 from typing import TYPE_CHECKING
 
 from .. import errors
-from ..errors import ClaimedElsewhere, StaleVersion
+from ..errors import ClaimedElsewhere, StaleVersion, text_of
 from ..logs import task_extra
 from ..processor import Output
 from ..retry import classify
@@ -43,6 +44,14 @@ if TYPE_CHECKING:
 
 def work(tq: "TaskQueue", index: int) -> None:
     """One worker: take a task, claim its attempt, process it, record the outcome; until :data:`STOP`."""
+    tq._worker_threads.add(threading.get_ident())
+    try:
+        _loop(tq, index)
+    finally:
+        tq._worker_threads.discard(threading.get_ident())
+
+
+def _loop(tq: "TaskQueue", index: int) -> None:
     tasks, store = tq._queue, tq.store
     outcome: Op | None = None  # the last task's outcome, not handed over yet
     while True:
@@ -108,6 +117,9 @@ def _attempt(tq: "TaskQueue", index: int, item: WorkItem, outcome: Op | None) ->
     began = time.perf_counter()
     try:
         output = tq.processor.process(item.task, attempt)
+        if type(output) is not Output and not isinstance(output, Output):
+            raise TypeError(f"{type(tq.processor).__name__}.process() returned {type(output).__name__}, "
+                            f"not an Output")
     except Exception as exc:
         tq.metrics.on_processed(index, time.perf_counter() - began)
         # The error lives on (its Future holds it, its client may keep that): let its traceback keep
@@ -236,7 +248,7 @@ def _not_finished(tq: "TaskQueue", item: WorkItem, cause: BaseException) -> None
     with :class:`~taskqueue.errors.OutcomeNotRecorded`, ``cause`` chained; counted as errored."""
     _let_go_of(tq, item)
     error = errors.OutcomeNotRecorded(f"task {item.task.id!r}: its outcome was not recorded "
-                                      f"({type(cause).__name__}: {cause}); its row is left for another run")
+                                      f"({type(cause).__name__}: {text_of(cause)}); its row is left for another run")
     error.__cause__ = cause
     settle(tq, item, "errored", error=error)
 

@@ -149,6 +149,11 @@ class Committer:
             raise error
         return result
 
+    def delivering(self) -> bool:
+        """Whether this thread is running ``done`` callbacks of committed ops now (user code may run
+        there: a Future resolved by a callback runs its own done-callbacks)."""
+        return self._local.delivering
+
     def post(self, *ops: Op) -> None:
         """Hand ``ops`` to the writer thread and return at once; each reports to its ``done``."""
         with self._state:

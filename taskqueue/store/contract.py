@@ -27,6 +27,7 @@ import json.encoder
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, NamedTuple, Protocol
 
+from ..errors import InvalidTask, text_of
 from ..task import Task, TaskStatus
 from .committer import Op
 
@@ -63,7 +64,13 @@ class Row(NamedTuple):
         return tuple.__new__(cls, values)
 
     def task(self) -> Task:
-        return Task.from_dict(json.loads(self.payload))
+        """The stored task; raises :class:`InvalidTask` if the payload is not one (``record_invalid``
+        keeps whatever it is given, a producer's raw line included)."""
+        try:
+            decoded = json.loads(self.payload)
+        except (ValueError, RecursionError) as exc:
+            raise InvalidTask(f"the stored payload is not JSON ({type(exc).__name__}: {exc})") from None
+        return Task.from_dict(decoded)
 
 
 _STATUS = {status.value: status for status in TaskStatus}
@@ -119,7 +126,9 @@ def task_payload(task: Task) -> str:
 
 
 def error_text(error: BaseException) -> str:
-    text = str(error) or type(error).__name__
+    """An error's text as a row keeps it: storable whatever the error (see ``errors.text_of``), cut
+    to ``MAX_ERROR_TEXT``; its class's name when it has none."""
+    text = text_of(error) or type(error).__name__
     return text if len(text) <= MAX_ERROR_TEXT else text[: MAX_ERROR_TEXT - 3] + "..."
 
 
