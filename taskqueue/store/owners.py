@@ -4,11 +4,17 @@ An owner token names one open store of one process::
 
     host:pid:start:nonce        e.g.  build-7:4242:3f9c2a1b.81234:5e0c9a1d2b3c
 
-``start`` identifies the process beyond its pid: the boot it runs in and its
-start time in clock ticks (``/proc/<pid>/stat``), so a pid reused by another
-process -- after a reboot, in a container, on wrap-around -- is never
-mistaken for the owner. Where ``/proc`` is missing it is ``-`` and liveness
-falls back on the pid and the lease. ``nonce`` tells two stores of one
+``start`` identifies the process beyond its pid: the *view* it runs in and its
+start time in clock ticks (``/proc/<pid>/stat``). The view is the boot, the
+machine (``/etc/machine-id``) and the pid namespace, ``<boot>-m<machine>-p<ns>``:
+a pid means something here only in the same view. So a pid reused by another
+process -- on wrap-around, or after a reboot (same machine, another boot: the
+owner is gone) -- is never mistaken for the owner; and a pid of another machine
+that shares this host name (clones of one image) or of a container that shares
+its name and kernel (``--network host``, its own pid namespace) is never looked
+up here at all: there, as on another host, the lease decides. Where ``/proc``
+is missing ``start`` is ``-`` and liveness falls back on the pid and the lease.
+``nonce`` tells two stores of one
 process apart. Tokens written by earlier versions (``host:pid:nonce``) parse
 with an unknown start.
 
@@ -45,23 +51,70 @@ class Owner(NamedTuple):
         return cls(host, int(pid) if pid.isascii() and pid.isdigit() else None, None if start == "-" else start, nonce)
 
 
-def _boot_id() -> str:
+def _read(path: str) -> str:
     try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+        with open(path, encoding="ascii") as f:
             return f.read().strip().replace("-", "")[:12]
-    except OSError:
+    except (OSError, ValueError):
         return ""
 
 
-_BOOT = _boot_id()
+def _pid_namespace() -> str:
+    try:
+        link = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]"
+    except OSError:
+        return ""
+    return link[5:-1] if link.startswith("pid:[") and link.endswith("]") and link[5:-1].isdigit() else ""
+
+
+class View(NamedTuple):
+    """Where a pid means one process table: a boot of one machine, one pid namespace ("" unknown)."""
+
+    boot: str
+    machine: str = ""
+    namespace: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> "View":
+        boot, *rest = text.split("-")
+        machine = next((part[1:] for part in rest if part.startswith("m")), "")
+        namespace = next((part[1:] for part in rest if part.startswith("p")), "")
+        return cls(boot, machine, namespace)
+
+    def __str__(self) -> str:
+        return self.boot + (f"-m{self.machine}" if self.machine else "") + (f"-p{self.namespace}" if self.namespace else "")
+
+
+VIEW = View(_read("/proc/sys/kernel/random/boot_id"), _read("/etc/machine-id") or _read("/var/lib/dbus/machine-id"),
+            _pid_namespace())
+SAME, REBOOTED, ELSEWHERE = "same", "rebooted", "elsewhere"
+
+
+def where(owner: "Owner") -> str:
+    """Whether ``owner``'s pid can be looked up here (:data:`SAME`), names a process of this machine
+    before its last boot (:data:`REBOOTED`: gone), or means nothing here (:data:`ELSEWHERE`: another
+    host name, machine or pid namespace; only its lease tells). A token whose view is unknown (older,
+    or written where /proc is missing) is looked up by its pid alone, as before."""
+    if owner.host != HOSTNAME:
+        return ELSEWHERE
+    if owner.start is None:
+        return SAME
+    view = View.parse(owner.start.rpartition(".")[0])
+    if not VIEW.boot or (view.machine and VIEW.machine and view.machine != VIEW.machine):
+        return ELSEWHERE  # another machine under this host name (or we cannot tell)
+    if view.boot != VIEW.boot:
+        return REBOOTED  # this machine (or one its tokens cannot tell from it) before its last boot
+    if view.namespace and VIEW.namespace and view.namespace != VIEW.namespace:
+        return ELSEWHERE  # a container sharing this host name and kernel, in a pid namespace of its own
+    return SAME
 
 
 def process_start(pid: int) -> str | None:
-    """``"<boot>.<start ticks>"`` of process ``pid``; None where /proc cannot tell.
+    """``"<view>.<start ticks>"`` of process ``pid`` (see :class:`View`); None where /proc cannot tell.
 
     Raises ``ProcessLookupError`` if /proc exists and has no such process.
     """
-    if not _BOOT:
+    if not VIEW.boot:
         return None
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -73,7 +126,7 @@ def process_start(pid: int) -> str | None:
     # Field 22 (starttime) counts from the field after the command name, which may hold spaces
     # and parentheses: split after the last ')'.
     fields = stat[stat.rindex(b")") + 2:].split()
-    return f"{_BOOT}.{int(fields[19])}"
+    return f"{VIEW}.{int(fields[19])}"
 
 
 def new_token() -> str:
@@ -90,8 +143,8 @@ def closed(token: str) -> None:
 
 
 def here(owner: str) -> bool:
-    """Whether ``owner`` is a process of this host (whose liveness :func:`alive` can see)."""
-    return Owner.parse(owner).host == HOSTNAME
+    """Whether ``owner``'s liveness is known here, not only its lease (see :func:`where`)."""
+    return where(Owner.parse(owner)) != ELSEWHERE
 
 
 def alive(owner: str | None, lease_until: float | None, now: float, me: str) -> bool:
@@ -100,8 +153,9 @@ def alive(owner: str | None, lease_until: float | None, now: float, me: str) -> 
     * no owner: nobody;
     * ``me``: yes;
     * an expired lease: no -- a live owner renews its leases, so whatever the pid says;
-    * another host: yes (we cannot see its processes; its lease decides, above);
-    * this host: the process must exist and, where it is known, have the recorded
+    * another host, machine or pid namespace: yes (we cannot see its processes; its lease
+      decides, above); this machine before its last boot: no;
+    * this host and view: the process must exist and, where it is known, have the recorded
       start time (a reused pid is another process); a token of this very process
       is alive only while its store is open here.
     """
@@ -112,8 +166,11 @@ def alive(owner: str | None, lease_until: float | None, now: float, me: str) -> 
     if lease_until is not None and lease_until < now:
         return False
     parsed = Owner.parse(owner)
-    if parsed.host != HOSTNAME:
+    seen = where(parsed)
+    if seen == ELSEWHERE:
         return True
+    if seen == REBOOTED:
+        return False
     if parsed.pid is None:
         return False
     if parsed.pid == os.getpid():
@@ -131,7 +188,9 @@ def alive(owner: str | None, lease_until: float | None, now: float, me: str) -> 
     if parsed.start is None:
         return True
     try:
-        return process_start(parsed.pid) in (None, parsed.start)
+        now_start = process_start(parsed.pid)
+        # The same view (see where()): only the start time can differ, if another process has the pid.
+        return now_start is None or now_start.rpartition(".")[2] == parsed.start.rpartition(".")[2]
     except ProcessLookupError:
         # Absent from /proc. For another user's process that exists, /proc may hide it (mounted with
         # hidepid, systemd's ProtectProc): its start time is unknown, and its lease decides (above).

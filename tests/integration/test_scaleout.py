@@ -260,6 +260,39 @@ def test_a_task_longer_than_its_lease_is_not_taken_over_while_its_worker_lives_a
     assert time.time() >= lease_until
 
 
+def test_a_worker_in_another_pid_namespace_under_this_host_name_is_not_taken_for_dead(database, tmp_path):
+    """Found in review: containers sharing the host's name and kernel (Docker ``--network host``) each
+    have a pid namespace of their own. A worker outside looked the other one's pid up in its own
+    process table, found it dead, and ended its leases: both ran every task, each one's outcomes
+    were refused as stale, and every task ended WorkerCrashed. The lease decides now."""
+    if not can_unshare_pids():
+        pytest.skip("needs unshare -p (root on Linux) to run a worker in a pid namespace of its own")
+    items = [{"id": f"slow-{n}", "image_key": f"src/slow-{n}.txt", "variant": "gzip"} for n in range(2)]
+    store = tmp_path / "store"
+    create_sources(LocalObjectStore(store, fsync=False), items, seed=1)
+    path = tmp_path / "tasks.json"
+    path.write_text(json.dumps(items))
+    assert run("enqueue", "--tasks", str(path), "--db", database.url, cwd=tmp_path).returncode == 0
+    worker = ["worker", "--db", database.url, "--store", str(store), "--exit-when-idle"]
+    inside = subprocess.Popen(["unshare", "-p", "-f", "--mount-proc", *command(*worker)], cwd=tmp_path,
+                              env=environment(fault_latency_s=3, workers=2), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    wait_until(lambda: database.statuses().get("running") == 2, "both tasks running in the namespace", inside)
+    outside = run(*worker, cwd=tmp_path, workers=1)  # waits for the rows the other renews, then exits idle
+    out, _ = inside.communicate(timeout=HANG)
+    assert inside.returncode == 0 and outside.returncode == 0, (out, outside.stdout, outside.stderr)
+    assert "claimed 0" in outside.stdout, outside.stdout  # never took the live worker's rows
+    assert sorted(database.query("SELECT status, attempts, error_class FROM tasks")) == [("success", 1, None)] * 2
+
+
+def can_unshare_pids() -> bool:
+    try:
+        return subprocess.run(["unshare", "-p", "-f", "--mount-proc", "true"], capture_output=True,
+                              timeout=30).returncode == 0
+    except OSError:
+        return False
+
+
 def can_rename_host() -> bool:
     try:
         return subprocess.run(["unshare", "-u", "true"], capture_output=True, timeout=30).returncode == 0

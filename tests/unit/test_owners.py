@@ -60,7 +60,7 @@ def test_another_users_process_hidden_from_proc_is_alive_while_its_lease_runs(mo
         raise PermissionError(1, "Operation not permitted")
 
     monkeypatch.setattr(owners.os, "kill", kill)  # the fault: an OS that hides the process (dead_pid has no /proc entry)
-    monkeypatch.setattr(owners, "_BOOT", "b00t")  # as on Linux, where start times are read
+    monkeypatch.setattr(owners, "VIEW", owners.View("b00t"))  # as on Linux, where start times are read
     token = f"{HOST}:{dead_pid}:b00t.1234:x"
     assert alive(token, NOW + 100, NOW, "me") is True
     assert alive(token, NOW - 1, NOW, "me") is False  # its lease ran out: whatever the process table says
@@ -100,3 +100,34 @@ def test_a_token_of_this_process_lives_only_while_its_store_is_open():
     assert alive(token, NOW + 100, NOW, "me") is True  # another open store of this process
     owners.closed(token)
     assert alive(token, NOW + 100, NOW, "me") is False  # an earlier incarnation in this process
+
+
+@pytest.mark.skipif(not LINUX, reason="views come from /proc")
+def test_a_token_of_another_machine_or_pid_namespace_under_this_host_name_is_alive_until_its_lease_runs_out(
+        dead_pid):
+    """Found in review: two workers in containers sharing the host's name and kernel (Docker
+    ``--network host``) each have a pid namespace of their own: each looked the other's pid up in
+    its own process table, found it dead, and ended its leases -- every task ended WorkerCrashed.
+    The same for two machines under one name. A pid there means nothing here: the lease decides,
+    as for another host. This machine before its last boot is another matter: that owner is gone."""
+    view, _dot, ticks = process_start(os.getpid()).rpartition(".")
+    assert view == str(owners.VIEW) and owners.VIEW.boot and owners.VIEW.namespace
+    me = owners.VIEW
+    elsewhere = [owners.View(me.boot, me.machine, "1"),  # a container on this kernel
+                 owners.View(me.boot, "0" * 12, me.namespace)]  # another machine (its boot id too, were it real)
+    for other_view in elsewhere:
+        other = f"{HOST}:{dead_pid}:{other_view}.{ticks}:x"
+        assert owners.here(other) is False
+        assert alive(other, NOW + 1, NOW, "me") is True
+        assert alive(other, None, NOW, "me") is True
+        assert alive(other, NOW - 1, NOW, "me") is False
+    for gone in (owners.View("0" * 12, me.machine, me.namespace),  # this machine before a reboot
+                 owners.View(me.boot, me.machine, me.namespace)):  # this view: its pid is dead
+        token = f"{HOST}:{dead_pid}:{gone}.{ticks}:x"
+        assert owners.here(token) is True and alive(token, NOW + 1, NOW, "me") is False
+
+
+def test_views_parse_back_and_tokens_of_the_previous_format_still_compare():
+    view = owners.View("9331b4b46795", "3d1219c7c4c5", "4026531836")
+    assert str(view) == "9331b4b46795-m3d1219c7c4c5-p4026531836" and owners.View.parse(str(view)) == view
+    assert owners.View.parse("9331b4b46795") == owners.View("9331b4b46795")  # boot only: the previous format
