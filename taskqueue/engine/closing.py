@@ -66,9 +66,16 @@ def close(tq: "TaskQueue", cancel_futures: bool) -> None:
 
 
 def cancel_pending(tq: "TaskQueue") -> None:
-    """Cancel every task not started yet: the queued ones and the retries waiting for their time."""
+    """Cancel every task not started yet: the queued ones and the retries waiting for their time.
+
+    Their rows are let go of as they are cancelled (still waiting, no owner), so that other
+    processes may take them at once, not once the tasks still running here have ended -- or, when a
+    grace period runs out first, once this process's leases have. No worker holds these items (a
+    worker takes an item off the queue before it starts it), so none of them can start here now.
+    """
     drain(tq)  # first: the scheduler thread may be blocked putting into a full queue
     for item in tq._scheduler.stop():
+        _let_go(tq, item)
         abandon(tq, item)
     drain(tq)
 
@@ -86,10 +93,21 @@ def drain(tq: "TaskQueue") -> None:
             if item is STOP:
                 stops += 1
             else:
+                _let_go(tq, item)
                 abandon(tq, item)
     finally:
         for _ in range(stops):
             tq._queue.put(STOP)
+
+
+def _let_go(tq: "TaskQueue", item: WorkItem) -> None:
+    """Hand over the letting go of ``item``'s row, before its Future is cancelled (so a caller who
+    saw it cancelled and then flushes the store finds the row free). Stale (taken over since): no
+    change."""
+    try:
+        tq.store.post(tq.store.let_go(item.row_id, item.version))
+    except Exception:  # noqa: BLE001 - the store is closed or broken: the final disown, or the lease, frees it
+        pass
 
 
 def abandon(tq: "TaskQueue", item: WorkItem) -> None:

@@ -16,6 +16,7 @@ import json
 import logging
 import sqlite3
 import threading
+from concurrent.futures import CancelledError
 from pathlib import Path
 
 import pytest
@@ -202,6 +203,32 @@ def test_rows_taken_over_while_shutting_down_are_let_go_and_the_shutdown_ends(db
 
 
 # -- a task the queue itself fails: its row let go of, counted as errored ------------------------------
+
+def test_a_shutdown_cancelling_what_waits_lets_go_of_those_rows_at_once_not_after_what_runs(
+        db, objects, tasks, queues):
+    """Found in review: a stopped worker kept the rows it had claimed but not started until its running
+    tasks ended (or, when its grace ran out, until their leases did: 5 min by default): other
+    workers waited. They are let go of as they are cancelled; the running task's row stays ours."""
+    processor = Gated(objects, gated=True)
+    tq = TaskQueue(db, objects, config=config(), processor=processor)
+    queues(tq)
+    running, *waiting = [tq.submit(task) for task in tasks[:3]]
+    assert processor.entered.acquire(timeout=WAIT_S)  # t0 runs, held at the gate; t1 and t2 wait in the queue
+    assert tq.shutdown(wait=False, cancel_futures=True)
+    for future in waiting:
+        with pytest.raises(CancelledError):
+            future.result(WAIT_S)
+    tq.store.flush()  # everything handed over before this call is committed (the shutdown is still running t0)
+    assert [row_of(db, task.idempotency_key) for task in tasks[1:3]] == [("queued", 0, None)] * 2
+    other = SQLiteStore(str(db))  # another process takes them now
+    try:
+        assert sorted(r.task_id for r in other.commit(other.claim_due(5, 3)).runnable) == ["t1", "t2"]
+    finally:
+        other.close()
+    assert row_of(db, tasks[0].idempotency_key)[:2] == ("running", 1) and not running.done()
+    processor.gate.set()
+    assert running.result(WAIT_S).status is TaskStatus.SUCCESS
+
 
 def test_a_processor_raising_system_exit_fails_its_task_and_lets_go_of_its_row(db, objects, tasks, queues):
     task = tasks[0]
