@@ -87,6 +87,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     # The queue is sized to what the feeder holds, so its depth and capacity (progress, metrics) read true.
     config = config.replace(queue_size=held_at_most(config.queue_size, config.workers))
     check_paths(config)
+    if not os.path.isdir(config.store):  # a typo, or a volume not mounted: every task's source would be missing
+        raise FileNotFoundError(f"{config.source_of('store')}: no directory at {printable_path(config.store)}; a "
+                                f"worker reads each task's source from the store (is the path right, the volume "
+                                f"mounted?)")
     new_db = not is_url(config.db) and not os.path.lexists(config.db)
     if new_db and args.exit_when_idle:  # nothing can be open in it: most likely a mistyped path
         raise FileNotFoundError(f"{config.source_of('db')}: no database at {config.db!r}; a worker with "
@@ -110,6 +114,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         if new_db:  # a worker may start before the producer: say so, in case the path is mistyped
             print(f"note: {config.db!r} did not exist: created an empty task queue database; waiting for tasks",
                   file=sys.stderr)
+        with os.scandir(config.store) as entries:
+            if next(entries, None) is None:  # an unmounted volume's mount point, most likely
+                print(f"note: {config.source_of('store')} {printable_path(config.store)} is empty: every task's "
+                      f"source will be missing, and the task dead-lettered (is the volume mounted?)", file=sys.stderr)
         watcher.start(tq, total=None)  # open-ended: done so far and the rate, no percent or ETA
         on_signal = stop_on_signal(f"no more claims, finishing in-flight tasks (up to {config.shutdown_grace_s:g}s)",
                                    feeder.stop)

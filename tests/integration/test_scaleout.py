@@ -178,6 +178,21 @@ def test_a_postgresql_url_without_psycopg_is_a_clear_error(tmp_path, workload):
 
 # -- worker --------------------------------------------------------------------------------------------
 
+def test_a_worker_refuses_a_store_that_does_not_exist_and_warns_of_an_empty_one(workload):
+    """Found in review: a mistyped --store was created, empty, and every task in the queue was
+    dead-lettered (SourceMissing) at full speed, exit 0: one machine of a fleet with its volume not
+    mounted clears the queue. A worker reads sources from the store: it must be there."""
+    cwd, db = workload["cwd"], str(workload["cwd"] / "tasks.db")
+    assert run("enqueue", "--tasks", str(workload["file"]), "--db", db, cwd=cwd).returncode == 0
+    missing = run("worker", "--db", db, "--store", str(cwd / "stor"), "--exit-when-idle", cwd=cwd)
+    assert missing.returncode == 2 and missing.stderr.startswith("error: --store: no directory at "), missing.stderr
+    assert not (cwd / "stor").exists()
+    assert {status for (status,) in Database("sqlite", cwd, None, db).query("SELECT status FROM tasks")} == {"queued"}
+    (cwd / "mnt").mkdir()
+    empty = run("worker", "--db", db, "--store", str(cwd / "mnt"), "--exit-when-idle", cwd=cwd)
+    assert empty.returncode == 0 and "is empty: every task's source will be missing" in empty.stderr, empty.stderr
+
+
 def test_workers_share_the_queue_and_exit_when_nothing_is_open_anywhere(database, workload):
     assert run("enqueue", "--tasks", str(workload["file"]), "--db", database.url, cwd=workload["cwd"]).returncode == 0
     env = environment(fault_latency_s=0.01, workers=3)
