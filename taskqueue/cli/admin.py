@@ -9,6 +9,7 @@ import sys
 
 from ..config import Config
 from ..store import is_url, open_reader, open_store
+from ..task import TaskStatus
 from . import EXIT_OK, EXIT_UNFINISHED, EXIT_USAGE, config_from, printable, store_flags
 
 
@@ -78,10 +79,19 @@ def cmd_dlq_redrive(args: argparse.Namespace) -> int:
     store = open_store(_existing_db(config), busy_timeout_ms=config.busy_timeout_ms)
     try:
         done = store.commit(store.redrive(None if args.all else args.keys))
+        if args.all:
+            missing, left = [], [d["idempotency_key"] for d in store.dead_letters()]  # none can be mended
+        else:
+            missing = sorted(set(args.keys) - set(done))
+            rows = {key: store.get(key) for key in missing}
+            left = [key for key in missing if rows[key] is not None and rows[key].status is TaskStatus.DEAD]
     finally:
         store.close()
-    print(f"redriven {len(done)} task(s) to queued; the next `run` processes them")
-    missing = [] if args.all else sorted(set(args.keys) - set(done))
+    print(f"redriven {len(done)} task(s) to queued; the next `run` or a `worker` processes them")
+    if left:
+        print(f"not redriven: {len(left)} invalid item(s) of a task file, dead-lettered as they were (no run can "
+              f"mend them: fix the file and enqueue or run it again)")
     for key in missing:
-        print(f"  not in the dead-letter queue: {printable(key)}", file=sys.stderr)
+        why = "an invalid item of a task file, not redriven" if key in left else "not in the dead-letter queue"
+        print(f"  {why}: {printable(key)}", file=sys.stderr)
     return EXIT_UNFINISHED if missing else EXIT_OK

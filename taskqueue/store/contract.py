@@ -76,6 +76,16 @@ class Row(NamedTuple):
 _STATUS = {status.value: status for status in TaskStatus}
 
 
+def mendable(row: Row) -> bool:
+    """Whether running ``row`` again could help (a redrive): its payload is a valid task whose key is
+    the row's. Not so for the record of a task file's invalid item, kept under a key of its own with
+    whatever the file held: its task, if any, is another row's to run."""
+    try:
+        return row.task().idempotency_key == row.idempotency_key
+    except InvalidTask:
+        return False
+
+
 COLUMNS = ", ".join(Row._fields)
 
 
@@ -175,7 +185,8 @@ class TaskStore(Protocol):
         """Take over every open row nobody runs -> :class:`Recovered`. ``unowned=False`` leaves the rows
         no process has held yet (enqueued, redriven) to ``claim_due``: only a dead owner's are taken."""
     def redrive(self, keys: Iterable[str] | None) -> Op:
-        """``dead`` -> ``queued`` with a fresh attempt budget (all when None) -> keys redriven."""
+        """``dead`` -> ``queued`` with a fresh attempt budget (all when None) -> keys redriven. A row
+        no redrive can mend (see :func:`mendable`: an invalid item's record) stays dead."""
     def give_up(self, row_id: int, version: int, begun: int | None = None, done: Done | None = None) -> Op:
         """Let go of one open row of ours at ``version`` whose outcome could not be recorded (anyone may
         take it over) -> rows changed; ``begun``: count first the attempt the ledger recorded at that

@@ -18,7 +18,7 @@ from ..task import Task, TaskStatus
 from . import ledger as ledgers
 from . import owners
 from .committer import Committer, Op
-from .contract import OPEN, Attempt, Claim, Done, Recovered, Row, error_text, task_payload
+from .contract import OPEN, Attempt, Claim, Done, Recovered, Row, error_text, mendable, task_payload
 from .reads import Reads
 
 
@@ -266,6 +266,9 @@ class StateMachine(Reads):
             keys = [key for (key,) in conn.execute(self.sql["dead_keys"]).fetchall()]
         done = []
         for key in keys:
+            row = self._select(conn, "by_key", key)
+            if row is None or not mendable(row):
+                continue
             if conn.execute(self.sql["redrive"], (self._clock(), key)).rowcount:
                 conn.execute(self.sql["undead"], (key,))
                 done.append(key)

@@ -179,6 +179,34 @@ def test_dlq_list_redrive_and_the_next_run_completes_the_task(work, workload):
     assert {k: v for k, v in after.items() if k in before} == before  # nothing else was redone
 
 
+def test_dlq_redrive_leaves_the_records_of_invalid_items_and_their_errors_as_they_are(work, tmp_path):
+    """Found in review: redriven, a task file's invalid item (kept under a key of its own, with what
+    the file held) was dead-lettered again by the next run as "the stored task's key ... is not its
+    row's": its real error (an unknown variant, a level of 42) was lost. No redrive can mend it: it
+    is not redriven, and the command says so."""
+    sample = REPO / "input_new" / "sample_tasks_small.json"
+    db, store = str(tmp_path / "tasks.db"), str(tmp_path / "store")
+    first = cli("run", "--tasks", str(sample), "--db", db, "--store", store, "--make-sources",
+                "--invalid", "dead-letter", cwd=work, env={"TQ_FAULT_RATE": "0"})
+    assert first.returncode == 0, first.stderr
+    before = {d["idempotency_key"]: d for d in json.loads(cli("dlq", "list", "--db", db, "--json", cwd=work).stdout)}
+    invalid = sorted(k for k, d in before.items() if d["attempts"] == 0)
+    assert len(invalid) == 2 and "missing/sample/ghost.txt:gzip" in before  # and the missing source, a real one
+
+    redriven = cli("dlq", "redrive", "--db", db, "--all", cwd=work)
+    assert redriven.returncode == 0, redriven.stderr
+    assert "redriven 1 task(s)" in redriven.stdout
+    assert "not redriven: 2 invalid item(s) of a task file" in redriven.stdout, redriven.stdout
+    by_key = cli("dlq", "redrive", "--db", db, invalid[0], cwd=work)
+    assert by_key.returncode == 1 and "an invalid item of a task file" in by_key.stderr, by_key.stderr
+
+    again = cli("run", "--tasks", str(sample), "--db", db, "--store", store, "--invalid", "dead-letter", cwd=work)
+    assert again.returncode == 0, again.stderr
+    after = {d["idempotency_key"]: d for d in json.loads(cli("dlq", "list", "--db", db, "--json", cwd=work).stdout)}
+    assert {k: (after[k]["error_class"], after[k]["last_error"]) for k in invalid} == {
+        k: (before[k]["error_class"], before[k]["last_error"]) for k in invalid}
+
+
 # -- bad input exits 2 and does nothing ------------------------------------------------------------------
 
 @pytest.mark.parametrize("extra, env, names", [
