@@ -14,7 +14,7 @@ import threading
 import time
 import weakref
 
-from .. import logs, watch
+from .. import logs, progress, watch
 from ..config import Config
 from ..errors import ClaimedElsewhere, OutcomeNotRecorded, QueueFull, QueueShutDown, TaskQueueError
 from ..objectstore import LocalObjectStore
@@ -242,11 +242,13 @@ def _await_elsewhere(tq, waiter: _Waiter) -> None:
 
 def _summary(waiter: _Waiter, loaded, rejected_offers: int, elapsed: float, tq, swept: int) -> dict:
     """The figures :func:`_render` prints. ``throughput_per_s`` is the tasks done -- succeeded,
-    deduplicated or dead-lettered -- per second of the run, as on the progress line: counting the
-    tasks offered would credit an interrupted run with work it never did."""
+    deduplicated or dead-lettered, the rows taken over from the database and the invalid items
+    recorded included -- per second of the run: the progress line's count. Counting the tasks
+    offered would credit an interrupted run with work it never did; counting the file's alone, a
+    run that also finished an enqueued backlog with work it did not."""
     outcome = waiter.counts(len(loaded.tasks))
-    done = outcome["succeeded"] + outcome["deduplicated"] + outcome["dead_lettered"]
     snap = tq.final_metrics or tq.snapshot()
+    done = progress.done_count(snap)
     return {"tasks": len(loaded.tasks), "invalid_dead_lettered": len(loaded.invalid),
             "duplicates_in_file_dropped": loaded.duplicates_dropped, **outcome,
             "retries": snap["counters"]["retried"], "rejected_offers": rejected_offers,
@@ -279,8 +281,10 @@ def _render(summary: dict) -> str:
     if summary["invalid_dead_lettered"]:
         lines.append(f"invalid items dead-lettered: {summary['invalid_dead_lettered']}")
     lines.append(f"retries {summary['retries']}, rejected offers {summary['rejected_offers']}, "
-                 f"recovered from an earlier run {summary['recovered']} (+{summary['recovered_dead']} "
+                 f"taken over from the database {summary['recovered']} (+{summary['recovered_dead']} "
                  f"dead-lettered), temp files swept {summary['temp_files_swept']}")
+    if summary["recovered"] or summary["recovered_dead"]:
+        lines.append("  (open rows nobody ran: left by an earlier run, a dead process, an enqueue or a redrive)")
     p95 = summary["latency_p95_s"]
     lines.append(f"elapsed {summary['elapsed_s']}s, {summary['throughput_per_s']} tasks/s, "
                  f"p95 {'n/a' if p95 is None else f'{p95 * 1000:.1f} ms'}, "

@@ -89,7 +89,7 @@ def test_sigkill_at_random_moments_loses_and_tears_nothing(tmp_path):
     final = subprocess.run(command, cwd=h.REPO, env=env, capture_output=True, text=True, timeout=h.HANG)
     assert final.returncode == 0, final.stdout + final.stderr
     swept = int(re.search(r"temp files swept (\d+)", final.stdout).group(1))
-    recovered = int(re.search(r"recovered from an earlier run (\d+)", final.stdout).group(1))
+    recovered = int(re.search(r"taken over from the database (\d+)", final.stdout).group(1))
 
     counts = h.statuses(db)
     rows = dict(h.db_query(db, "SELECT idempotency_key, status FROM tasks"))

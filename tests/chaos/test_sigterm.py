@@ -125,7 +125,7 @@ def test_second_signal_exits_at_once_and_the_store_stays_consistent(tmp_path):
     assert counts.get("success", 0) == 0 and counts.get("running", 0) >= 1, counts
 
     rerun = _rerun_completes_everything(tmp_path, items)
-    assert "recovered from an earlier run" in rerun.stdout
+    assert "taken over from the database" in rerun.stdout
     attempts = dict(h.db_query(tmp_path / "tasks.db", "SELECT idempotency_key, attempts FROM tasks"))
     assert max(attempts.values()) == 2 and min(attempts.values()) == 1  # the interrupted ones ran again
 
