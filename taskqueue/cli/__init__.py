@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
             FileExistsError, PermissionError, *store_errors()) as exc:
         print(f"error: {exc}", file=sys.stderr)
         if getattr(exc, "error_count", 0):
-            print("hint: --invalid dead-letter records the bad items as dead letters and runs the rest",
+            rest = "enqueues" if getattr(args, "command", None) == "enqueue" else "runs"
+            print(f"hint: --invalid dead-letter records the bad items as dead letters and {rest} the rest",
                   file=sys.stderr)
         return EXIT_USAGE
 

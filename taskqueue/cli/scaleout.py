@@ -149,8 +149,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         counters = snap["counters"]
         elapsed = time.perf_counter() - started
         done = counters["succeeded"] + counters["dead_lettered"]
-        print(f"worker {tq.store.owner}: {'idle everywhere' if not stopped else 'stopped'}; claimed {feeder.claimed}, "
-              f"{counters['succeeded']} succeeded, {counters['dead_lettered']} dead-lettered, "
+        taken = len(tq.recovered.runnable) + len(tq.recovered.dead)  # a dead worker's rows, at start-up
+        print(f"worker {tq.store.owner}: {'idle everywhere' if not stopped else 'stopped'}; claimed {feeder.claimed}"
+              f"{f' (+{taken} taken over at start-up)' if taken else ''}, {counters['succeeded']} succeeded, {counters['dead_lettered']} dead-lettered, "
               f"{counters['retried']} retries; {elapsed:.1f}s, {done / elapsed if elapsed else 0:.1f} tasks/s")
         if not finished:  # grace ran out: running rows are taken over once their lease expires
             _exit_now(handler, EXIT_OK)

@@ -156,6 +156,7 @@ def test_enqueue_refuses_a_bad_file_whole_or_dead_letters_its_bad_items(database
     path.write_text(json.dumps(items))
     refused = run("enqueue", "--tasks", str(path), "--db", database.url, cwd=tmp_path)
     assert refused.returncode == 2 and "item 1: field 'variant'" in refused.stderr
+    assert "dead letters and enqueues the rest" in refused.stderr  # enqueue runs nothing (found in review)
     assert database.statuses() == {}
     lenient = run("enqueue", "--tasks", str(path), "--db", database.url, "--invalid", "dead-letter", cwd=tmp_path)
     assert lenient.returncode == 0, lenient.stderr
@@ -177,6 +178,20 @@ def test_a_postgresql_url_without_psycopg_is_a_clear_error(tmp_path, workload):
 
 
 # -- worker --------------------------------------------------------------------------------------------
+
+def test_a_worker_says_how_many_rows_of_a_dead_worker_it_took_over_at_start_up(workload, dead_pid):
+    """Found in review: its summary counted only what its feeder claimed afterwards."""
+    cwd, db = workload["cwd"], str(workload["cwd"] / "tasks.db")
+    assert run("enqueue", "--tasks", str(workload["file"]), "--db", db, cwd=cwd).returncode == 0
+    database = Database("sqlite", cwd, None, db)
+    database.execute(f"UPDATE tasks SET owner = '{socket.gethostname()}:{dead_pid}:-:gone', "
+                     f"lease_until = {time.time() + 1000}, version = version + 1 WHERE id <= 5")
+    worker = run("worker", "--db", db, "--store", str(workload["store"]), "--exit-when-idle", cwd=cwd)
+    assert worker.returncode == 0, worker.stderr
+    rest = len(workload["keys"]) - 5
+    assert f"claimed {rest} (+5 taken over at start-up), {len(workload['keys'])} succeeded" in worker.stdout, \
+        worker.stdout
+
 
 def test_a_worker_refuses_a_store_that_does_not_exist_and_warns_of_an_empty_one(workload):
     """Found in review: a mistyped --store was created, empty, and every task in the queue was
