@@ -105,7 +105,8 @@ class TaskQueue:
         """Offer ``task``; return a Future of its :class:`TaskResult` (or of its error).
 
         Deduplicates on ``task.idempotency_key``: a key in flight here returns
-        the Future already held for it; a key that already succeeded (in this
+        the Future already held for it (one Future per key in flight: a
+        ``cancel()`` by any of its holders cancels the task for all of them); a key that already succeeded (in this
         run or an earlier one) returns a completed Future without touching the
         queue; a dead-lettered key returns a failed one; a key whose open row
         a live process elsewhere holds returns a Future failed with
