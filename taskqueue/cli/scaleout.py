@@ -87,10 +87,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
     # The queue is sized to what the feeder holds, so its depth and capacity (progress, metrics) read true.
     config = config.replace(queue_size=held_at_most(config.queue_size, config.workers))
     check_paths(config)
-    if not os.path.isdir(config.store):  # a typo, or a volume not mounted: every task's source would be missing
-        raise FileNotFoundError(f"{config.source_of('store')}: no directory at {printable_path(config.store)}; a "
-                                f"worker reads each task's source from the store (is the path right, the volume "
-                                f"mounted?)")
     new_db = not is_url(config.db) and not os.path.lexists(config.db)
     if new_db and args.exit_when_idle:  # nothing can be open in it: most likely a mistyped path
         raise FileNotFoundError(f"{config.source_of('db')}: no database at {config.db!r}; a worker with "
@@ -101,6 +97,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     held = None
     try:
         probe(config.db)  # a database that cannot be opened or created: refused, nothing made
+        if not os.path.isdir(config.store):  # a typo, or a volume not mounted: every source would be missing
+            raise FileNotFoundError(f"{config.source_of('store')}: no directory at {printable_path(config.store)}; "
+                                    f"a worker reads each task's source from the store (is the path right, the "
+                                    f"volume mounted?)")
         held = hold_signals()  # before any thread starts: SIGINT/SIGTERM will reach the main thread only
         objects = LocalObjectStore(config.store, chunk_size=config.chunk_size, fsync=config.fsync_outputs)
         processor = Processor(objects, config.faults, max_image_pixels=config.max_image_pixels)

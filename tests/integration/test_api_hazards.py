@@ -233,14 +233,19 @@ def test_submit_of_something_other_than_a_task_is_a_type_error(tmp_path, objects
 
 # -- what is stored ------------------------------------------------------------------------------------
 
-def test_a_redriven_row_whose_payload_is_not_json_is_dead_lettered_again_and_start_up_goes_on(tmp_path, objects):
+def test_a_reopened_row_whose_payload_is_not_json_is_dead_lettered_again_and_start_up_goes_on(tmp_path, objects):
     """record_invalid() keeps whatever payload it is given (a producer's raw line). Redriven, its row
-    made every later TaskQueue() fail with JSONDecodeError as recovery decoded it."""
+    made every later TaskQueue() fail with JSONDecodeError as recovery decoded it. A redrive leaves
+    it dead now; reopened otherwise (an earlier version's redrive, a hand edit), it is dead-lettered."""
     db = tmp_path / "tasks.db"
     config = Config(workers=1, fsync_outputs=False)
     with TaskQueue(db, objects, config=config) as tq:
         assert tq.record_invalid("raw-1", "raw-key-1", "this is the raw line from my producer", ValueError("not json"))
-        assert tq.store.commit(tq.store.redrive(["raw-key-1"])) == ["raw-key-1"]
+        assert tq.store.commit(tq.store.redrive(["raw-key-1"])) == []  # no run can mend it
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("UPDATE tasks SET status = 'queued', version = version + 1 WHERE idempotency_key = 'raw-key-1'")
+    conn.close()
     with TaskQueue(db, objects, config=config) as tq:
         assert tq.submit(task(1)).result(WAIT_S).status.value == "success"
     dead = rows(db)[0]
