@@ -124,12 +124,15 @@ class ConfigError(TaskQueueError, ValueError):
 
 def text_of(error: BaseException) -> str:
     """``str(error)``, safe to store, log and print whatever the error is: never raises, and a lone
-    surrogate (a file name that is not UTF-8, from ``os.listdir``) is written as ``\\udcff``, which
-    no database or UTF-8 stream refuses. A ``str()`` that raises gives a placeholder naming both."""
+    surrogate (a file name that is not UTF-8, from ``os.listdir``) is written as ``\\udcff``, a NUL
+    as ``\\x00``, which no database or UTF-8 stream refuses. A ``str()`` that raises gives a
+    placeholder naming both."""
     try:
         text = str(error)
     except Exception as exc:  # noqa: BLE001 - the text of an error must not become another error
         return f"<{type(error).__name__}: its text could not be made ({type(exc).__name__})>"
+    if "\x00" in text:  # PostgreSQL refuses NUL in text
+        text = text.replace("\x00", "\\x00")
     if text.isascii():
         return text
     return text.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -335,6 +335,9 @@ def config_from(args: argparse.Namespace, *names: str) -> Config:
     except (UnicodeDecodeError, OSError) as exc:  # only reading .env does I/O here
         raise ConfigError(_dotenv_error(exc)) from None
     if is_url(config.db):
+        if not config.db.startswith(("postgresql://", "postgres://")):  # PostgreSQL://, a missing //, a space
+            raise ConfigError(f"{config.source_of('db')}: {redact(config.db)!r} is not a PostgreSQL URL: write "
+                              f"postgresql://user:password@host/database (a SQLite file would not be named so)")
         try:
             urlsplit(config.db).port  # an unclosed "[" or a port that is not a number raises ValueError
         except ValueError as exc:

@@ -11,7 +11,11 @@ When nothing is due the feeder waits for the first of: a notification from
 another process (PostgreSQL ``LISTEN``), the earliest moment a row may become
 claimable (a retry falls due, another worker's lease runs out; within a second
 while a worker of this host holds a lease, as a killed one notifies nobody: see
-``wake_at``), or a stop request. SQLite cannot notify across processes, so there the feeder looks
+``wake_at``), or a stop request. Two things notify nobody, so the feeder looks
+on its own as well: rows due now that its claim did not get (another
+transaction holds them, and may roll back), after the backoff below; and, in any
+case, every ``SAFETY_POLL_S`` (a listener's connection that died half-open
+hears nothing and says nothing). SQLite cannot notify across processes, so there the feeder looks
 again after a bounded backoff (20 ms doubling to 1 s) -- the honest way
 without a broker, and the same as ``run`` waiting on another ``run``.
 """
@@ -24,6 +28,7 @@ if TYPE_CHECKING:
     from .core import TaskQueue
 
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.02, 1.0
+SAFETY_POLL_S = 10.0  # a listener hears notifications, not its own connection dying half-open: look anyway
 AHEAD = 2  # tasks a feeder holds per worker thread, the one it runs included
 
 
@@ -99,9 +104,14 @@ class Feeder:
         now = tq._wall()
         due = tq.store.wake_at(now, tq.store.owner)
         timeout = None if due is None else max(0.0, due - now)
-        if self._listener is None or self._listener.failed:  # look again after the backoff
+        if timeout == 0.0:  # due now, yet the claim just now did not get it: another transaction holds it,
+            timeout = backoff  # and its rollback would notify nobody: look again after the backoff
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+        elif self._listener is None or self._listener.failed:  # look again after the backoff
             timeout = backoff if timeout is None else min(timeout, backoff)
             backoff = min(backoff * 2, BACKOFF_MAX_S)
+        else:  # notified, or at the due time, or after a while in any case
+            timeout = SAFETY_POLL_S if timeout is None else min(timeout, SAFETY_POLL_S)
         tq.inflight.wait_settled(seen, timeout, also=lambda: self._stopped or self._notified)
         return backoff
 

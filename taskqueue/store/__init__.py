@@ -44,12 +44,8 @@ def probe(db: str) -> None:
     absent one is not created: the CLI's ``check_paths`` has tried its directory).
     """
     if is_url(db):
-        from .postgres import driver, redact
-        psycopg = driver()
-        try:
-            psycopg.connect(db, autocommit=True, connect_timeout=10).close()
-        except psycopg.Error as exc:
-            raise type(exc)(f"database {redact(db)}: {exc}") from None
+        from .postgres import connect
+        connect(db).close()
         return
     if not os.path.exists(db):
         return

@@ -74,8 +74,62 @@ PG_SQL["insert"] += " RETURNING id"  # psycopg has no lastrowid; the row comes b
 PG_SQL["serialise_enqueue"] = f"SELECT pg_advisory_xact_lock({0x54516571})"
 
 
+_SCHEME = re.compile(r"\s*postgres(?:ql)?:", re.IGNORECASE)
+
+
 def is_url(db: str) -> bool:
-    return db.startswith(("postgresql://", "postgres://"))
+    """Whether ``db`` names a PostgreSQL database rather than a SQLite file: anything that starts as a
+    ``postgresql:`` or ``postgres:`` URL does, written well or not (``PostgreSQL://``, a missing
+    ``//``): :func:`connect` refuses a malformed one, where a SQLite file would have been made."""
+    return bool(_SCHEME.match(db))
+
+
+def connect(url: str, *, connect_timeout_s: float = 10.0) -> Any:
+    """A psycopg connection (autocommit) to the UTF-8 database at ``url``.
+
+    Raises ``ConfigError`` for a URL not written ``postgresql://...`` (or ``postgres://...``), and
+    ``psycopg.Error`` naming the database, never its password or any other secret of the URL
+    (libpq's own messages may quote them: see :func:`scrub`), if it cannot be reached or does not
+    use UTF-8 (the queue's texts are Unicode: SQL_ASCII hands back bytes, LATIN1 refuses most keys).
+    """
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"{redact(url)!r} is not a PostgreSQL URL: write postgresql://user:password@host/database")
+    psycopg = driver()
+    try:
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=connect_timeout_s)
+    except psycopg.Error as exc:
+        raise type(exc)(f"database {redact(url)}: {scrub(str(exc), url)}") from None
+    encoding = conn.info.parameter_status("server_encoding")
+    if encoding != "UTF8":
+        conn.close()
+        raise psycopg.DatabaseError(f"database {redact(url)} uses the encoding {encoding}; the task queue needs "
+                                    f"UTF8 (CREATE DATABASE ... ENCODING 'UTF8')")
+    return conn
+
+
+def _secrets(url: str) -> list[str]:
+    """What of ``url`` must never be printed: its password (as written and decoded, and every piece of
+    it between ``@`` signs, which libpq may split at), and the values of ``password`` and
+    ``sslpassword`` parameters."""
+    found = []
+    rest = url.partition("://")[2]
+    userinfo = rest[:rest.rfind("@")] if "@" in rest else ""
+    if ":" in userinfo:
+        secret = userinfo.partition(":")[2]
+        found += [secret, *secret.split("@")]
+    for item in url.partition("?")[2].split("&"):
+        name, eq, value = item.partition("=")
+        if eq and unquote(name).strip().lower() in _SECRET_PARAMETERS:
+            found.append(value)
+    found += [unquote(text) for text in found]
+    return sorted({text for text in found if len(text) >= 3}, key=len, reverse=True)
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` (a driver's message about ``url``) with every secret of ``url`` replaced by ``***``."""
+    for secret in _secrets(url):
+        text = text.replace(secret, "***")
+    return text
 
 
 def redact(url: str) -> str:
@@ -90,7 +144,8 @@ def redact(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         parts = None
-    if parts is None or ("@" in url.partition("://")[2] and "@" not in parts.netloc):
+    after = url.partition("://")[2]
+    if parts is None or after.rfind("@") >= len(parts.netloc):  # an "@" past the host: a password with "/?#"
         head, mark, query = re.sub(r"^([^:/?#]*://[^:/?#@\[\]]*):.*@", r"\1:***@", url, flags=re.S).partition("?")
         return head + mark + _mask_password_parameter(query)
     netloc = parts.netloc
@@ -99,18 +154,23 @@ def redact(url: str) -> str:
     query = _mask_password_parameter(parts.query)
     if (netloc, query) == (parts.netloc, parts.query):
         return url
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
+    redacted = urlunsplit(parts._replace(netloc=netloc, query=query))
+    head = url.partition("://")[0]  # the scheme as written ("PostgreSQL"), which urlsplit lowercases
+    return head + redacted[redacted.find("://"):] if "://" in redacted else redacted
 
 
 def _mask_password_parameter(query: str) -> str:
-    """``query`` with the value of every ``password=`` parameter (its name percent-decoded, as libpq
-    reads it) replaced by ``***``."""
+    """``query`` with the value of every ``password=`` or ``sslpassword=`` parameter (its name
+    percent-decoded, as libpq reads it) replaced by ``***``."""
     items = query.split("&")
     for i, item in enumerate(items):
         name, eq, _value = item.partition("=")
-        if eq and unquote(name).strip().lower() == "password":
+        if eq and unquote(name).strip().lower() in _SECRET_PARAMETERS:
             items[i] = f"{name}=***"
     return "&".join(items)
+
+
+_SECRET_PARAMETERS = ("password", "sslpassword")
 
 
 def driver():
@@ -123,14 +183,28 @@ def driver():
     return psycopg
 
 
-def _check_table(conn: Any, url: str) -> None:
-    """Refuse a database whose ``tasks`` table is someone else's (before creating anything)."""
-    found = conn.execute("SELECT obj_description(to_regclass('tasks'), 'pg_class'), to_regclass('tasks')"
-                         " IS NOT NULL").fetchone()
-    comment, exists = found
-    if exists and comment != MARK:
+_DEAD_LETTER_COLUMNS = frozenset({"idempotency_key", "task_id", "payload", "attempts", "error_class", "last_error",
+                                  "created_at", "dead_at"})
+
+
+def _schema_complete(conn: Any, url: str) -> bool:
+    """Whether the queue's tables and index are all there, as the search path finds them; refuse,
+    before anything is created, a ``tasks`` table that is someone else's (its comment is not ours)
+    or a ``dead_letters`` table without the queue's columns."""
+    comment, tasks, dead_letters, index = conn.execute(
+        "SELECT obj_description(to_regclass('tasks'), 'pg_class'), to_regclass('tasks') IS NOT NULL,"
+        " to_regclass('dead_letters') IS NOT NULL, to_regclass('tasks_waiting') IS NOT NULL").fetchone()
+    if tasks and comment != MARK:
         raise driver().DatabaseError(f"database {redact(url)} has a table 'tasks' that is not this queue's "
                                      f"(comment {comment!r}); refusing to modify it")
+    if dead_letters:
+        columns = {name for (name,) in conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass('dead_letters') AND attnum > 0"
+            " AND NOT attisdropped")}
+        if not _DEAD_LETTER_COLUMNS <= columns:
+            raise driver().DatabaseError(f"database {redact(url)} has a table 'dead_letters' that is not this "
+                                         f"queue's (columns {', '.join(sorted(columns))}); refusing to use it")
+    return tasks and dead_letters and index
 
 
 class PostgresStore(StateMachine):
@@ -149,10 +223,19 @@ class PostgresStore(StateMachine):
         self._connect_timeout = connect_timeout_s
         conn = self._connect(psycopg)
         try:
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-                _check_table(conn, url)
-                conn.execute(SCHEMA)
+            # The schema is created only where a part is missing: its DDL takes a lock on the tasks table
+            # that stalls every worker's writes, and needs rights a worker's role may not have. Created
+            # where the search path finds its tables: one queue, whatever schema it is in.
+            if not _schema_complete(conn, url):
+                with conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                    if not _schema_complete(conn, url):
+                        # Beside an existing tasks table (an index added since), not in the first schema
+                        # of the search path, where CREATE ... IF NOT EXISTS would start a second queue.
+                        conn.execute("SELECT set_config('search_path', quote_ident(n.nspname), true)"
+                                     " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                                     " WHERE c.oid = to_regclass('tasks')")
+                        conn.execute(SCHEMA)
         except BaseException:
             conn.close()
             raise
@@ -168,11 +251,7 @@ class PostgresStore(StateMachine):
         return None if inserted is None else inserted[0]
 
     def _connect(self, psycopg=None):
-        psycopg = psycopg or driver()
-        try:
-            return psycopg.connect(self.url, autocommit=True, connect_timeout=self._connect_timeout)
-        except psycopg.Error as exc:
-            raise type(exc)(f"database {redact(self.url)}: {exc}") from None
+        return connect(self.url, connect_timeout_s=self._connect_timeout)
 
     @contextlib.contextmanager
     def reader(self) -> Iterator[Any]:
@@ -203,11 +282,7 @@ class PostgresReader(Reads):
 
     @contextlib.contextmanager
     def reader(self) -> Iterator[Any]:
-        psycopg = driver()
-        try:
-            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=self._connect_timeout)
-        except psycopg.Error as exc:
-            raise type(exc)(f"database {self.location}: {exc}") from None
+        conn = connect(self.url, connect_timeout_s=self._connect_timeout)
         try:
             yield conn
         finally:
@@ -223,7 +298,7 @@ class Listener:
     """
 
     def __init__(self, url: str, on_notify: Callable[[], None], connect_timeout_s: float) -> None:
-        self._conn = driver().connect(url, autocommit=True, connect_timeout=connect_timeout_s)
+        self._conn = connect(url, connect_timeout_s=connect_timeout_s)
         try:
             self._conn.execute(f"LISTEN {CHANNEL}")
         except BaseException:

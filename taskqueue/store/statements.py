@@ -75,8 +75,10 @@ SQL = {
     "let_go": "UPDATE tasks SET owner = NULL, lease_until = NULL, updated_at = ?, version = version + 1"
               " WHERE id = ? AND version = ? AND owner = ? AND status IN ('queued', 'failed')",
     "open_count": f"SELECT COUNT(*) FROM tasks WHERE status IN {_OPEN_SQL}",
+    # A waiting row with no retry time is due at once (0.0): if the claim did not get it, another
+    # transaction holds it (PostgreSQL's SKIP LOCKED), and may roll back without notifying anyone.
     "wake_at": "SELECT MIN(CASE WHEN status = 'running' OR (owner IS NOT NULL AND lease_until >= ?)"
-               " THEN lease_until ELSE next_attempt_at END)"
+               " THEN lease_until ELSE COALESCE(next_attempt_at, 0.0) END)"
                f" FROM tasks WHERE status IN {_OPEN_SQL} AND (owner IS NULL OR owner <> ?)",
     "all_rows": f"SELECT {COLUMNS} FROM tasks ORDER BY id",
     "counts": "SELECT status, COUNT(*) FROM tasks GROUP BY status",
