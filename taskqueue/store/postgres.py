@@ -221,6 +221,8 @@ class PostgresStore(StateMachine):
         psycopg = driver()
         self.url = url
         self._connect_timeout = connect_timeout_s
+        self._read_lock = threading.Lock()
+        self._read_conn: Any = None
         conn = self._connect(psycopg)
         try:
             # The schema is created only where a part is missing: its DDL takes a lock on the tasks table
@@ -255,11 +257,28 @@ class PostgresStore(StateMachine):
 
     @contextlib.contextmanager
     def reader(self) -> Iterator[Any]:
-        conn = self._connect()
+        """This store's read connection, opened at its first read and kept (a feeder reads every
+        second or so: a connection each time cost a backend start each, and near the server's or the
+        role's connection limit one refused made an idle worker stop). One thread at a time; a
+        connection that failed is dropped, and the next read opens another."""
+        with self._read_lock:
+            if self._read_conn is None:
+                self._read_conn = self._connect()
+            try:
+                yield self._read_conn
+            except driver().OperationalError:
+                self._read_conn.close()
+                self._read_conn = None
+                raise
+
+    def close(self) -> None:
         try:
-            yield conn
+            super().close()
         finally:
-            conn.close()
+            with self._read_lock:
+                if self._read_conn is not None:
+                    self._read_conn.close()
+                    self._read_conn = None
 
     def listener(self, on_notify: Callable[[], None]) -> "Listener":
         return Listener(self.url, on_notify, self._connect_timeout)

@@ -133,6 +133,23 @@ def test_a_role_with_rights_on_the_rows_only_runs_a_worker_and_opening_takes_no_
     assert sql(url, "SELECT DISTINCT status FROM tasks") == [("success",)]
 
 
+def test_a_store_reads_on_one_connection_it_keeps_and_closes(url):
+    """Found in review: each read (a feeder's wake_at, every second while a sibling holds a lease)
+    opened a connection of its own; near a connection limit, one refused stopped an idle worker."""
+    store = PostgresStore(url)
+    try:
+        backends, kept = set(), []
+        for _ in range(3):
+            with store.reader() as conn:
+                backends.add(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+                kept.append(conn)
+            store.wake_at(0.0, store.owner)
+        assert len(backends) == 1
+    finally:
+        store.close()
+    assert kept[0].closed
+
+
 def test_a_dead_letters_table_that_is_not_the_queues_is_refused_untouched(url):
     sql(url, "CREATE TABLE dead_letters (idempotency_key text PRIMARY KEY, note text)")
     with pytest.raises(psycopg.DatabaseError, match="'dead_letters' that is not this queue's"):
