@@ -54,9 +54,21 @@ class JsonFormatter(logging.Formatter):
             out["traceback"] = self.formatException(record.exc_info)
             out.setdefault("error_class", record.exc_info[0].__name__ if record.exc_info[0] else None)
         try:
-            return json.dumps(out, default=str, ensure_ascii=False, allow_nan=False)
+            line = json.dumps(out, default=str, ensure_ascii=False, allow_nan=False)
         except ValueError:  # NaN or Infinity somewhere: strict JSON has no spelling for them
-            return json.dumps(_finite(out), default=str, ensure_ascii=False, allow_nan=False)
+            line = json.dumps(_finite(out), default=str, ensure_ascii=False, allow_nan=False)
+        return line if line.isascii() else _one_line(line)
+
+
+# Characters that str.splitlines() (and some log shippers) take for line ends, written as JSON escapes.
+_LINE_ENDS = {ord(c): f"\\u{ord(c):04x}" for c in "\x85\u2028\u2029"}
+
+
+def _one_line(line: str) -> str:
+    """A JSON line that stays one line and is valid UTF-8: Unicode line separators, and lone
+    surrogates (a file name that is not UTF-8, from ``os.listdir``), as ``\\uXXXX`` escapes. Else a
+    log file refused the record whole (strict UTF-8): its line was lost."""
+    return line.translate(_LINE_ENDS).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _finite(value: Any) -> Any:
@@ -83,7 +95,7 @@ def configure(level: str | int = "info", path: str | None = None, stream: Any = 
                 existing.baseFilename if isinstance(existing, logging.FileHandler)
                 else getattr(existing, "stream", None)):
             return existing
-    handler: logging.Handler = (_LogFile(path, encoding="utf-8") if path
+    handler: logging.Handler = (_LogFile(path, encoding="utf-8", errors="backslashreplace") if path
                                 else logging.StreamHandler(stream or sys.stderr))
     handler.setFormatter(JsonFormatter())
     logger.addHandler(handler)

@@ -15,6 +15,7 @@ import math
 import threading
 from typing import Callable
 
+from .errors import text_of
 from .logs import LOGGER_NAME
 from .objectstore import atomic_write_text
 
@@ -58,7 +59,7 @@ class PeriodicMetricsWriter:
         except Exception as exc:  # OSError mostly; whatever it is, the run goes on
             _log.error("could not write metrics", extra={
                 "event": "metrics_write_failed", "task_id": None, "idempotency_key": None,
-                "error_class": type(exc).__name__, "error": str(exc), "path": self.path})
+                "error_class": type(exc).__name__, "error": text_of(exc), "path": self.path})
             return False
         self.writes += 1
         return True

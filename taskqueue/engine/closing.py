@@ -20,7 +20,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING
 
-from ..errors import QueueShutDown
+from ..errors import QueueShutDown, text_of
 from ..logs import task_extra
 from ..objectstore import atomic_write_text
 from .inflight import STOP, WorkItem
@@ -50,7 +50,7 @@ def close(tq: "TaskQueue", cancel_futures: bool) -> None:
         except Exception as exc:  # noqa: BLE001 - they are freed anyway when our leases run out
             tq._log.warning("could not give up waiting rows at shutdown", extra={
                 "event": "disown_failed", "task_id": None, "idempotency_key": None,
-                "error_class": type(exc).__name__, "error": str(exc)})
+                "error_class": type(exc).__name__, "error": text_of(exc)})
         tq.store.close()
         tq.final_metrics = tq.snapshot()
         if tq._metrics_out:
@@ -59,7 +59,7 @@ def close(tq: "TaskQueue", cancel_futures: bool) -> None:
             except OSError as exc:  # the metrics are lost, not the tasks: say so and finish
                 tq._log.error("could not write final metrics", extra={
                     "event": "metrics_write_failed", "task_id": None, "idempotency_key": None,
-                    "error_class": type(exc).__name__, "error": str(exc), "path": tq._metrics_out})
+                    "error_class": type(exc).__name__, "error": text_of(exc), "path": tq._metrics_out})
     finally:
         live_queues.discard(tq)
         tq._finished.set()

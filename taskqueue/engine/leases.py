@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from ..errors import StoreClosed
+from ..errors import StoreClosed, text_of
 from ..logs import LOGGER_NAME
 from ..store import TaskStore
 
@@ -56,7 +56,7 @@ class Heartbeat:
         except Exception as exc:  # noqa: BLE001 - the next beat tries again; the next store open does too
             _log.error("could not settle the ledgers of dead processes", extra={
                 "event": "ledger_settle_failed", "task_id": None, "idempotency_key": None,
-                "error_class": type(exc).__name__, "error": str(exc)})
+                "error_class": type(exc).__name__, "error": text_of(exc)})
         return True
 
     def stop(self) -> None:
@@ -68,4 +68,4 @@ def _report(_renewed: int, error: BaseException | None) -> None:
     if error is not None:
         _log.error("could not renew leases", extra={"event": "lease_renewal_failed", "task_id": None,
                                                      "idempotency_key": None,
-                                                     "error_class": type(error).__name__, "error": str(error)})
+                                                     "error_class": type(error).__name__, "error": text_of(error)})

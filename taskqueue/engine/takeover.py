@@ -10,7 +10,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from .. import errors
-from ..errors import ClaimedElsewhere
+from ..errors import ClaimedElsewhere, text_of
 from ..store import Recovered, Row
 from ..task import Task
 from . import closing
@@ -73,7 +73,7 @@ def _valid_task(tq: "TaskQueue", row: Row) -> Task | None:
         tq.metrics.incr("dead_lettered")
         tq._log.warning("stored task is invalid: dead-lettered", extra={
             "event": "dead_lettered", "task_id": row.task_id, "idempotency_key": row.idempotency_key,
-            "error_class": type(exc).__name__, "error": str(exc)})
+            "error_class": type(exc).__name__, "error": text_of(exc)})
         return None
 
 

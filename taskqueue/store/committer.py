@@ -38,7 +38,7 @@ import queue
 import threading
 from typing import Any, Callable, NamedTuple
 
-from ..errors import StoreBroken, StoreClosed
+from ..errors import StoreBroken, StoreClosed, text_of
 from ..logs import LOGGER_NAME
 from .delivery import Call, Delivery, waiting
 
@@ -280,7 +280,7 @@ class Committer:
                 self._broken = exc
                 _log.error("task store connection broken", extra={
                     "event": "store_broken", "task_id": None, "idempotency_key": None,
-                    "error_class": type(exc).__name__, "error": str(exc)})
+                    "error_class": type(exc).__name__, "error": text_of(exc)})
 
 def _run_op(conn: Any, op: Op) -> tuple[Any, BaseException | None]:
     try:

@@ -22,6 +22,7 @@ import time
 import urllib.parse
 from typing import Callable, Iterator
 
+from ..errors import text_of
 from ..logs import LOGGER_NAME
 from . import ledger
 from .committer import Committer
@@ -170,7 +171,7 @@ class SQLiteStore(StateMachine):
         except OSError as exc:  # e.g. another user's directory: correct without one, only slower
             _log.warning("no start ledger: every attempt's start is committed before it runs", extra={
                 "event": "ledger_unavailable", "task_id": None, "idempotency_key": None,
-                "error_class": type(exc).__name__, "error": str(exc)})
+                "error_class": type(exc).__name__, "error": text_of(exc)})
 
     def _insert(self, conn: sqlite3.Connection, values: tuple) -> int | None:
         cursor = conn.execute(self.sql["insert"], values)  # no RETURNING: one sqlite3_step instead of two

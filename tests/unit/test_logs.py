@@ -250,3 +250,26 @@ def test_a_log_file_that_cannot_be_written_warns_once_and_never_raises(capsys):
         handler.close()  # must not raise
     err = capsys.readouterr().err
     assert err.count("cannot be written") == 1 and "/dev/full" in err and "Traceback" not in err
+
+
+def test_a_record_with_a_lone_surrogate_or_a_unicode_line_separator_is_one_valid_utf8_line(tmp_path):
+    """Found in review: a path that is not UTF-8 (a lone surrogate, from os.listdir) in a record made
+    the log file's strict UTF-8 refuse it: the line was lost, and every later line with it (the
+    handler gave up for good). A key holding U+2028 split a line where str.splitlines() reads it."""
+    path = tmp_path / "run.log"
+    handler = configure("info", str(path))
+    try:
+        log = logging.getLogger(LOGGER_NAME)
+        bad_path, key = os.fsdecode(b"d\xff/m.json"), "a\u2028b\x85c\u2029d \u00e9"
+        log.error("could not write final metrics", extra={"event": "metrics_write_failed", "path": bad_path,
+                                                           "idempotency_key": key})
+        log.info("after", extra={"event": "after"})
+    finally:
+        logging.getLogger(LOGGER_NAME).removeHandler(handler)
+        handler.close()
+    text = path.read_bytes().decode("utf-8")  # strict: every byte is UTF-8
+    lines = text.splitlines()
+    assert len(lines) == 2 and text.count("\n") == 2
+    first = json.loads(lines[0])
+    assert (first["path"], first["idempotency_key"]) == (bad_path, key)  # as they were, escaped in the line
+    assert json.loads(lines[1])["event"] == "after"
