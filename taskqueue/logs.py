@@ -42,6 +42,7 @@ class JsonFormatter(logging.Formatter):
             "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
+            "pid": record.process,  # several workers may share one log file
             "event": getattr(record, "event", None) or "log",
             "message": record.getMessage(),
             "task_id": getattr(record, "task_id", None),

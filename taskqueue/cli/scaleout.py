@@ -141,7 +141,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
                   f"over by any worker once their lease runs out ({config.lease_s:g}s): start it again",
                   file=sys.stderr)
             if not finished:  # a task outlived the grace period: do not wait for it at exit
-                _exit_now(handler, EXIT_UNFINISHED)
+                _exit_now(tq, config, handler, EXIT_UNFINISHED)
             return EXIT_UNFINISHED
         stopped, finished = outcome["value"]
         watcher.stop()  # the last frame and the final metrics file, before the summary
@@ -154,7 +154,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
               f"{f' (+{taken} taken over at start-up)' if taken else ''}, {counters['succeeded']} succeeded, {counters['dead_lettered']} dead-lettered, "
               f"{counters['retried']} retries; {elapsed:.1f}s, {done / elapsed if elapsed else 0:.1f} tasks/s")
         if not finished:  # grace ran out: running rows are taken over once their lease expires
-            _exit_now(handler, EXIT_OK)
+            _exit_now(tq, config, handler, EXIT_OK)
         return EXIT_OK
     finally:
         release_signals(held)
@@ -163,8 +163,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
         handler.close()
 
 
-def _exit_now(handler, code: int) -> None:
-    """Exit without waiting for worker threads still inside a task (their rows' leases run out)."""
+def _exit_now(tq, config, handler, code: int) -> None:
+    """Exit without waiting for worker threads still inside a task (their rows' leases run out),
+    once the metrics file has what the shutdown, still waiting for them, would have written."""
+    if config.metrics_out:
+        try:
+            tq.write_metrics(config.metrics_out)
+        except OSError as exc:
+            print(f"warning: could not write the final metrics to {printable_path(config.metrics_out)}: {exc}",
+                  file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
     handler.flush()

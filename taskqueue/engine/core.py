@@ -15,6 +15,7 @@ Futures, or on a Condition.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import queue
@@ -327,8 +328,13 @@ class TaskQueue:
         closing.write_json(path, self.snapshot())
 
     def snapshot(self) -> dict:
-        """Metrics plus the store's commit statistics, as a plain dict."""
+        """Metrics plus the store's commit statistics, as a plain dict; once shut down, the final
+        metrics (a copy), so that rates and utilisation stop where the queue did. ``owner`` names
+        this queue's process (host, pid), so that the files of several workers can be told apart."""
+        if self.final_metrics is not None:
+            return copy.deepcopy(self.final_metrics)
         snap = self.metrics.snapshot()
+        snap["owner"] = self.store.owner
         committer = self.store.committer
         snap["store"] = {"commits": committer.commits, "operations": committer.operations,
                          "ops_per_commit": committer.operations / committer.commits if committer.commits else 0.0}

@@ -250,3 +250,17 @@ def test_a_reopened_row_whose_payload_is_not_json_is_dead_lettered_again_and_sta
         assert tq.submit(task(1)).result(WAIT_S).status.value == "success"
     dead = rows(db)[0]
     assert dead[:4] == ("raw-1", "dead", 0, "InvalidTask") and "not JSON" in dead[4]
+
+
+def test_a_snapshot_after_shutdown_is_the_final_one_and_names_its_process(tmp_path, objects):
+    """Found in review: snapshot() after shutdown kept its clock running, so rates and utilisation fell
+    the longer one waited; and nothing in it said which worker's it was (workers sharing a metrics
+    file, or a log file, could not be told apart)."""
+    with TaskQueue(tmp_path / "tasks.db", objects, config=Config(workers=1, fsync_outputs=False)) as tq:
+        for i in range(3):
+            tq.submit(task(i)).result(WAIT_S)
+        live = tq.snapshot()
+    assert live["owner"] == tq.store.owner and f":{os.getpid()}:" in live["owner"]
+    final = tq.final_metrics
+    assert tq.snapshot() == final and tq.snapshot() is not final  # a copy: the same figures every time
+    assert final["rates"]["complete_per_s"] > 0

@@ -193,6 +193,25 @@ def test_a_worker_says_how_many_rows_of_a_dead_worker_it_took_over_at_start_up(w
         worker.stdout
 
 
+def test_a_worker_whose_grace_runs_out_still_writes_its_metrics_file(workload):
+    """Found in review: it exited without the final metrics (the shutdown that writes them was still
+    waiting for the task), and with the default 10 s interval nothing at all had been written."""
+    cwd, db, out = workload["cwd"], str(workload["cwd"] / "tasks.db"), workload["cwd"] / "m.json"
+    assert run("enqueue", "--tasks", str(workload["file"]), "--db", db, cwd=cwd).returncode == 0
+    worker = subprocess.Popen(command("worker", "--db", db, "--store", str(workload["store"]), "--grace", "0.2",
+                                      "--metrics-out", str(out), "--no-progress"),
+                              cwd=cwd, env=environment(fault_latency_s=60, workers=1), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    database = Database("sqlite", cwd, None, db)
+    wait_until(lambda: dict(database.query("SELECT status, COUNT(*) FROM tasks GROUP BY status")).get("running") == 1,
+               "a task running", worker)
+    worker.send_signal(signal.SIGTERM)
+    out_text, err = worker.communicate(timeout=HANG)
+    assert worker.returncode == 0, (out_text, err)
+    snapshot = json.loads(out.read_text())
+    assert snapshot["counters"]["dequeued"] >= 1 and snapshot["config"]["workers"] == 1
+
+
 def test_a_worker_refuses_a_store_that_does_not_exist_and_warns_of_an_empty_one(workload):
     """Found in review: a mistyped --store was created, empty, and every task in the queue was
     dead-lettered (SourceMissing) at full speed, exit 0: one machine of a fleet with its volume not

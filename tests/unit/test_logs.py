@@ -273,3 +273,13 @@ def test_a_record_with_a_lone_surrogate_or_a_unicode_line_separator_is_one_valid
     first = json.loads(lines[0])
     assert (first["path"], first["idempotency_key"]) == (bad_path, key)  # as they were, escaped in the line
     assert json.loads(lines[1])["event"] == "after"
+
+
+def test_every_line_names_its_process():
+    stream = io.StringIO()
+    handler = configure("info", stream=stream)
+    try:
+        logging.getLogger(LOGGER_NAME).info("hello", extra={"event": "hello"})
+    finally:
+        logging.getLogger(LOGGER_NAME).removeHandler(handler)
+    assert json.loads(stream.getvalue())["pid"] == os.getpid()
