@@ -65,8 +65,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         tq = TaskQueue(config.db, objects, config=config, processor=processor,
                        metrics_out=config.metrics_out)
-        watcher.start(tq, total=len(loaded.tasks) + len(loaded.invalid) + len(tq.recovered.runnable)
-                      + len(tq.recovered.dead))
+        # Each task once: a row taken over whose key is in the file is that file's task (see TaskQueue.submit).
+        keys = {task.idempotency_key for task in loaded.tasks}
+        taken_over = sum(row.idempotency_key not in keys for row in (*tq.recovered.runnable, *tq.recovered.dead))
+        watcher.start(tq, total=len(loaded.tasks) + len(loaded.invalid) + taken_over)
         try:
             return _drive(tq, loaded, config, started, swept, config.metrics_out, on_finished=watcher.stop,
                           held=held)

@@ -88,11 +88,14 @@ class TaskQueue:
         self._executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="tq-worker")
         self._workers: list[Future] = []
         self._worker_threads: set[int] = set()  # idents of the threads running a worker loop now
+        self._taken_over: set[str] = set()
         closing.live_queues.add(self)
         try:
             for index in range(config.workers):
                 self._workers.append(self._executor.submit(work, self, index))
             self.recovered = self.recover_orphans(recover_unowned)
+            # Keys taken over at start-up: the first offer of one is that very task, not a duplicate of it.
+            self._taken_over = {row.idempotency_key for row in (*self.recovered.runnable, *self.recovered.dead)}
         except BaseException:  # a thread that would not start (an OS limit), a store error: stop what runs
             # A worker loop whose thread would not start may still wait in the executor's own queue, to
             # run once a started thread is free: it never gets a stop sentinel, so it must never run.
@@ -132,7 +135,8 @@ class TaskQueue:
             raise TypeError(f"submit() takes a Task, got {type(task).__name__} (Task.from_dict() builds one)")
         item, new = self.inflight.admit(task)
         if not new:  # counted as the item it joins ends: done, held elsewhere, or (refused) not at all
-            item.future.add_done_callback(lambda _future: self._count_duplicate(item))
+            if not self._first_offer_of_taken_over(task):
+                item.future.add_done_callback(lambda _future: self._count_duplicate(item))
             return item.future
         held = accepted = False
         try:  # other submitters of this key may hold item.future from here on: it must be resolved
@@ -146,7 +150,8 @@ class TaskQueue:
                     item.outcome = "dead_lettered"
                 else:  # done already (here, in an earlier run, or elsewhere), or held by a live process
                     item.outcome = "deduplicated" if claim.row.status.terminal else "claimed_elsewhere"
-                    self.metrics.incr(item.outcome)
+                    if not (claim.row.status.terminal and self._first_offer_of_taken_over(task)):
+                        self.metrics.incr(item.outcome)
                 self.inflight.settle(item, *_outcome_of(task, claim.row))
                 return item.future
             held = True  # an open row of ours: given back below if the task is not accepted
@@ -162,6 +167,16 @@ class TaskQueue:
                 self._give_back(item)
             self.inflight.settle(item, error=exc, accepted=False)
             raise
+
+    def _first_offer_of_taken_over(self, task: Task) -> bool:
+        """Whether ``task`` is the first offer of a key this queue took over at start-up (a rerun of
+        the file whose run died): that task is counted once, by its taken-over row's outcome, not
+        again as a duplicate of itself. A second offer of the key is a duplicate."""
+        key = task.idempotency_key
+        if key not in self._taken_over:
+            return False
+        self._taken_over.discard(key)
+        return True
 
     def _count_duplicate(self, item: WorkItem) -> None:
         """Count an offer that joined ``item`` in flight, now that it has ended: deduplicated if it is

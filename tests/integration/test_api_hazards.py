@@ -10,6 +10,7 @@ start-up. Real threads, a real SQLite file, real objects; every timeout is a han
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import threading
 from pathlib import Path
@@ -21,6 +22,7 @@ from taskqueue.engine import TaskQueue
 from taskqueue.errors import OutcomeNotRecorded, QueueFull
 from taskqueue.objectstore import LocalObjectStore
 from taskqueue.processor import Output, Processor
+from taskqueue.store import SQLiteStore
 from taskqueue.task import Task
 
 WAIT_S = 60  # hang guard only
@@ -264,3 +266,28 @@ def test_a_snapshot_after_shutdown_is_the_final_one_and_names_its_process(tmp_pa
     final = tq.final_metrics
     assert tq.snapshot() == final and tq.snapshot() is not final  # a copy: the same figures every time
     assert final["rates"]["complete_per_s"] > 0
+
+
+def test_a_task_taken_over_at_start_up_and_offered_again_is_counted_once(tmp_path, objects, dead_pid):
+    """Found in review: rerunning the file of a run that died, each task whose row the new queue took
+    over was counted twice -- once as that row's outcome, once as the file's offer, "deduplicated" --
+    so the progress line read 533/533 done for 360 tasks and tasks/s doubled. The first offer of a
+    key taken over is that task; a second offer is a duplicate."""
+    db = tmp_path / "tasks.db"
+    store = SQLiteStore(str(db))
+    try:
+        store.commit(store.enqueue([task(i) for i in range(5)]))
+    finally:
+        store.close()
+    conn = sqlite3.connect(db)
+    with conn:  # the rows of a run that died: its owner's pid is gone
+        conn.execute(f"UPDATE tasks SET owner = '{socket.gethostname()}:{dead_pid}:-:gone', lease_until = 1e12,"
+                     " version = version + 1")
+    conn.close()
+    with TaskQueue(db, objects, config=Config(workers=2, fsync_outputs=False)) as tq:
+        assert len(tq.recovered.runnable) == 5
+        futures = [tq.submit(task(i)) for i in range(7)] + [tq.submit(task(0))]  # the file, one key twice
+        assert [f.exception(WAIT_S) for f in futures] == [None] * 8
+        assert tq.join(WAIT_S)
+    counters = tq.final_metrics["counters"]
+    assert (counters["succeeded"], counters["deduplicated"]) == (7, 1)  # 7 tasks, and the one repeat
