@@ -319,5 +319,10 @@ class DepthSampler:
             self._metrics.sample_depth(self._depth())
 
     def stop(self) -> None:
+        """Stop sampling, after one last sample: the depth as the queue stops, not up to an interval
+        before (the final metrics' ``current`` had shown tasks drained since). Idempotent."""
+        if self._stopped.is_set():
+            return
         self._stopped.set()
         self._thread.join()
+        self._metrics.sample_depth(self._depth())

@@ -24,8 +24,8 @@ family                                      type       from the snapshot
 ``taskqueue_workers``                       gauge      worker threads
 ``taskqueue_worker_utilisation_ratio``      gauge      time processing / (elapsed x workers)
 ``taskqueue_retry_pending``                 gauge      retries waiting out their backoff (TaskQueue)
-``taskqueue_store_commits_total``           counter    SQLite transactions committed (TaskQueue)
-``taskqueue_store_operations_total``        counter    operations in them (TaskQueue)
+``taskqueue_store_commits_total``           counter    task store transactions committed (TaskQueue)
+``taskqueue_store_operations_total``        counter    operations the store ran, failed ones included (TaskQueue)
 ==========================================  =========  =============================================
 """
 
@@ -75,8 +75,8 @@ def render(snap: dict, *, version: str | None = None, prefix: str = "taskqueue")
     if "retry_pending" in snap:
         out.single("retry_pending", "gauge", "Retries waiting out their backoff.", snap["retry_pending"])
     if "store" in snap:
-        out.single("store_commits_total", "counter", "SQLite transactions committed.", snap["store"]["commits"])
-        out.single("store_operations_total", "counter", "Operations in the committed transactions.",
+        out.single("store_commits_total", "counter", "Task store transactions committed (SQLite or PostgreSQL).", snap["store"]["commits"])
+        out.single("store_operations_total", "counter", "Operations the task store ran, in its transactions (failed ones included).",
                    snap["store"]["operations"])
     return out.text()
 
