@@ -75,8 +75,10 @@ def render(snap: dict, *, version: str | None = None, prefix: str = "taskqueue")
     if "retry_pending" in snap:
         out.single("retry_pending", "gauge", "Retries waiting out their backoff.", snap["retry_pending"])
     if "store" in snap:
-        out.single("store_commits_total", "counter", "Task store transactions committed (SQLite or PostgreSQL).", snap["store"]["commits"])
-        out.single("store_operations_total", "counter", "Operations the task store ran, in its transactions (failed ones included).",
+        out.single("store_commits_total", "counter", "Task store transactions committed (SQLite or PostgreSQL).",
+                   snap["store"]["commits"])
+        out.single("store_operations_total", "counter",
+                   "Operations the task store ran, in its transactions (failed ones included).",
                    snap["store"]["operations"])
     return out.text()
 

@@ -150,8 +150,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         elapsed = time.perf_counter() - started
         done = counters["succeeded"] + counters["dead_lettered"]
         taken = len(tq.recovered.runnable) + len(tq.recovered.dead)  # a dead worker's rows, at start-up
+        taken_note = f" (+{taken} taken over at start-up)" if taken else ""
         print(f"worker {tq.store.owner}: {'idle everywhere' if not stopped else 'stopped'}; claimed {feeder.claimed}"
-              f"{f' (+{taken} taken over at start-up)' if taken else ''}, {counters['succeeded']} succeeded, {counters['dead_lettered']} dead-lettered, "
+              f"{taken_note}, {counters['succeeded']} succeeded, {counters['dead_lettered']} dead-lettered, "
               f"{counters['retried']} retries; {elapsed:.1f}s, {done / elapsed if elapsed else 0:.1f} tasks/s")
         if not finished:  # grace ran out: running rows are taken over once their lease expires
             _exit_now(tq, config, handler, EXIT_OK)

@@ -13,11 +13,12 @@ claimable (a retry falls due, another worker's lease runs out; within a second
 while a worker of this host holds a lease, as a killed one notifies nobody: see
 ``wake_at``), or a stop request. Two things notify nobody, so the feeder looks
 on its own as well: rows due now that its claim did not get (another
-transaction holds them, and may roll back), after the backoff below; and, in any
-case, every ``SAFETY_POLL_S`` (a listener's connection that died half-open
-hears nothing and says nothing). SQLite cannot notify across processes, so there the feeder looks
-again after a bounded backoff (20 ms doubling to 1 s) -- the honest way
-without a broker, and the same as ``run`` waiting on another ``run``.
+transaction holds them, and may roll back), after the backoff below; and, in
+any case, every ``SAFETY_POLL_S`` (a listener's connection that died half-open
+hears nothing and says nothing). SQLite cannot notify across processes, so
+there the feeder looks again after a bounded backoff (20 ms doubling to 1 s) --
+the honest way without a broker, and the same as ``run`` waiting on another
+``run``.
 """
 
 from __future__ import annotations

@@ -82,7 +82,8 @@ class View(NamedTuple):
         return cls(boot, machine, namespace)
 
     def __str__(self) -> str:
-        return self.boot + (f"-m{self.machine}" if self.machine else "") + (f"-p{self.namespace}" if self.namespace else "")
+        machine = f"-m{self.machine}" if self.machine else ""
+        return self.boot + machine + (f"-p{self.namespace}" if self.namespace else "")
 
 
 VIEW = View(_read("/proc/sys/kernel/random/boot_id"), _read("/etc/machine-id") or _read("/var/lib/dbus/machine-id"),

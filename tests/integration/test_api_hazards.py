@@ -66,7 +66,8 @@ def task(i: int) -> Task:
 def rows(db: Path) -> list[tuple]:
     conn = sqlite3.connect(db)
     try:
-        return conn.execute("SELECT task_id, status, attempts, error_class, last_error FROM tasks ORDER BY id").fetchall()
+        return conn.execute("SELECT task_id, status, attempts, error_class, last_error FROM tasks"
+                            " ORDER BY id").fetchall()
     finally:
         conn.close()
 
