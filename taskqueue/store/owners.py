@@ -14,9 +14,9 @@ that shares this host name (clones of one image) or of a container that shares
 its name and kernel (``--network host``, its own pid namespace) is never looked
 up here at all: there, as on another host, the lease decides. Where ``/proc``
 is missing ``start`` is ``-`` and liveness falls back on the pid and the lease.
-``nonce`` tells two stores of one
-process apart. Tokens written by earlier versions (``host:pid:nonce``) parse
-with an unknown start.
+``nonce`` tells two stores of one process apart. Tokens written by earlier
+versions parse too: ``host:pid:nonce`` with an unknown start, a start of
+``<boot>.<ticks>`` with an unknown machine and namespace.
 
 Every open row that a process owns carries a lease (``lease_until``, wall
 clock), renewed by its heartbeat while it lives. :func:`alive` is the one
