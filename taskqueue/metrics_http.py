@@ -32,6 +32,7 @@ from .prometheus import CONTENT_TYPE
 
 _log = logging.getLogger(LOGGER_NAME)
 MAX_CONNECTIONS = 16  # answered at once; a scraper or two and a probe need a few
+DRAIN_S = 2.0  # at stop, how long the answers under way (and the connections waiting) may take
 _BUSY_BODY = b"too many connections\n"
 _BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
          b"Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY))
@@ -58,6 +59,7 @@ class MetricsServer:
             raise ConfigError(f"cannot serve metrics on {host}:{port}: {reason}") from exc
         self._httpd.render = render
         self._httpd.slots = threading.BoundedSemaphore(max_connections)
+        self._max_connections = max_connections
         self.host = host
         self.port = self._httpd.server_address[1]
         self._wake_r, self._wake_w = socket.socketpair()
@@ -89,17 +91,35 @@ class MetricsServer:
                     _log.exception("metrics server: could not accept a connection",
                                    extra={"event": "metrics_http_error", "task_id": None, "idempotency_key": None})
 
-    def stop(self) -> None:
-        """Stop serving and close the socket; returns once the serving thread is gone. Idempotent."""
+    def stop(self, drain_s: float = DRAIN_S) -> None:
+        """Stop serving and close the socket; returns once the serving thread is gone. Idempotent.
+
+        Scrapes made as a run ends get their answer, not a reset connection: those already waiting
+        in the listen backlog are answered, and the answers under way finish (the process may exit
+        right after), for at most ``drain_s`` seconds in all."""
         if self._stopped:
             return
         self._stopped = True
         if self._thread is not None:
             self._wake_w.send(b"x")
             self._thread.join()
+            self._drain(time.monotonic() + drain_s)
         self._httpd.server_close()
         self._wake_r.close()
         self._wake_w.close()
+
+
+    def _drain(self, deadline: float) -> None:
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._httpd.socket, selectors.EVENT_READ)
+            while time.monotonic() < deadline and selector.select(timeout=0):
+                self._httpd.handle_request()  # a connection waits: accept it, a thread answers it
+        taken = 0  # every slot back: no answer is under way
+        while taken < self._max_connections and self._httpd.slots.acquire(
+                timeout=max(0.0, deadline - time.monotonic())):
+            taken += 1
+        for _ in range(taken):
+            self._httpd.slots.release()
 
 
 class _Server(http.server.ThreadingHTTPServer):

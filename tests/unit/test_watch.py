@@ -9,11 +9,15 @@ import argparse
 import io
 import json
 import logging
+import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +29,7 @@ from taskqueue.metrics_writer import PeriodicMetricsWriter
 from taskqueue.config import FLAG_NAMES, Config
 from taskqueue.watch import FIELDS, Watch, add_flags
 
+REPO = Path(__file__).resolve().parents[2]
 WAIT_S = 30  # hang guard only
 
 
@@ -253,6 +258,38 @@ def test_stop_closes_the_port_and_is_idempotent():
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=WAIT_S).close()
     MetricsServer(lambda: "", port=port).stop()  # the port is free again; never started is fine too
+
+
+SERVE_THEN_EXIT = """
+import os, sys, threading, time
+from taskqueue.metrics_http import MetricsServer
+inside = threading.Event()
+def render():
+    inside.set()
+    time.sleep(0.3)  # an answer under way as the run ends
+    return "# HELP x_total X.\\n# TYPE x_total counter\\nx_total 7\\n"
+server = MetricsServer(render, port=0)
+server.start()
+print(server.port, flush=True)
+assert inside.wait(30)
+server.stop()
+os._exit(0)  # as a worker whose grace ran out: no thread is waited for
+"""
+
+
+def test_a_scrape_under_way_when_the_server_stops_gets_its_whole_answer_before_the_process_exits():
+    """Found in review: stop() closed the socket and returned at once; a process exiting then cut the
+    answers under way (a reset, or a body shorter than its Content-Length)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-c", SERVE_THEN_EXIT], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        port = int(proc.stdout.readline())
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=WAIT_S) as response:
+            body = response.read().decode()
+        assert response.status == 200 and "x_total 7" in body
+    finally:
+        proc.wait(WAIT_S)
+    assert proc.returncode == 0
 
 
 def test_ipv6_loopback_when_the_machine_has_it():
