@@ -84,7 +84,8 @@ class TaskQueue:
         self.final_metrics: dict | None = None
         self._scheduler = RetryScheduler(self._requeue)
         self._sampler = DepthSampler(self.metrics, self.depth, sample_interval_s)
-        self._heartbeat = Heartbeat(self.store, self.store.lease_s / 3)
+        self._heartbeat = Heartbeat(self.store, self.store.lease_s / 3, lease_s=self.store.lease_s,
+                                    on_lapse=self.inflight.lapse)
         self._executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="tq-worker")
         self._workers: list[Future] = []
         self._worker_threads: set[int] = set()  # idents of the threads running a worker loop now

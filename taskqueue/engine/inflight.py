@@ -25,9 +25,9 @@ class WorkItem:
     """A task on its way through the queue: its Future, and the row version this process last wrote."""
 
     __slots__ = ("task", "key", "future", "row_id", "version", "attempts", "inserted", "started", "submitted",
-                 "enqueued", "forgotten", "refused", "uncounted", "outcome")
+                 "enqueued", "forgotten", "refused", "uncounted", "outcome", "epoch")
 
-    def __init__(self, task: Task) -> None:
+    def __init__(self, task: Task, epoch: int = 0) -> None:
         self.task = task
         self.key = task.idempotency_key
         self.future: Future = Future()
@@ -40,6 +40,7 @@ class WorkItem:
         self.uncounted: tuple[int, int] | None = None  # (ledger slot, version) of an attempt that start left uncounted
         self.forgotten = False  # settled (or given up): counted once, whatever calls forget() again
         self.outcome: str | None = None  # the counter its end was counted under, set before its Future resolves
+        self.epoch = epoch  # InFlight.epoch when this process last knew the row was its own (see lapse)
         self.submitted = self.enqueued = time.perf_counter()
 
     def bind(self, row: Row, inserted: bool = False) -> "WorkItem":
@@ -74,6 +75,7 @@ class InFlight:
         self._waiters = 0  # threads in wait_settled() or join(): only then does a settle notify
         self._resolving = threading.local()  # .items: how many items this thread is resolving (nested)
         self.settled = 0  # items settled so far
+        self.epoch = 0  # leases lapsed so far (see lapse): an item of an earlier epoch may have lost its row
 
     def admit(self, task: Task) -> tuple[WorkItem, bool]:
         """The item for ``task``'s key: ``(item in flight, False)``, or a new one and True.
@@ -87,7 +89,7 @@ class InFlight:
             item = self._held(task.idempotency_key)
             if item is not None:
                 return item, False
-            item = self._items[task.idempotency_key] = WorkItem(task)
+            item = self._items[task.idempotency_key] = WorkItem(task, self.epoch)
             self._unfinished += 1
             return item, True
 
@@ -99,7 +101,7 @@ class InFlight:
         with self._lock:
             if self._closed or self._held(row.idempotency_key) is not None:
                 return None
-            item = self._items[row.idempotency_key] = WorkItem(task or row.task()).bind(row)
+            item = self._items[row.idempotency_key] = WorkItem(task or row.task(), self.epoch).bind(row)
             self._unfinished += 1
             return item
 
@@ -126,6 +128,12 @@ class InFlight:
         finally:
             resolving.items -= 1
             self.forget(item, accepted)
+
+    def lapse(self) -> None:
+        """This process's leases ran out before it renewed them (it was frozen): the rows of the items
+        held now may have been taken over. Each must have its next start committed, and waited for,
+        before it runs (see ``engine.worker``)."""
+        self.epoch += 1
 
     def settling(self) -> bool:
         """Whether this thread is resolving an item's Future now (running its done-callbacks)."""

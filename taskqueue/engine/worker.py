@@ -92,7 +92,10 @@ def _attempt(tq: "TaskQueue", index: int, item: WorkItem, outcome: Op | None) ->
         raise
     along = () if outcome is None else (outcome,)
     ledger = tq.store.ledger
-    slot = None if ledger is None else ledger.begin(item.row_id, item.version)
+    # Start without waiting only while this process's leases are sure to hold: after a freeze longer
+    # than a lease, another process may own the row now, and only a start committed first can tell.
+    trusted = item.epoch == tq.inflight.epoch and tq._heartbeat.fresh()
+    slot = None if ledger is None or not trusted else ledger.begin(item.row_id, item.version)
     item.refused = item.uncounted = None
     try:
         if slot is not None:  # recorded where a crash cannot lose it: commit the start without waiting
@@ -102,6 +105,7 @@ def _attempt(tq: "TaskQueue", index: int, item: WorkItem, outcome: Op | None) ->
         else:
             started: Attempt = tq.store.commit(tq.store.start(item.row_id, item.version, item.attempts), along)
             item.version, item.attempts = started
+            item.epoch = tq.inflight.epoch  # the row is ours, now
     except StaleVersion as exc:
         settle(tq, item, "claimed_elsewhere", error=_claimed_elsewhere(item, exc))
         return None
@@ -230,10 +234,19 @@ def _store_failed(tq: "TaskQueue", item: WorkItem, error: BaseException) -> None
     that it is not left open under this (living, lease-renewing) process: anyone may take it over.
 
     An attempt whose start (posted without waiting) found the row taken by another process ran
-    anyway: it is settled as claimed elsewhere, as if the start had been refused before it ran."""
+    anyway: it is settled as claimed elsewhere, as if the start had been refused before it ran. So
+    is an outcome refused as stale: the row was taken over while the attempt ran (this process was
+    frozen longer than its lease), and the other process runs the task; its row is not ours to
+    let go of."""
     refused = item.refused
     if isinstance(refused, StaleVersion):
         settle(tq, item, "claimed_elsewhere", error=_claimed_elsewhere(item, refused))
+        return
+    if isinstance(error, StaleVersion) and refused is None:
+        tq._log.warning("outcome refused: the row was taken over while the attempt ran (a freeze past the lease?)",
+                        extra=task_extra("outcome_stale", item.task, error=error))
+        tq.inflight.release(item)
+        settle(tq, item, "claimed_elsewhere", error=_claimed_elsewhere(item, error))
         return
     if refused is not None:  # its start failed (see _start_committed): let go, the attempt counted
         tq._log.error("could not record the attempt", extra=task_extra("store_error", item.task, error=refused))

@@ -519,3 +519,97 @@ def test_a_temporary_file_left_by_a_process_killed_while_making_its_ledger_is_sw
     assert sorted(ledger_files(db)) == sorted([fresh.name, other.name])
     assert ledger.sweep_temporary(str(directory), now=time.time() + ledger.STALE_TEMPORARY_S + 5) == 1
     assert sorted(ledger_files(db)) == [other.name]
+
+
+# -- a process frozen longer than its lease -----------------------------------------------------------
+
+class _Gated(Processor):
+    def __init__(self, objects: LocalObjectStore) -> None:
+        super().__init__(objects)
+        self.gate, self.entered, self.calls = threading.Event(), threading.Event(), []
+
+    def process(self, task: Task, attempt: int = 1):
+        self.calls.append(task.id)
+        self.entered.set()
+        assert self.gate.wait(WAIT_S), "test gate never opened"
+        return super().process(task, attempt)
+
+
+def _frozen_queue(tmp_path: Path) -> tuple[TaskQueue, _Gated, list, SQLiteStore]:
+    """A queue running t0 (held at the gate) with t1 and t2 waiting in its queue, whose rows another
+    process has taken over as if this one had been frozen past its lease."""
+    objects = LocalObjectStore(tmp_path / "objects", fsync=False)
+    for n in range(3):
+        objects.write(f"src/o{n}.txt", [f"source {n}\n".encode()])
+    processor = _Gated(objects)
+    db = tmp_path / "tasks.db"
+    tq = TaskQueue(db, objects, config=Config(workers=1, queue_size=4, fsync_outputs=False), processor=processor)
+    futures = [tq.submit(make_task(n)) for n in range(3)]
+    assert processor.entered.wait(WAIT_S)
+    conn = sqlite3.connect(db)
+    with conn:  # their leases ran out while this process was stopped
+        conn.execute("UPDATE tasks SET lease_until = 0 WHERE task_id IN ('t1', 't2')")
+    conn.close()
+    other = SQLiteStore(str(db))
+    assert sorted(r.task_id for r in other.commit(other.claim_due(5, 3)).runnable) == ["t1", "t2"]
+    return tq, processor, futures, other
+
+
+def test_a_process_resuming_from_a_freeze_past_its_lease_runs_no_task_another_has_taken_over(tmp_path):
+    """Found in review: SIGSTOPped past its lease, then resumed, a run started every task still in
+    its queue on a start it did not wait for -- rows another process had taken over and often
+    finished: the same attempt run twice, outputs rewritten, runs never counted. Until a renewal
+    commits again, its leases are not trusted: each start is committed first, and refused."""
+    tq, processor, futures, other = _frozen_queue(tmp_path)
+    try:
+        jump = time.monotonic() + 1000.0  # the freeze: the heartbeat's clock moved past the lease
+        tq._heartbeat._clock = lambda: jump
+        assert not tq._heartbeat.fresh()
+        processor.gate.set()
+        assert futures[0].result(WAIT_S).status is TaskStatus.SUCCESS
+        for future in futures[1:]:
+            assert isinstance(future.exception(WAIT_S), ClaimedElsewhere)
+        assert processor.calls == ["t0"]  # neither taken-over task ran here
+    finally:
+        processor.gate.set()
+        tq.shutdown(wait=True)
+        other.close()
+
+
+def test_items_held_across_a_lapse_wait_for_their_start_even_once_the_leases_are_fresh_again(tmp_path):
+    """The heartbeat's first renewal after the freeze makes the leases fresh again, but not the rows
+    taken meanwhile: the items held from before the lapse still have their starts committed first."""
+    tq, processor, futures, other = _frozen_queue(tmp_path)
+    try:
+        late = time.monotonic() + 1000.0
+        tq._heartbeat._clock = lambda: late
+        tq._heartbeat.beat()  # a renewal that commits after the leases ran out: a lapse
+        tq.store.flush()
+        assert tq.inflight.epoch == 1 and tq._heartbeat.fresh()
+        processor.gate.set()
+        assert futures[0].result(WAIT_S).status is TaskStatus.SUCCESS
+        assert [type(f.exception(WAIT_S)) for f in futures[1:]] == [ClaimedElsewhere] * 2
+        assert processor.calls == ["t0"]
+    finally:
+        processor.gate.set()
+        tq.shutdown(wait=True)
+        other.close()
+
+
+def test_an_outcome_refused_as_stale_is_claimed_elsewhere_not_an_error(tmp_path):
+    """Frozen while running t0 past its lease: t0's row was taken over, and its outcome refused. That
+    is not a store failure (OutcomeNotRecorded, exit 1 from run): another process runs the task."""
+    tq, processor, futures, other = _frozen_queue(tmp_path)
+    try:
+        conn = sqlite3.connect(tmp_path / "tasks.db")
+        with conn:
+            conn.execute("UPDATE tasks SET lease_until = 0 WHERE task_id = 't0'")
+        conn.close()
+        other.commit(other.claim_due(5, 3))  # takes t0 (running, lease run out) over as well
+        processor.gate.set()
+        assert isinstance(futures[0].exception(WAIT_S), ClaimedElsewhere)
+        assert tq.snapshot()["counters"]["errored"] == 0
+    finally:
+        processor.gate.set()
+        tq.shutdown(wait=True)
+        other.close()
