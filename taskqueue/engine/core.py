@@ -146,14 +146,18 @@ class TaskQueue:
             claim = self.store.commit(self.store.claim(task, self.config.max_attempts))
             item.bind(claim.row, inserted=claim.inserted)
             if not claim.runnable:
+                done_here = False
                 if claim.dead_lettered:  # its process died in its last attempt: the claim dead-lettered it
                     takeover.report_dead(self, [claim.row])
                     item.outcome = "dead_lettered"
                 else:  # done already (here, in an earlier run, or elsewhere), or held by a live process
                     item.outcome = "deduplicated" if claim.row.status.terminal else "claimed_elsewhere"
-                    if not (claim.row.status.terminal and self._first_offer_of_taken_over(task)):
+                    done_here = claim.row.status.terminal and self._first_offer_of_taken_over(task)
+                    if not done_here:
                         self.metrics.incr(item.outcome)
-                self.inflight.settle(item, *_outcome_of(task, claim.row))
+                    else:  # a row this queue took over at start-up and finished: this offer's own task
+                        item.outcome = "succeeded" if claim.row.status is TaskStatus.SUCCESS else "dead_lettered"
+                self.inflight.settle(item, *_outcome_of(task, claim.row, deduplicated=not done_here))
                 return item.future
             held = True  # an open row of ours: given back below if the task is not accepted
             delay = (claim.row.next_attempt_at or 0.0) - self._wall()
@@ -371,11 +375,12 @@ _DUPLICATE_OUTCOMES = {"succeeded": "deduplicated", "dead_lettered": "deduplicat
                        "deduplicated": "deduplicated", "claimed_elsewhere": "claimed_elsewhere"}
 
 
-def _outcome_of(task: Task, row: Row) -> tuple[TaskResult | None, BaseException | None]:
-    """``(result, error)`` for a key the store already holds, finished or held elsewhere."""
+def _outcome_of(task: Task, row: Row, deduplicated: bool = True) -> tuple[TaskResult | None, BaseException | None]:
+    """``(result, error)`` for a key the store already holds, finished or held elsewhere.
+    ``deduplicated=False``: finished by this queue (a row it took over at start-up)."""
     if row.status is TaskStatus.SUCCESS:
         return TaskResult(task_id=task.id, idempotency_key=row.idempotency_key, status=TaskStatus.SUCCESS,
-                          output_key=row.output_key, attempts=row.attempts, deduplicated=True,
+                          output_key=row.output_key, attempts=row.attempts, deduplicated=deduplicated,
                           output_bytes=row.output_bytes), None
     if row.status is TaskStatus.DEAD:
         return None, _stored_error(row)
