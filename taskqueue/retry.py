@@ -13,7 +13,7 @@ import random
 import sqlite3
 from dataclasses import dataclass
 
-from .errors import PermanentError, StorageError, TaskQueueError, TransientError
+from .errors import OutputWriteError, PermanentError, StorageError, TaskQueueError, TransientError
 
 TRANSIENT = "transient"
 PERMANENT = "permanent"
@@ -31,7 +31,8 @@ def classify(exc: BaseException) -> str:
     * the package's own errors carry their kind in their class;
     * a :class:`StorageError` (output write, source read) or bare ``OSError`` is transient when its
       errno is in ``TRANSIENT_ERRNOS`` (``EAGAIN``, ``EBUSY``, ``ENOSPC``, ...)
-      and permanent otherwise (``EACCES``, ``EROFS``, ``ENOENT``, ...);
+      and permanent otherwise (``EACCES``, ``EROFS``, ``ENOENT``, ...), except an output write
+      failing with ``ENOENT`` (its temp file or directory vanished): transient;
     * ``TimeoutError`` and SQLite "database is locked/busy" are transient;
     * ``MemoryError`` is transient: an allocation refused says how busy the host is (other workers'
       images, a cgroup, strict overcommit), not that the task is bad; a task that can never fit
@@ -41,6 +42,8 @@ def classify(exc: BaseException) -> str:
     """
     if isinstance(exc, StorageError):
         cause = exc.__cause__
+        if isinstance(exc, OutputWriteError) and isinstance(cause, OSError) and cause.errno == errno.ENOENT:
+            return TRANSIENT  # its temp file or directory vanished (swept, removed): the next attempt makes both
         return classify(cause) if isinstance(cause, OSError) else TRANSIENT
     if isinstance(exc, TransientError):
         return TRANSIENT
