@@ -86,9 +86,13 @@ class Ledger:
         fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         mapped = None
         try:
-            os.ftruncate(fd, SIZE)
+            # Written out, not made by a sparse ftruncate: on a full disk this raises ENOSPC here (the
+            # store goes on without a ledger), where a store into the mapping would kill the process
+            # with SIGBUS.
+            pending = memoryview(header.ljust(SIZE, b"\0"))
+            while pending:
+                pending = pending[os.write(fd, pending):]
             mapped = mmap.mmap(fd, SIZE)
-            mapped[:len(header)] = header
             os.rename(temporary, path)
         except BaseException:
             if mapped is not None:

@@ -521,6 +521,40 @@ def test_a_temporary_file_left_by_a_process_killed_while_making_its_ledger_is_sw
     assert sorted(ledger_files(db)) == [other.name]
 
 
+def test_a_ledger_on_a_full_disk_is_an_oserror_not_a_sigbus(tmp_path):
+    """Found in review: the ledger file was made by a sparse ftruncate, and the first store into its
+    mapping on a full disk killed the process with SIGBUS (exit 135, no message) where the store
+    should have gone on without a ledger (ledger_unavailable). A tmpfs of 64 KiB, filled, in a
+    mount namespace of its own."""
+    if os.geteuid() != 0 or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs root and unshare -m, to mount a small file system")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    script = textwrap.dedent(f"""
+        import errno, os, sys
+        sys.path.insert(0, {str(REPO)!r})
+        from taskqueue.store import ledger
+        try:
+            with open({str(mount / "filler")!r}, "wb") as f:
+                while True:
+                    f.write(b"x" * 4096)
+                    f.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+        try:
+            ledger.Ledger({str(mount / "ledgers")!r}, "host:1:-:abc")
+        except OSError as exc:
+            print("refused", errno.errorcode[exc.errno])
+        else:
+            print("made")
+    """)
+    result = subprocess.run(["unshare", "-m", "sh", "-c",
+                             f"mount -t tmpfs -o size=64k tmpfs {mount} && exec {sys.executable} -c \"$0\"", script],
+                            capture_output=True, text=True, timeout=WAIT_S)
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    assert result.stdout.strip() == "refused ENOSPC"
+
+
 # -- a process frozen longer than its lease -----------------------------------------------------------
 
 class _Gated(Processor):
