@@ -95,7 +95,9 @@ def parser() -> argparse.ArgumentParser:
                         f"{DEFAULT_REPEAT}, burst 1)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED,
                    help=f"seed of tasks, sources, faults and backoff jitter (default {DEFAULT_SEED})")
-    p.add_argument("--out", default="reports", help="directory for the report files (default reports/)")
+    p.add_argument("--out", default=None,
+                   help="directory for the report files (default reports/ with --full, the run the README "
+                        "quotes; else reports/last-run/, so a short run never replaces it)")
     p.add_argument("--duration", type=_positive_float, default=None,
                    help="seconds each io and overhead row runs over its task stream (default 1.5; with "
                         f"--full {FULL_DURATION_S:g}); ignored with --tasks or --quick")
@@ -236,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         doc["thumbs"] = thumbs_section
     if warm:
         doc["warmup"] = report.aggregate(warm)
+    if args.out is None:  # found in review: the default short run had overwritten the --full run's reports
+        args.out = "reports" if args.full else os.path.join("reports", "last-run")
     os.makedirs(args.out, exist_ok=True)
     paths = {ext: os.path.join(args.out, f"benchmark.{ext}") for ext in ("json", "csv", "svg")}
     report.write_json(paths["json"], doc)

@@ -430,3 +430,13 @@ def test_the_report_says_which_filesystem_the_rows_ran_on(tmp_path):
     assert filesystem_of("/data/fast disk/rows", str(mounts)) == "xfs"
     assert filesystem_of("/data/over/x", str(mounts)) == "btrfs"  # mounted over the tmpfs: the one seen
     assert filesystem_of("/anything", str(tmp_path / "missing")) is None
+
+
+def test_a_run_without_full_or_out_never_replaces_the_reports_the_readme_quotes(tmp_path, monkeypatch):
+    """Found in review: the README's main command (`--benchmark`, the short run) wrote into reports/,
+    replacing the --full run's files the README quotes. Only --full writes there by default."""
+    monkeypatch.chdir(tmp_path)
+    code, _stdout = _run_benchmark(["--quick", "--scenarios", "overhead", "--clients", "4"])
+    assert code == 0
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("benchmark.*")) == [
+        "reports/last-run/benchmark.csv", "reports/last-run/benchmark.json", "reports/last-run/benchmark.svg"]

@@ -13,7 +13,7 @@ import random
 import pytest
 
 from taskqueue.bench import report, stats, verdict
-from taskqueue.bench.scenarios import QUEUE_SIZE
+from taskqueue.bench.scenarios import QUEUE_SIZE, WORKERS
 
 
 # -- percentiles ---------------------------------------------------------------------
@@ -156,17 +156,43 @@ def _burst(label, tasks, growth_kib, *, repeat=0, depth_max=None, held_max=None)
                 depth_max=depth_max, held_max=held_max)
 
 
-def test_burst_depth_target_uses_the_highest_depth_over_repeats_and_sizes():
-    runs = [_burst("baseline", 5000, 2048, depth_max=4900),
-            _burst("engine", 1000, 1024, depth_max=QUEUE_SIZE - 5),
-            _burst("engine", 5000, 1024, repeat=0, depth_max=QUEUE_SIZE),
-            _burst("engine", 5000, 1024, repeat=1, depth_max=QUEUE_SIZE - 5),
-            _burst("engine-reject", 5000, 512, depth_max=QUEUE_SIZE)]
-    depth = verdict.targets(report.aggregate(runs))[-2]
-    assert depth["status"] == "MET" and depth["value"] == QUEUE_SIZE
-    runs[3]["queue_depth_max"] = QUEUE_SIZE + 1           # one repeat over the bound is enough to miss
-    depth = verdict.targets(report.aggregate(runs))[-2]
-    assert depth["status"] == "MISSED" and depth["value"] == QUEUE_SIZE + 1
+def test_burst_holding_target_uses_the_most_held_over_repeats_and_sizes_unclamped():
+    """Found in review: the target read the engine's queue depth, which its histogram clamps to the
+    queue's capacity: it could never miss. It reads what the harness sampled the engine holding."""
+    bound = QUEUE_SIZE + WORKERS + 100
+    runs = [_burst("baseline", 5000, 2048, held_max=4900),
+            _burst("engine", 1000, 1024, held_max=bound - 5),
+            _burst("engine", 5000, 1024, repeat=0, held_max=bound),
+            _burst("engine", 5000, 1024, repeat=1, held_max=bound - 5),
+            _burst("engine-reject", 5000, 512, held_max=QUEUE_SIZE)]
+    held = verdict.targets(report.aggregate(runs))[-2]
+    assert held["status"] == "MET" and held["value"] == bound and "baseline@5000 4900" in held["detail"]
+    runs[3]["held_max"] = bound + 1           # one repeat over the bound is enough to miss
+    held = verdict.targets(report.aggregate(runs))[-2]
+    assert held["status"] == "MISSED" and held["value"] == bound + 1
+
+
+def test_the_requirement_fails_an_engine_that_errs_more_than_the_baseline():
+    """Found in review: throughput counts every outcome, a failure included, and the verdict looked at
+    speed alone: an engine failing every task passed."""
+    rows = report.aggregate([_run("baseline", throughput=124.0, p95=1040.0, error_rate=0.02),
+                             _run("engine", throughput=5000.0, p95=5.0, error_rate=1.0)])
+    check = verdict.requirement(rows, 100)
+    assert check["status"] == "FAIL" and "errors 100.00% vs 2.00%" in check["detail"]
+    rows = report.aggregate([_run("baseline", throughput=124.0, p95=1040.0, error_rate=0.02),
+                             _run("engine", throughput=5000.0, p95=5.0, error_rate=0.01)])
+    assert verdict.requirement(rows, 100)["status"] == "PASS"
+
+
+def test_the_processed_target_leaves_out_duplicates_answered_without_work_and_retries():
+    """Found in review: io has 10 % duplicate keys, which the engine completes from its store without
+    processing; its throughput counted them, the stdlib pool's work did not compare like with like."""
+    rows = report.aggregate([
+        _run("engine", throughput=980.0, wall_s=10.0, process_calls=9000, retries=100, dedup_hits=1000),
+        _run("stdlib", throughput=1000.0, wall_s=10.0, process_calls=10000, retries=0, dedup_hits=0)])
+    target = verdict.processed_target(rows)
+    assert target["value"] == pytest.approx(0.89) and target["status"] == "MISSED"  # 890 vs 1000 per s
+    assert "1000 duplicates" in target["detail"]
 
 
 def test_burst_growth_is_the_slope_between_the_two_sizes_per_1000_tasks():
