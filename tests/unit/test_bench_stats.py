@@ -159,7 +159,7 @@ def _burst(label, tasks, growth_kib, *, repeat=0, depth_max=None, held_max=None)
 def test_burst_holding_target_uses_the_most_held_over_repeats_and_sizes_unclamped():
     """Found in review: the target read the engine's queue depth, which its histogram clamps to the
     queue's capacity: it could never miss. It reads what the harness sampled the engine holding."""
-    bound = QUEUE_SIZE + WORKERS + 100
+    bound = 2 * (QUEUE_SIZE + WORKERS + 100)
     runs = [_burst("baseline", 5000, 2048, held_max=4900),
             _burst("engine", 1000, 1024, held_max=bound - 5),
             _burst("engine", 5000, 1024, repeat=0, held_max=bound),
