@@ -236,6 +236,10 @@ class Config:
 
     _sources: ClassVar[dict[str, str]] = {}  # not a field (a ClassVar): where from_env found each value
 
+    def given(self, name: str) -> bool:
+        """Whether setting ``name`` was given (a flag, the environment, ``.env``), not left to its default."""
+        return name in self._sources
+
     def source_of(self, name: str) -> str:
         """Where setting ``name`` came from, as messages name it: its flag, ``TQ_X (environment)`` or
         ``TQ_X (.env)`` (from :meth:`from_env`); its flag for a default or a Config built directly."""

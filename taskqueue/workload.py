@@ -143,7 +143,10 @@ def create_sources(store: LocalObjectStore, tasks: Iterable[Any], *, seed: int,
     ``.jpg``/``.png`` become real JPEG/PNG images (gradients plus seeded
     noise, each side seeded within ``image_size``) when Pillow is importable
     and ``images`` is not False; ``images=True`` without Pillow raises
-    :class:`DependencyMissing`. Every other key gets compressible text-like
+    :class:`DependencyMissing`, and by default (``images=None``) without Pillow
+    they are not made at all: text under an image's name would stay there once
+    Pillow is installed, and fail its task for good (``images=False`` asks for
+    text under every key). Every other key gets compressible text-like
     bytes, their length seeded within ``source_size``, generated and written
     in chunks. Blocks for the writes (each is atomic, see the store).
     """
@@ -164,6 +167,8 @@ def create_sources(store: LocalObjectStore, tasks: Iterable[Any], *, seed: int,
         key = task.get("image_key") if isinstance(task, Mapping) else getattr(task, "image_key", None)
         if key in seen or not isinstance(key, str) or (skip_prefix and key.startswith(skip_prefix)):
             continue
+        if images is None and not make_images and key.lower().endswith(IMAGE_SUFFIXES):
+            continue  # no Pillow: made once it is installed, never as text under an image's name
         seen.add(key)
         try:
             if store.exists(key):  # validates the key, and refuses one escaping the root

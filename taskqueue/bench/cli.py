@@ -203,6 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; 0 when every row ran (whatever the verdict), 1 if a row failed."""
     arg_list = sys.argv[1:] if argv is None else list(argv)
     args = parser().parse_args(arg_list)
+    from .impls import BASELINE_PATH
+    if not BASELINE_PATH.is_file():  # an installed package: the baseline ships only with a checkout
+        print(f"error: the benchmark runs from a checkout of the project: the baseline it compares with, "
+              f"{BASELINE_PATH}, is not there (an installed package does not ship it)", file=sys.stderr)
+        return 2
     if thumbs.NAME in args.scenarios and not thumbs.available():
         print("thumbs: skipped: Pillow is not installed (pip install pillow)")
         args.scenarios = [name for name in args.scenarios if name != thumbs.NAME]

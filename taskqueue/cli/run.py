@@ -56,10 +56,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         objects = LocalObjectStore(config.store, chunk_size=config.chunk_size, fsync=config.fsync_outputs)
         processor = Processor(objects, config.faults, max_image_pixels=config.max_image_pixels)
         if args.make_sources:  # before the signals are held: nothing runs yet, and Ctrl-C stops it at once
-            from ..workload import create_sources
+            from ..workload import IMAGE_SUFFIXES, Image, create_sources
             created = create_sources(objects, [t.to_dict() for t in loaded.tasks], seed=config.fault_seed)
             if created:
                 print(f"created {created} source objects under {printable_path(objects.root)}")
+            if Image is None and any(t.image_key.lower().endswith(IMAGE_SUFFIXES) for t in loaded.tasks):
+                print("note: image sources (.jpg, .png) not made: Pillow is not installed (pip install pillow; "
+                      "then --make-sources makes them)", file=sys.stderr)
         swept = objects.sweep_temp_files()
         held = hold_signals()  # before any thread starts: SIGINT/SIGTERM will reach the main thread only
         started = time.perf_counter()
@@ -244,13 +247,13 @@ def _await_elsewhere(tq, waiter: _Waiter) -> None:
 
 def _summary(waiter: _Waiter, loaded, rejected_offers: int, elapsed: float, tq, swept: int) -> dict:
     """The figures :func:`_render` prints. ``throughput_per_s`` is the tasks done -- succeeded,
-    deduplicated or dead-lettered, the rows taken over from the database and the invalid items
-    recorded included -- per second of the run: the progress line's count. Counting the tasks
-    offered would credit an interrupted run with work it never did; counting the file's alone, a
-    run that also finished an enqueued backlog with work it did not."""
+    deduplicated or dead-lettered, the rows taken over from the database included -- per second of
+    the run: the progress line's count, less the invalid items recorded (no task, no work). Counting
+    the tasks offered would credit an interrupted run with work it never did; counting the file's
+    alone, a run that also finished an enqueued backlog with work it did not."""
     outcome = waiter.counts(len(loaded.tasks))
     snap = tq.final_metrics or tq.snapshot()
-    done = progress.done_count(snap)
+    done = max(0, progress.done_count(snap) - len(loaded.invalid))
     return {"tasks": len(loaded.tasks), "invalid_dead_lettered": len(loaded.invalid),
             "duplicates_in_file_dropped": loaded.duplicates_dropped, **outcome,
             "retries": snap["counters"]["retried"], "rejected_offers": rejected_offers,

@@ -85,7 +85,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     config = config_from(args, "workers", "queue_size", "max_attempts", "lease_s", "shutdown_grace_s", "log_level",
                          "log_file", *watch.FIELDS)
     # The queue is sized to what the feeder holds, so its depth and capacity (progress, metrics) read true.
-    config = config.replace(queue_size=held_at_most(config.queue_size, config.workers))
+    holds = held_at_most(config.queue_size, config.workers)
+    if holds < config.queue_size and config.given("queue_size"):
+        print(f"note: {config.source_of('queue_size')} {config.queue_size} held to {holds}: a worker holds at "
+              f"most 2 tasks per worker thread, so that the other workers share the rest", file=sys.stderr)
+    config = config.replace(queue_size=holds)
     check_paths(config)
     new_db = not is_url(config.db) and not os.path.lexists(config.db)
     if new_db and args.exit_when_idle:  # nothing can be open in it: most likely a mistyped path

@@ -440,3 +440,17 @@ def test_a_run_without_full_or_out_never_replaces_the_reports_the_readme_quotes(
     assert code == 0
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("benchmark.*")) == [
         "reports/last-run/benchmark.csv", "reports/last-run/benchmark.json", "reports/last-run/benchmark.svg"]
+
+
+def test_without_the_baseline_a_checkout_has_the_benchmark_refuses_at_once_writing_nothing(tmp_path, monkeypatch):
+    """Found in review: from an installed package (no input_new/), it ran anyway, crashed six rows
+    and wrote reports/ into the working directory."""
+    from taskqueue.bench import impls
+
+    monkeypatch.setattr(impls, "BASELINE_PATH", tmp_path / "input_new" / "baseline_task_queue_v2.py")
+    monkeypatch.chdir(tmp_path)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code, _stdout = _run_benchmark(["--quick"])
+    assert code == 2 and "runs from a checkout" in err.getvalue()
+    assert list(tmp_path.iterdir()) == []

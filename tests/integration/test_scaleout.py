@@ -212,6 +212,17 @@ def test_a_worker_whose_grace_runs_out_still_writes_its_metrics_file(workload):
     assert snapshot["counters"]["dequeued"] >= 1 and snapshot["config"]["workers"] == 1
 
 
+def test_a_worker_says_when_it_holds_fewer_tasks_than_the_queue_size_asked_for(workload):
+    """Found in review: --queue-size 128 with 8 workers silently became 16 (2 per worker thread)."""
+    cwd, db = workload["cwd"], str(workload["cwd"] / "tasks.db")
+    assert run("enqueue", "--tasks", str(workload["file"]), "--db", db, cwd=cwd).returncode == 0
+    asked = run("worker", "--db", db, "--store", str(workload["store"]), "--exit-when-idle", "--workers", "8",
+                "--queue-size", "128", cwd=cwd)
+    assert asked.returncode == 0 and "note: --queue-size 128 held to 16" in asked.stderr, asked.stderr
+    default = run("worker", "--db", db, "--store", str(workload["store"]), "--exit-when-idle", cwd=cwd)
+    assert default.returncode == 0 and "held to" not in default.stderr
+
+
 def test_a_worker_refuses_a_store_that_does_not_exist_and_warns_of_an_empty_one(workload):
     """Found in review: a mistyped --store was created, empty, and every task in the queue was
     dead-lettered (SourceMissing) at full speed, exit 0: one machine of a fleet with its volume not

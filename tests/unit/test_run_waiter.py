@@ -93,10 +93,12 @@ def test_the_waiter_keeps_no_future_once_it_has_settled():
     assert waiter.counts(1)["succeeded"] == 1
 
 
-def summary_of(waiter: _Waiter, tasks: int, elapsed: float, taken_over: tuple[int, int] = (0, 0)) -> dict:
+def summary_of(waiter: _Waiter, tasks: int, elapsed: float, taken_over: tuple[int, int] = (0, 0),
+               invalid: int = 0) -> dict:
     """``run``'s summary of a file of ``tasks`` tasks after ``elapsed`` seconds (the queue stubbed: its
     counters are the waiter's, plus ``taken_over`` rows of the database that succeeded and that died)."""
-    loaded = SimpleNamespace(tasks=[task(n) for n in range(tasks)], invalid=[], duplicates_dropped=0)
+    loaded = SimpleNamespace(tasks=[task(n) for n in range(tasks)], invalid=[object()] * invalid,
+                             duplicates_dropped=0)
     outcome = waiter.counts(tasks)
     counters = {"retried": 0, "succeeded": outcome["succeeded"] + taken_over[0],
                 "deduplicated": outcome["deduplicated"], "dead_lettered": outcome["dead_lettered"] + taken_over[1]}
@@ -129,3 +131,6 @@ def test_tasks_per_second_counts_the_tasks_done_not_those_offered():
     assert partial["throughput_per_s"] == 2.0  # 4 done (succeeded, deduplicated or dead-lettered) in 2 s
     backlog = summary_of(waiter, 8, elapsed=2.0, taken_over=(5, 1))  # found in review: a run that also
     assert backlog["throughput_per_s"] == 5.0  # finished rows taken over from the database did that work too
+    # ... and invalid items, recorded as dead letters (counted so in the metrics), are no work done
+    invalid = summary_of(waiter, 8, elapsed=2.0, taken_over=(0, 2), invalid=2)
+    assert invalid["throughput_per_s"] == 2.0

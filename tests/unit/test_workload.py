@@ -215,11 +215,12 @@ def test_create_sources_rejects_bad_arguments_naming_them(store, kwargs, name):
     assert not store.exists("a.txt")
 
 
-def test_without_pillow_image_keys_get_bytes_and_images_true_refuses(store, monkeypatch):
+def test_without_pillow_image_keys_get_bytes_only_when_asked_and_images_true_refuses(store, monkeypatch):
     monkeypatch.setattr(workload, "Image", None)
     with pytest.raises(DependencyMissing, match="Pillow"):
         workload.create_sources(store, [{"image_key": "a.jpg"}], seed=1, images=True)
-    assert workload.create_sources(store, [{"image_key": "a.jpg"}], seed=1) == 1
+    assert workload.create_sources(store, [{"image_key": "a.jpg"}], seed=1) == 0  # see the next test
+    assert workload.create_sources(store, [{"image_key": "a.jpg"}], seed=1, images=False) == 1
     assert b"JFIF" not in store.open_read("a.jpg").read(64)
 
 
@@ -279,3 +280,25 @@ def test_sources_whose_keys_clash_as_file_and_directory_make_the_others_and_skip
     tasks = [{"image_key": "photos/a"}, {"image_key": "photos/a/b"}, {"image_key": "photos/c"}]
     assert workload.create_sources(store, tasks, seed=1, images=False) == 2
     assert store.exists("photos/a") and store.exists("photos/c") and not store.exists("photos/a/b")
+
+
+def test_without_pillow_image_sources_are_not_made_as_text_under_an_image_name(tmp_path, monkeypatch):
+    """Found in review: without Pillow, photo.jpg was made as text; once Pillow was installed its task
+    failed for good (UnsupportedSource), and --make-sources never replaced it. Not made, it is made
+    as an image by the first --make-sources with Pillow."""
+    from taskqueue import workload
+
+    store = LocalObjectStore(tmp_path / "store", fsync=False)
+    tasks = [{"id": "a", "image_key": "src/photo.jpg", "variant": "thumb_64"},
+             {"id": "b", "image_key": "src/notes.txt", "variant": "gzip"}]
+    monkeypatch.setattr(workload, "Image", None)
+    assert workload.create_sources(store, tasks, seed=1) == 1
+    assert not store.exists("src/photo.jpg") and store.exists("src/notes.txt")
+    assert workload.create_sources(store, tasks, seed=1, images=False) == 1  # asked for: text everywhere
+    monkeypatch.undo()
+    store2 = LocalObjectStore(tmp_path / "store2", fsync=False)
+    monkeypatch.setattr(workload, "Image", None)
+    workload.create_sources(store2, tasks, seed=1)
+    monkeypatch.undo()
+    assert workload.create_sources(store2, tasks, seed=1) == 1  # with Pillow: the image, at last
+    assert store2.open_read("src/photo.jpg").read(3) == b"\xff\xd8\xff"  # a JPEG
