@@ -11,6 +11,7 @@ import uuid
 
 import pytest
 
+from feeding import start_feeder
 from taskqueue.config import Config
 from taskqueue.engine import TaskQueue
 from taskqueue.engine.feeder import Feeder
@@ -67,15 +68,7 @@ def test_an_idle_worker_claims_rows_another_transaction_held_once_it_rolls_back(
     holder.execute("SELECT id FROM tasks FOR UPDATE")
     tq = TaskQueue(url, objects, config=Config(workers=1, fsync_outputs=False), recover_unowned=False)
     feeder = Feeder(tq, exit_when_idle=True)
-    waiting, real_wait = threading.Event(), tq.inflight.wait_settled
-
-    def wait_settled(seen, timeout=None, also=None):
-        waiting.set()
-        return real_wait(seen, timeout, also)
-
-    tq.inflight.wait_settled = wait_settled
-    thread = threading.Thread(target=feeder.run)
-    thread.start()
+    thread, waiting = start_feeder(feeder)  # waiting: set when the feeder first waits
     try:
         assert waiting.wait(HANG), "hang guard: the feeder never waited"
         assert feeder.claimed == 0

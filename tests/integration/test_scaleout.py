@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from feeding import start_feeder
 from polling import wait_until
 from taskqueue.config import Config
 from taskqueue.engine import TaskQueue
@@ -378,15 +379,7 @@ def test_a_worker_holds_no_more_than_its_queue_size_or_two_per_worker(database, 
     tq = TaskQueue(database.url, objects, config=Config(workers=workers, queue_size=queue_size, fsync_outputs=False),
                    processor=Gated(objects), recover_unowned=False)
     feeder = Feeder(tq, batch=3)
-    waiting, real_wait = threading.Event(), tq.inflight.wait_settled
-
-    def wait_settled(seen, timeout=None, also=None):  # the feeder waits: its room is full (or nothing is due)
-        waiting.set()
-        return real_wait(seen, timeout, also)
-
-    tq.inflight.wait_settled = wait_settled
-    thread = threading.Thread(target=feeder.run)
-    thread.start()
+    thread, waiting = start_feeder(feeder)  # waiting: set when the feeder first waits
     try:
         assert waiting.wait(HANG), "hang guard: the feeder never waited"
         held = database.query("SELECT COUNT(*) FROM tasks WHERE owner = ?", (tq.store.owner,))
@@ -412,15 +405,7 @@ def test_an_idle_worker_takes_over_at_once_the_rows_of_a_worker_of_this_host_kil
     objects = LocalObjectStore(workload["store"], fsync=False)
     tq = TaskQueue(database.url, objects, config=Config(workers=2, fsync_outputs=False), recover_unowned=False)
     feeder = Feeder(tq, exit_when_idle=True)
-    waiting, real_wait = threading.Event(), tq.inflight.wait_settled
-
-    def wait_settled(seen, timeout=None, also=None):  # the feeder found nothing to claim, and waits
-        waiting.set()
-        return real_wait(seen, timeout, also)
-
-    tq.inflight.wait_settled = wait_settled
-    thread = threading.Thread(target=feeder.run)
-    thread.start()
+    thread, waiting = start_feeder(feeder)  # waiting: set when the feeder first waits
     try:
         assert waiting.wait(HANG), "hang guard: the feeder never waited"
         assert feeder.claimed == 0
