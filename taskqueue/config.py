@@ -13,6 +13,7 @@ setting, where it came from, and the value.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import io
 import math
 import os
@@ -235,6 +236,7 @@ class Config:
         return new
 
     _sources: ClassVar[dict[str, str]] = {}  # not a field (a ClassVar): where from_env found each value
+    ignored: ClassVar[tuple[tuple[str, str, str | None], ...]] = ()  # see from_env
 
     def given(self, name: str) -> bool:
         """Whether setting ``name`` was given (a flag, the environment, ``.env``), not left to its default."""
@@ -255,7 +257,10 @@ class Config:
         ``overrides`` maps field names to values; ``None`` values are ignored
         (an unset CLI flag); ``flags`` names the flag of a field whose flag is
         not ``--<field-with-dashes>``. Raises :class:`ConfigError` naming the
-        variable or flag and the value.
+        variable or flag and the value. A ``TQ_*`` name in ``environ`` or the
+        ``.env`` that is no setting (a misspelling) is ignored, and listed in
+        :attr:`ignored` as ``(name, where, the setting it is closest to or
+        None)`` for the caller to warn of (``TQ_TEST_*`` names are the tests').
         """
         environ = os.environ if environ is None else environ
         dotenv = read_dotenv(dotenv_path) if dotenv_path else {}
@@ -287,6 +292,12 @@ class Config:
                         lambda name: sources.get(name, f"{name} (default)"))
         config = cls(**values)
         object.__setattr__(config, "_sources", sources)
+        known = {ENV_PREFIX + name.upper() for name in names}
+        found = [(name, "environment") for name in environ] + [(name, ".env") for name in dotenv]
+        object.__setattr__(config, "ignored", tuple(
+            (name, where, next(iter(difflib.get_close_matches(name, known, n=1)), None))
+            for name, where in sorted(found)
+            if name.startswith(ENV_PREFIX) and name not in known and not name.startswith(ENV_PREFIX + "TEST_")))
         return config
 
     @classmethod

@@ -334,6 +334,9 @@ def config_from(args: argparse.Namespace, *names: str) -> Config:
         config = Config.from_env(overrides, flags=FLAG_NAMES, dotenv_path=DOTENV)
     except (UnicodeDecodeError, OSError) as exc:  # only reading .env does I/O here
         raise ConfigError(_dotenv_error(exc)) from None
+    for name, where, close in config.ignored:  # a misspelling would otherwise change nothing, silently
+        hint = f" (did you mean {close}?)" if close else " (.env.example lists every setting)"
+        print(f"warning: {printable(name)} ({where}) is not a setting, ignored{hint}", file=sys.stderr)
     if is_url(config.db):
         if not config.db.startswith(("postgresql://", "postgres://")):  # PostgreSQL://, a missing //, a space
             raise ConfigError(f"{config.source_of('db')}: {redact(config.db)!r} is not a PostgreSQL URL: write "

@@ -187,7 +187,7 @@ def test_dlq_redrive_leaves_the_records_of_invalid_items_and_their_errors_as_the
     sample = REPO / "input_new" / "sample_tasks_small.json"
     db, store = str(tmp_path / "tasks.db"), str(tmp_path / "store")
     first = cli("run", "--tasks", str(sample), "--db", db, "--store", store, "--make-sources",
-                "--invalid", "dead-letter", cwd=work, env={"TQ_FAULT_RATE": "0"})
+                "--invalid", "dead-letter", cwd=work)
     assert first.returncode == 0, first.stderr
     before = {d["idempotency_key"]: d for d in json.loads(cli("dlq", "list", "--db", db, "--json", cwd=work).stdout)}
     invalid = sorted(k for k, d in before.items() if d["attempts"] == 0)
@@ -308,3 +308,8 @@ def test_tq_log_level_is_applied(work, workload, level, shows_debug, shows_info)
     levels = {json.loads(line)["level"] for line in log.read_text().splitlines()} if log.exists() else set()
     assert ("debug" in levels) is shows_debug
     assert ("info" in levels) is shows_info
+
+
+def test_a_misspelt_setting_is_warned_of_naming_the_one_meant(work, workload):
+    result = cli("status", "--db", str(workload["db"]), cwd=work, env={"TQ_WORKRS": "4"})
+    assert "warning: TQ_WORKRS (environment) is not a setting, ignored (did you mean TQ_WORKERS?)" in result.stderr

@@ -364,3 +364,14 @@ def test_settings_that_conflict_are_named_with_where_they_came_from(environ, nam
         from_env(environ=environ)
     for text in named:
         assert text in str(info.value), str(info.value)
+
+
+def test_a_tq_name_that_is_no_setting_is_ignored_and_listed_with_the_setting_it_is_closest_to(tmp_path):
+    """Found in review: TQ_WORKRS=4 in .env or the environment changed nothing, silently."""
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("TQ_QUEUE_SIZ=8\nTQ_WORKERS=2\n", encoding="utf-8")
+    config = Config.from_env(environ={"TQ_WORKRS": "4", "TQ_TEST_PG_BIN": "/x", "PATH": "/bin"},
+                             dotenv_path=dotenv)
+    assert config.workers == 2
+    assert config.ignored == (("TQ_QUEUE_SIZ", ".env", "TQ_QUEUE_SIZE"), ("TQ_WORKRS", "environment", "TQ_WORKERS"))
+    assert Config.from_env(environ={}, dotenv_path=None).ignored == ()
