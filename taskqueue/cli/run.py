@@ -274,6 +274,8 @@ def _outcome(future) -> str:
         return "elsewhere"
     if isinstance(error, (QueueShutDown, OutcomeNotRecorded)):  # its row is still open, for another run
         return "unfinished"
+    if getattr(error, "deduplicated", False):  # dead-lettered before this run: done, nothing done again
+        return "deduplicated"
     return "dead_lettered"
 
 

@@ -109,7 +109,8 @@ class TaskQueue:
     def submit(self, task: Task) -> Future:
         """Offer ``task``; return a Future of its :class:`TaskResult` (or of its error).
 
-        Deduplicates on ``task.idempotency_key``: a key in flight here returns
+        Deduplicates on ``task.idempotency_key`` (a dead-lettered key's Future fails with its stored
+        error, whose ``deduplicated`` attribute is True): a key in flight here returns
         the Future already held for it (one Future per key in flight: a
         ``cancel()`` by any of its holders cancels the task for all of them); a key that already succeeded (in this
         run or an earlier one) returns a completed Future without touching the
@@ -383,7 +384,9 @@ def _outcome_of(task: Task, row: Row, deduplicated: bool = True) -> tuple[TaskRe
                           output_key=row.output_key, attempts=row.attempts, deduplicated=deduplicated,
                           output_bytes=row.output_bytes), None
     if row.status is TaskStatus.DEAD:
-        return None, _stored_error(row)
+        error = _stored_error(row)
+        error.deduplicated = deduplicated  # dead before this offer: nothing was done again (see run's summary)
+        return None, error
     return None, ClaimedElsewhere(f"task {task.id!r} is being processed elsewhere ({describe(row)})")
 
 

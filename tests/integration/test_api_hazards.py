@@ -296,3 +296,12 @@ def test_a_task_taken_over_at_start_up_and_offered_again_is_counted_once(tmp_pat
     # Found by a later review: the file's summary called the taken-over tasks "already done
     # (deduplicated)", though this run did them. Only the repeat was found done.
     assert [r.deduplicated for r in results] == [False] * 7 + [True]
+
+
+def test_a_dead_lettered_keys_future_is_marked_deduplicated_only_when_found_dead(tmp_path, objects):
+    with TaskQueue(tmp_path / "tasks.db", objects, config=Config(workers=1, fsync_outputs=False),
+                   processor=Scripted(objects, lambda t, a: (_ for _ in ()).throw(ValueError("bad")))) as tq:
+        fresh = tq.submit(task(1)).exception(WAIT_S)
+        again = tq.submit(task(1)).exception(WAIT_S)
+    assert getattr(fresh, "deduplicated", False) is False  # dead-lettered by this offer
+    assert again.deduplicated is True and str(again).startswith("ValueError: bad")

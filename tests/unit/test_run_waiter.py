@@ -134,3 +134,15 @@ def test_tasks_per_second_counts_the_tasks_done_not_those_offered():
     # ... and invalid items, recorded as dead letters (counted so in the metrics), are no work done
     invalid = summary_of(waiter, 8, elapsed=2.0, taken_over=(0, 2), invalid=2)
     assert invalid["throughput_per_s"] == 2.0
+
+
+def test_a_task_dead_lettered_before_this_run_counts_as_already_done_not_dead_lettered_again():
+    """Found in review: rerunning a file, the summary said "3 dead-lettered" for tasks dead since the
+    first run, where nothing was done again (the metrics said deduplicated)."""
+    before = PermanentError("SourceMissing: object 'x' does not exist")
+    before.deduplicated = True  # as TaskQueue.submit marks a stored dead letter
+    waiter = _Waiter()
+    waiter.watch(task(0), failed(before))
+    waiter.watch(task(1), failed(PermanentError("bad source")))  # dead-lettered in this run
+    counts = waiter.counts(2)
+    assert (counts["deduplicated"], counts["dead_lettered"]) == (1, 1)
