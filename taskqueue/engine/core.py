@@ -147,10 +147,10 @@ class TaskQueue:
             claim = self.store.commit(self.store.claim(task, self.config.max_attempts))
             item.bind(claim.row, inserted=claim.inserted)
             if not claim.runnable:
-                done_here = False
                 if claim.dead_lettered:  # its process died in its last attempt: the claim dead-lettered it
                     takeover.report_dead(self, [claim.row])
                     item.outcome = "dead_lettered"
+                    done_here = True  # by this very offer: not found done
                 else:  # done already (here, in an earlier run, or elsewhere), or held by a live process
                     item.outcome = "deduplicated" if claim.row.status.terminal else "claimed_elsewhere"
                     done_here = claim.row.status.terminal and self._first_offer_of_taken_over(task)

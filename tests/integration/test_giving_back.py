@@ -296,6 +296,7 @@ def test_a_submit_that_dead_letters_a_crashed_row_counts_and_logs_a_dead_letter(
     with caplog.at_level(logging.WARNING, logger="taskqueue"):
         error = tq.submit(task).exception(WAIT_S)
     assert isinstance(error, WorkerCrashed)
+    assert error.deduplicated is False  # dead-lettered by this very submit: run counts it dead-lettered
     assert row_of(db, task.idempotency_key)[0] == "dead"
     assert nonzero(tq) == {"dead_lettered": 1}  # not "deduplicated"
     assert [r.event for r in caplog.records if getattr(r, "event", None) == "dead_lettered"] == ["dead_lettered"]
