@@ -381,3 +381,56 @@ def test_posts_racing_close_are_each_committed_or_refused_never_lost(db):
 def _note(lock: threading.Lock, outcomes: list, what: str) -> None:
     with lock:
         outcomes.append(what)
+
+
+# -- lingering: a writer woken for a lone hand-over may wait for company ------------------------------
+
+def test_a_lingering_writer_commits_what_arrives_meanwhile_with_the_hand_over_it_woke_for(store):
+    """With tasks some milliseconds long a writer woken for every hand-over commits two or three ops
+    at a time; lingering (while the queue owning the store is loaded) lets the next ones share it."""
+    lingering, posted, both_done = threading.Event(), threading.Event(), threading.Event()
+    calls, results = [], []
+
+    def linger() -> float:
+        calls.append(threading.current_thread().name)
+        lingering.set()
+        assert posted.wait(WAIT_S)  # hang guard only: the test posts at once
+        return 0.001
+
+    def done(result, error) -> None:
+        results.append((result, error))
+        if len(results) == 2:
+            both_done.set()
+
+    store.committer.linger = linger
+    commits = store.committer.commits
+    store.post(store.claim(make_task(1), 3)._replace(done=done))
+    assert lingering.wait(WAIT_S)  # the writer holds the first hand-over, and waits
+    store.post(store.claim(make_task(2), 3)._replace(done=done))
+    posted.set()
+    assert both_done.wait(WAIT_S)
+    assert [error for _result, error in results] == [None, None]
+    assert calls == ["tq-store-writer"]  # consulted once, in the writer, for the lone hand-over
+    assert store.committer.commits - commits == 1  # both in one transaction
+    assert store.counts()["queued"] == 2
+
+
+def test_a_writer_that_finds_more_waiting_commits_at_once_without_lingering(store):
+    """Only a lone hand-over waits: a writer that already has company (a busy queue at zero task
+    length, where the writer is the bottleneck) must never idle."""
+    running, gate, second_done = threading.Event(), threading.Event(), threading.Event()
+    calls = []
+
+    def held(_conn) -> None:  # runs in the writer, after its drain: what is posted now waits for the next one
+        running.set()
+        assert gate.wait(WAIT_S)
+
+    store.committer.linger = lambda: calls.append("linger") or 0.0
+    store.post(Op(held))
+    assert running.wait(WAIT_S)
+    store.post(store.claim(make_task(1), 3))
+    store.post(store.claim(make_task(2), 3)._replace(done=lambda _r, _e: second_done.set()))
+    gate.set()
+    assert second_done.wait(WAIT_S)
+    assert calls == ["linger"]  # for the lone first hand-over only: the next one found another behind it
+    assert store.counts()["queued"] == 2

@@ -1019,3 +1019,29 @@ def test_a_reopened_invalid_item_whose_stored_task_has_another_key_is_dead_lette
     rows = dict(db_rows(db, "SELECT idempotency_key, status FROM tasks"))
     assert rows == {task.idempotency_key: "success", invalid_key: "dead"}
     assert db_rows(db, "SELECT COUNT(*) FROM tasks WHERE output_key IS NOT NULL") == [(1,)]
+
+
+# -- the store writer's linger -------------------------------------------------------------------------
+
+def test_the_store_writer_lingers_only_while_every_worker_has_a_task_waiting(make_queue, objects):
+    """A commit a few milliseconds later delays no worker only while each has a task queued behind the
+    one it runs; an idle or draining queue commits at once."""
+    processor = GatedProcessor(objects, gated=True)
+    tq = make_queue(processor, commit_linger_s=0.004)  # 2 workers
+    assert tq.store.committer.linger == tq._linger
+    assert tq._linger() == 0.0  # idle
+    tasks = make_tasks(objects, 4)
+    futures = [tq.submit(task) for task in tasks[:2]]
+    processor.wait_entered(2)  # each worker holds one task at the gate
+    assert tq._linger() == 0.0
+    futures.append(tq.submit(tasks[2]))
+    assert tq._linger() == 0.0  # one task waiting for two workers
+    futures.append(tq.submit(tasks[3]))
+    assert tq._linger() == 0.004
+    processor.gate.set()
+    assert [f.result(WAIT_S).status for f in futures] == [TaskStatus.SUCCESS] * 4
+    assert tq._linger() == 0.0
+
+
+def test_a_linger_of_zero_leaves_the_writer_committing_at_once(make_queue):
+    assert make_queue(commit_linger_s=0).store.committer.linger is None

@@ -321,7 +321,7 @@ OUT_OF_RANGE = [
     ("fault_latency_s", "-0.001"), ("fault_jitter_s", "3601"), ("fault_latency_s", "inf"),
     ("fault_transient_rate", "1.5"), ("fault_transient_rate", "-0.1"), ("fault_permanent_rate", "1.01"),
     ("fault_permanent_rate", "nan"), ("workers", "2.5"), ("metrics_port", "65536"), ("metrics_port", "-1"),
-    ("metrics_interval_s", "0"),
+    ("metrics_interval_s", "0"), ("commit_linger_s", "-1"), ("commit_linger_s", "0.5"),
 ]
 CASES = [(name, raw) for name, raw in UNPARSABLE.items()] + OUT_OF_RANGE
 

@@ -33,6 +33,7 @@ def test_defaults():
     assert (c.workers, c.queue_size, c.on_full, c.put_timeout_s, c.max_attempts) == (8, 128, "block", None, 3)
     assert (c.retry_base_s, c.retry_cap_s, c.lease_s) == (0.1, 10.0, 300.0)
     assert (c.db_synchronous, c.busy_timeout_ms, c.chunk_size, c.fsync_outputs) == ("normal", 10000, 65536, True)
+    assert c.commit_linger_s == 0.005
     assert (c.shutdown_grace_s, c.max_task_file_bytes, c.retry_seed) == (30.0, 64 * 1024 * 1024, None)
     assert (c.fault_latency_s, c.fault_jitter_s, c.fault_transient_rate, c.fault_permanent_rate,
             c.fault_timeout_s, c.fault_seed, c.log_level) == (0.0, 0.0, 0.0, 0.0, None, 0, None)
@@ -117,7 +118,8 @@ INVALID = [
     ("fault_transient_rate", "nan"), ("fault_permanent_rate", "high"),
     ("fault_latency_s", "-1"), ("fault_latency_s", "inf"), ("fault_latency_s", "3601"),
     ("fault_jitter_s", "-0.5"), ("fault_timeout_s", "0"), ("fault_timeout_s", "-1"),
-    ("put_timeout_s", "0"), ("lease_s", "0"), ("retry_base_s", "-0.1"),
+    ("put_timeout_s", "0"), ("lease_s", "0"), ("retry_base_s", "-0.1"), ("commit_linger_s", "-0.001"),
+    ("commit_linger_s", "nan"),
     # Found by a review: a lease of 1 ms (or 5e-324) was accepted, and live workers' tasks were taken
     # over, run again and dead-lettered; a metrics interval of 1e-300 rewrote the file flat out.
     ("lease_s", "0.001"), ("lease_s", "0.5"), ("metrics_interval_s", "1e-300"), ("metrics_interval_s", "0.001"), ("shutdown_grace_s", "soon"),
@@ -173,7 +175,7 @@ BOUNDED = [
     ("lease_s", MAX_S, MAX_S + 0.5), ("metrics_interval_s", MAX_S, MAX_S + 1.0),
     ("retry_base_s", MAX_S, MAX_S + 1.0), ("retry_cap_s", MAX_S, 1e11),
     ("shutdown_grace_s", MAX_S, 1e300), ("put_timeout_s", MAX_S, MAX_S + 1.0),
-    ("fault_timeout_s", MAX_S, MAX_S + 1.0),
+    ("fault_timeout_s", MAX_S, MAX_S + 1.0), ("commit_linger_s", 0.1, 0.101),
 ]
 BOUNDED_IDS = [name for name, _, _ in BOUNDED]
 
