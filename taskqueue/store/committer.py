@@ -30,8 +30,8 @@ A writer that wakes for a lone hand-over may *linger* before it commits it (``li
 queue that owns the store: a few milliseconds, and only while every worker has a task waiting), so
 that the hand-overs arriving meanwhile share its commit. Each commit costs a wake-up of the writer
 and a write of every page it changed: with tasks some milliseconds long, a writer woken for every
-hand-over committed two or three ops at a time, and spent on that more CPU per task than on
-everything else the engine does (see the README, "Where the CPU goes").
+hand-over committed two or three ops at a time, and spent on that about as much CPU per task as
+the rest of the engine together (see the README, "The commit path").
 
 The writer never dies silently: an error it cannot recover from (a ROLLBACK
 that fails) marks the committer broken, and every op, queued or later, fails
@@ -204,7 +204,12 @@ class Committer:
         while not stopping:
             calls = [queued.get()]
             if self.linger is not None and calls[0] is not _STOP and queued.empty():
-                pause = self.linger()
+                try:
+                    pause = self.linger()
+                except Exception:  # noqa: BLE001 - this thread must outlive any error: commit at once
+                    _log.exception("commit linger failed", extra={
+                        "event": "callback_error", "task_id": None, "idempotency_key": None})
+                    pause = 0.0
                 if pause > 0:
                     time.sleep(pause)  # hand-overs queue up meanwhile; callers keep waiting behind this one
             with self._conn_lock:

@@ -434,3 +434,16 @@ def test_a_writer_that_finds_more_waiting_commits_at_once_without_lingering(stor
     assert second_done.wait(WAIT_S)
     assert calls == ["linger"]  # for the lone first hand-over only: the next one found another behind it
     assert store.counts()["queued"] == 2
+
+
+def test_a_linger_that_raises_is_logged_and_the_writer_commits_at_once(store, caplog):
+    def broken() -> float:
+        raise RuntimeError("bug in a linger")
+
+    store.committer.linger = broken
+    done = threading.Event()
+    store.post(store.claim(make_task(1), 3)._replace(done=lambda _r, _e: done.set()))
+    assert done.wait(WAIT_S)
+    assert any(r.getMessage() == "commit linger failed" for r in caplog.records)
+    assert store.committer._writer.is_alive()
+    assert store.commit(store.claim(make_task(2), 3)).inserted  # the committer still serves
