@@ -49,6 +49,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, NamedTuple
 
+from .cputime import by_thread, thread_cpu
+
 WORKERS = 8
 
 
@@ -152,35 +154,14 @@ def time_once(option: Any, tasks: int, clients: int, warmup: int = 50) -> Timing
     """Run the loop of :func:`measure` untraced; the CPU time (all threads) and wall time it took."""
     marks: list[tuple] = []
     _closed_loop(option, tasks, clients, warmup,
-                 lambda on: marks.append((time.process_time(), time.perf_counter(), _usage(), _thread_cpu())))
+                 lambda on: marks.append((time.process_time(), time.perf_counter(), _usage(), thread_cpu())))
     (cpu0, wall0, usage0, threads0), (cpu1, wall1, usage1, threads1) = marks
     timing = Timing(tasks, cpu1 - cpu0, wall1 - wall0)
     if usage0 is not None:
         timing = timing._replace(user_s=usage1.ru_utime - usage0.ru_utime, system_s=usage1.ru_stime - usage0.ru_stime,
                                  switches=usage1.ru_nvcsw - usage0.ru_nvcsw)
-    if threads0 is not None and threads1 is not None:
-        # Every thread alive at the end was alive at the start (the option's threads start with it);
-        # the clients, gone by the end, spent the rest.
-        by_name = collections.Counter()
-        for ident, (name, seconds) in threads1.items():
-            by_name[name] += seconds - threads0.get(ident, (name, 0.0))[1]
-        by_name["client"] = max(0.0, timing.cpu_s - sum(by_name.values()))
-        timing = timing._replace(threads=dict(by_name))
-    return timing
-
-
-def _thread_cpu() -> dict[int, tuple[str, float]] | None:
-    """Per live thread, by native id: its name (digits stripped, as :class:`Count` does) and the CPU
-    seconds it has run (``/proc/self/task/<id>/schedstat``, in nanoseconds); None off Linux."""
-    names = {thread.native_id: thread.name for thread in threading.enumerate()}
-    seen: dict[int, tuple[str, float]] = {}
-    for ident, name in names.items():
-        try:
-            with open(f"/proc/self/task/{ident}/schedstat") as f:
-                seen[ident] = (name.rstrip("0123456789_-"), int(f.read().split()[0]) / 1e9)
-        except (OSError, ValueError, IndexError):  # no /proc (not Linux), or the thread just ended
-            continue
-    return seen or None
+    # The option's threads are alive at both marks; the clients, gone by the end, spent the rest.
+    return timing._replace(threads=by_thread(threads0, threads1, timing.cpu_s))
 
 
 def _usage() -> Any:

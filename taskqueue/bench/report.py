@@ -87,10 +87,21 @@ def aggregate(runs: list[dict]) -> list[dict]:
             row[metric] = stats.median(run.get(metric) for run in members)
         row["queue_depth_source"] = first.get("queue_depth_source")
         row["errors_by_type"] = _summed(run.get("errors_by_type", {}) for run in members)
+        row["cpu_us_per_task_by_thread"] = _median_by_key(run.get("cpu_us_per_task_by_thread") for run in members)
         row["spread"] = {m: stats.spread(run.get(m) for run in members) for m in METRICS}
         row["runs"] = members
         rows.append(row)
     return rows
+
+
+def _median_by_key(dicts) -> dict | None:
+    """Each key's median over the dicts that are not None (a key a dict lacks counts as 0); None if
+    all are (the CPU split by thread, which only Linux gives)."""
+    present = [d for d in dicts if d is not None]
+    if not present:
+        return None
+    keys = sorted({k for d in present for k in d})
+    return {k: stats.median(d.get(k, 0.0) for d in present) for k in keys}
 
 
 def _summed(dicts) -> dict:

@@ -26,7 +26,7 @@ from .. import workload
 from ..objectstore import LocalObjectStore
 from ..processor import FaultConfig, Processor
 from ..task import Task
-from . import clients, stats, thumbs
+from . import clients, cputime, stats, thumbs
 from .impls import TimedProcessor, make_impl
 from .sampling import SAMPLE_INTERVAL_S, Sampler, peak_rss_kib
 
@@ -93,14 +93,19 @@ def run_row(spec: dict) -> dict:
         gc.collect()
         try:
             with Sampler(impl.depth, impl.held) as sampler:
-                cpu0 = time.process_time()
+                cpu0, threads0 = time.process_time(), cputime.thread_cpu()
                 load = drive(impl, raw, spec["clients"], keep_outputs=bool(spec.get("record_outputs")),
                              on_start=sampler.mark, **timed)
                 cpu_s = time.process_time() - cpu0
+                threads = cputime.by_thread(threads0, cputime.thread_cpu(), cpu_s)
             metrics = impl.metrics()
         finally:
             impl.close()
         result = _measurements(spec, load, metrics, processor, sampler, cpu_s)
+        # Where the CPU went, per task: the implementation's threads by name, "client" the load's
+        # client threads (gone by the end) and whatever else the process spent; None off Linux.
+        result["cpu_us_per_task_by_thread"] = None if threads is None or not load.completed else {
+            name: round(seconds / load.completed * 1e6, 1) for name, seconds in sorted(threads.items())}
         if result["engine"] is not None:  # the durable state's size: its page cache grows with it
             db = os.path.join(workdir, "bench.sqlite")
             result["engine"]["db_kib"] = os.path.getsize(db) // 1024 if os.path.exists(db) else None

@@ -145,7 +145,7 @@ def _burst_targets(rows: list[dict]) -> list[dict]:
     # What the engine holds at once (sampled by the harness, not clamped as its depth histogram is):
     # its queue, one blocked put per client, its workers' tasks and the outcomes being committed --
     # a multiple of the sizes it was given, never of the burst's (a backlog would be thousands).
-    name = f"burst: engine holds at most 2 x (queue_size + workers + clients) tasks, whatever the burst"
+    name = "burst: engine holds at most 2 x (queue_size + workers + clients) tasks, whatever the burst"
     if not bounded:
         return [_target(name, None, None, "burst was not run"),
                 _target(RSS_TARGET, None, None, "burst was not run")]

@@ -12,6 +12,7 @@ import contextlib
 import csv
 import io
 import json
+import sys
 import threading
 import xml.etree.ElementTree as ET
 from collections import defaultdict
@@ -454,3 +455,23 @@ def test_without_the_baseline_a_checkout_has_the_benchmark_refuses_at_once_writi
         code, _stdout = _run_benchmark(["--quick"])
     assert code == 2 and "runs from a checkout" in err.getvalue()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="CPU time by thread comes from /proc (Linux)")
+def test_each_row_splits_its_cpu_time_by_thread(quick):
+    """Found measuring the commit path: the engine's extra CPU per task at io sat mostly in its store
+    writer, which only a split by thread could show. Every row carries it; the parts add up to the
+    row's CPU time per task."""
+    _code, _stdout, doc, _out = quick
+    for row in doc["rows"]:
+        split = row["cpu_us_per_task_by_thread"]
+        run = row["runs"][0]
+        assert split == run["cpu_us_per_task_by_thread"]  # one repeat: its median is itself
+        assert all(value >= 0 for value in split.values()) and "client" in split
+        total = run["cpu_cores"] * run["wall_s"] / run["completed"] * 1e6
+        assert sum(split.values()) == pytest.approx(total, rel=0.05, abs=5.0), (row["label"], split, total)
+        if row["impl"] == "engine":
+            assert {"tq-store-writer", "tq-worker"} <= set(split), split
+            assert split["tq-worker"] > 0
+        if row["impl"] == "stdlib":
+            assert "stdlib" in split and "tq-store-writer" not in split
