@@ -25,21 +25,21 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator
 
-from .. import errors
 from ..config import Config
-from ..errors import ClaimedElsewhere, QueueFull
+from ..errors import QueueFull
 from ..logs import LOGGER_NAME, task_extra
 from ..metrics import DepthSampler, Metrics
 from ..objectstore import LocalObjectStore
 from ..processor import Processor
 from ..retry import RetryPolicy
 from ..scheduler import RetryScheduler
-from ..store import Recovered, Row, TaskStore, open_store
-from ..task import Task, TaskResult, TaskStatus
+from ..store import Recovered, TaskStore, open_store
+from ..task import Task, TaskStatus
 from .inflight import InFlight, WorkItem
 from .leases import Heartbeat
 from . import closing, takeover
-from .worker import describe, work
+from .stored import outcome_of
+from .worker import work
 
 
 class TaskQueue:
@@ -160,7 +160,7 @@ class TaskQueue:
                         self.metrics.incr(item.outcome)
                     else:  # a row this queue took over at start-up and finished: this offer's own task
                         item.outcome = "succeeded" if claim.row.status is TaskStatus.SUCCESS else "dead_lettered"
-                self.inflight.settle(item, *_outcome_of(task, claim.row, deduplicated=not done_here))
+                self.inflight.settle(item, *outcome_of(task, claim.row, deduplicated=not done_here))
                 return item.future
             held = True  # an open row of ours: given back below if the task is not accepted
             delay = (claim.row.next_attempt_at or 0.0) - self._wall()
@@ -383,29 +383,6 @@ class TaskQueue:
 # What an offer of a key in flight counts as, by what the item it joined was counted as.
 _DUPLICATE_OUTCOMES = {"succeeded": "deduplicated", "dead_lettered": "deduplicated",
                        "deduplicated": "deduplicated", "claimed_elsewhere": "claimed_elsewhere"}
-
-
-def _outcome_of(task: Task, row: Row, deduplicated: bool = True) -> tuple[TaskResult | None, BaseException | None]:
-    """``(result, error)`` for a key the store already holds, finished or held elsewhere.
-    ``deduplicated=False``: finished by this queue (a row it took over at start-up)."""
-    if row.status is TaskStatus.SUCCESS:
-        return TaskResult(task_id=task.id, idempotency_key=row.idempotency_key, status=TaskStatus.SUCCESS,
-                          output_key=row.output_key, attempts=row.attempts, deduplicated=deduplicated,
-                          output_bytes=row.output_bytes), None
-    if row.status is TaskStatus.DEAD:
-        error = _stored_error(row)
-        error.deduplicated = deduplicated  # dead before this offer: nothing was done again (see run's summary)
-        return None, error
-    return None, ClaimedElsewhere(f"task {task.id!r} is being processed elsewhere ({describe(row)})")
-
-
-def _stored_error(row: Row) -> BaseException:
-    """Rebuild a dead-lettered task's error from its row (class by name when it is ours)."""
-    cls = getattr(errors, row.error_class or "", None)
-    message = row.last_error or "dead-lettered"
-    if isinstance(cls, type) and issubclass(cls, errors.TaskQueueError):
-        return cls(message)
-    return errors.PermanentError(f"{row.error_class}: {message}")
 
 
 __all__ = ["TaskQueue"]
