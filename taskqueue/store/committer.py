@@ -27,8 +27,9 @@ callback that commits more work (a Future's done-callback that submits a task)
 runs it right there.
 
 A writer that wakes for a lone hand-over may *linger* before it commits it (``linger``, set by the
-queue that owns the store: a few milliseconds, and only while every worker has a task waiting), so
-that the hand-overs arriving meanwhile share its commit. Each commit costs a wake-up of the writer
+queue that owns the store: a few milliseconds, only while every worker has a task waiting and no
+worker waits for a commit; :meth:`Committer.hurry` ends a linger under way), so that the hand-overs
+arriving meanwhile share its commit. Each commit costs a wake-up of the writer
 and a write of every page it changed: with tasks some milliseconds long, a writer woken for every
 hand-over committed two or three ops at a time, and spent on that about as much CPU per task as
 the rest of the engine together (see the README, "The commit path").
@@ -43,7 +44,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from typing import Any, Callable, NamedTuple
 
 from ..errors import StoreBroken, StoreClosed, text_of
@@ -116,6 +116,8 @@ class Committer:
         # Seconds the writer may wait, on waking for a lone hand-over, for others to share its commit
         # (0: commit at once). Read in the writer thread each time; the queue owning the store sets it.
         self.linger: Callable[[], float] | None = None
+        self._hurry = threading.Lock()  # held while nobody hurries: a lingering writer waits on it
+        self._hurry.acquire()
         self._writer = threading.Thread(target=self._run, name=name, daemon=True)
         self._writer.start()
 
@@ -160,6 +162,15 @@ class Committer:
             raise error
         return result
 
+    def hurry(self) -> None:
+        """End a linger under way at once: a caller that must not wait for company (a worker about to
+        wait for its start's commit) is handing over. The ``linger`` callable must also return 0
+        while such a caller waits, or its hand-over, arriving alone, would linger in turn."""
+        try:
+            self._hurry.release()
+        except RuntimeError:  # released already: the next linger ends at once, and holds it again
+            pass
+
     def delivering(self) -> bool:
         """Whether this thread is running ``done`` callbacks of committed ops now (user code may run
         there: a Future resolved by a callback runs its own done-callbacks)."""
@@ -191,6 +202,7 @@ class Committer:
             self._closed = True
             self._pending += 1
             self._queued.put(_STOP)  # last: nothing can be queued after it
+        self.hurry()  # a lingering writer goes on at once
         self._writer.join()
         with self._conn_lock:  # a commit from a done callback may be waiting for it: it finds the flag
             self._conn.close()
@@ -206,12 +218,11 @@ class Committer:
             if self.linger is not None and calls[0] is not _STOP and queued.empty():
                 try:
                     pause = self.linger()
+                    if pause > 0:  # hand-overs queue up meanwhile, callers waiting behind this one
+                        self._hurry.acquire(timeout=pause)  # ended early by hurry(); held again either way
                 except Exception:  # noqa: BLE001 - this thread must outlive any error: commit at once
                     _log.exception("commit linger failed", extra={
                         "event": "callback_error", "task_id": None, "idempotency_key": None})
-                    pause = 0.0
-                if pause > 0:
-                    time.sleep(pause)  # hand-overs queue up meanwhile; callers keep waiting behind this one
             with self._conn_lock:
                 # Drain only once the connection is ours: what queued up meanwhile joins this commit,
                 # up to max_batch ops.

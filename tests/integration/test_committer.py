@@ -447,3 +447,47 @@ def test_a_linger_that_raises_is_logged_and_the_writer_commits_at_once(store, ca
     assert any(r.getMessage() == "commit linger failed" for r in caplog.records)
     assert store.committer._writer.is_alive()
     assert store.commit(store.claim(make_task(2), 3)).inserted  # the committer still serves
+
+
+def test_hurry_ends_a_linger_under_way_for_a_caller_that_must_not_wait(store):
+    """Found in review: on PostgreSQL (no start ledger) every worker waits for its start's commit, and
+    a lingering writer held each one up to the whole linger. A worker now hurries the writer."""
+    lingering = threading.Event()
+    calls = []
+
+    def linger() -> float:
+        calls.append("linger")
+        lingering.set()
+        return 3600.0 if len(calls) == 1 else 0.0  # only hurry() can end the first one in time
+
+    queued = store.committer._queued = CountingQueue(store.committer._queued)
+    store.committer.linger = linger
+    commits = store.committer.commits
+    store.post(store.claim(make_task(1), 3))
+    assert lingering.wait(WAIT_S)
+    claims: list = []
+    waiting = threading.Thread(target=lambda: claims.append(store.commit(store.claim(make_task(2), 3))))
+    waiting.start()
+    with queued.changed:  # the second hand-over waits behind the lingering writer
+        assert queued.changed.wait_for(lambda: queued.puts >= 2, WAIT_S)
+    store.committer.hurry()
+    waiting.join(WAIT_S)  # hang guard only: without hurry() the writer sleeps for an hour
+    assert not waiting.is_alive() and claims[0].inserted
+    assert store.committer.commits - commits == 1  # the lingering hand-over and the hurried one, together
+    assert calls == ["linger"]
+
+
+def test_a_hurry_with_no_linger_under_way_only_shortens_the_next_one(store):
+    store.committer.hurry()
+    store.committer.hurry()  # twice: no error
+    lingered = threading.Event()
+
+    def linger() -> float:
+        lingered.set()
+        return 3600.0  # ended at once by the hurry() made before
+
+    store.committer.linger = linger
+    assert store.commit(store.claim(make_task(1), 3)).inserted  # direct: the connection was idle
+    done = threading.Event()
+    store.post(store.claim(make_task(2), 3)._replace(done=lambda _r, _e: done.set()))
+    assert done.wait(WAIT_S) and lingered.is_set()

@@ -1045,3 +1045,28 @@ def test_the_store_writer_lingers_only_while_every_worker_has_a_task_waiting(mak
 
 def test_a_linger_of_zero_leaves_the_writer_committing_at_once(make_queue):
     assert make_queue(commit_linger_s=0).store.committer.linger is None
+
+
+def test_the_store_writer_never_lingers_while_a_worker_waits_for_its_start(make_queue, objects):
+    """Found in review: where a worker commits its start and waits (PostgreSQL, which has no start
+    ledger; SQLite after a freeze), a lingering writer held every start up to the whole linger."""
+    processor = GatedProcessor(objects, gated=True)
+    tq = make_queue(processor, commit_linger_s=0.1)  # 2 workers
+    tq.store.ledger = None  # every start is committed and waited for, as on PostgreSQL
+    seen: list[float] = []
+    commit = tq.store.commit
+
+    def spying(op, along=()):
+        if threading.get_ident() in tq._worker_threads and op.fn.__name__ == "_start":
+            seen.append(tq._linger())  # what the writer would linger for while this worker waits
+        return commit(op, along)
+
+    tq.store.commit = spying
+    tasks = make_tasks(objects, 6)
+    futures = [tq.submit(task) for task in tasks[:2]]
+    processor.wait_entered(2)
+    futures += [tq.submit(task) for task in tasks[2:]]  # 4 waiting for 2 workers: a loaded queue
+    assert tq._linger() == 0.1
+    processor.gate.set()
+    assert [f.result(WAIT_S).status for f in futures] == [TaskStatus.SUCCESS] * 6
+    assert len(seen) == 6 and seen == [0.0] * 6
