@@ -91,7 +91,6 @@ class TaskQueue:
         self._executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="tq-worker")
         self._workers: list[Future] = []
         self._worker_threads: set[int] = set()  # idents of the threads running a worker loop now
-        self._starting: set[int] = set()  # idents of the workers waiting for their start's commit now
         self._taken_over: set[str] = set()
         closing.live_queues.add(self)
         try:
@@ -248,11 +247,12 @@ class TaskQueue:
 
     def _linger(self) -> float:
         """How long the store's writer may wait for company before committing a lone hand-over:
-        ``config.commit_linger_s`` while every worker has a task waiting behind the one it runs and
-        none waits for its start's commit (a commit a few milliseconds later then delays no worker,
-        and saves a wake-up and a commit), else 0: an idle or draining queue commits at once, and so
-        does a writer a worker waits for (PostgreSQL, which has no start ledger; see ``engine.worker``)."""
-        if self._starting or len(self._queue.queue) < self.config.workers:
+        ``config.commit_linger_s`` while every worker has a task waiting behind the one it runs (a
+        commit a few milliseconds later then delays no worker, and saves a wake-up and a commit),
+        else 0: an idle or draining queue commits at once. A worker that waits for its start's commit
+        (PostgreSQL, which has no start ledger; see ``engine.worker``) commits it as urgent: the
+        writer does not linger for it."""
+        if len(self._queue.queue) < self.config.workers:
             return 0.0
         return self.config.commit_linger_s
 

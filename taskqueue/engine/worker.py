@@ -102,8 +102,8 @@ def _attempt(tq: "TaskQueue", index: int, item: WorkItem, outcome: Op | None) ->
             tq.store.post(*along, tq.store.start(item.row_id, item.version, item.attempts,
                                                  done=_start_committed(tq, item, slot, item.version)))
             item.version, item.attempts = item.version + 1, item.attempts + 1
-        else:
-            started = _commit_start(tq, item, along)
+        else:  # urgent: this worker cannot go on until it is committed
+            started = tq.store.commit(tq.store.start(item.row_id, item.version, item.attempts), along, urgent=True)
             item.version, item.attempts = started
             item.epoch = tq.inflight.epoch  # the row is ours, now
     except StaleVersion as exc:
@@ -133,18 +133,6 @@ def _attempt(tq: "TaskQueue", index: int, item: WorkItem, outcome: Op | None) ->
     busy = time.perf_counter() - began
     tq.metrics.on_processed(index, busy)
     return _succeeded(tq, item, output, attempt, began - item.submitted, busy)
-
-
-def _commit_start(tq: "TaskQueue", item: WorkItem, along: tuple[Op, ...]) -> Attempt:
-    """Commit ``item``'s start (with ``along``) and wait for it: the store's writer must not linger
-    for company meanwhile (see ``TaskQueue._linger``), nor go on with a linger under way."""
-    me = threading.get_ident()
-    tq._starting.add(me)
-    try:
-        tq.store.committer.hurry()
-        return tq.store.commit(tq.store.start(item.row_id, item.version, item.attempts), along)
-    finally:
-        tq._starting.discard(me)
 
 
 def _succeeded(tq: "TaskQueue", item: WorkItem, output: Output, attempt: int, waited: float,

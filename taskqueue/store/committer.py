@@ -27,9 +27,10 @@ callback that commits more work (a Future's done-callback that submits a task)
 runs it right there.
 
 A writer that wakes for a lone hand-over may *linger* before it commits it (``linger``, set by the
-queue that owns the store: a few milliseconds, only while every worker has a task waiting and no
-worker waits for a commit; :meth:`Committer.hurry` ends a linger under way), so that the hand-overs
-arriving meanwhile share its commit. Each commit costs a wake-up of the writer
+queue that owns the store: a few milliseconds, only while every worker has a task waiting), so that
+the hand-overs arriving meanwhile share its commit. A caller that must not wait for company (a
+worker that cannot go on until its start is committed) commits with ``urgent=True``: the writer
+never lingers for it, and ends a linger under way when it arrives. Each commit costs a wake-up of the writer
 and a write of every page it changed: with tasks some milliseconds long, a writer woken for every
 hand-over committed two or three ops at a time, and spent on that about as much CPU per task as
 the rest of the engine together (see the README, "The commit path").
@@ -116,19 +117,20 @@ class Committer:
         # Seconds the writer may wait, on waking for a lone hand-over, for others to share its commit
         # (0: commit at once). Read in the writer thread each time; the queue owning the store sets it.
         self.linger: Callable[[], float] | None = None
-        self._hurry = threading.Lock()  # held while nobody hurries: a lingering writer waits on it
-        self._hurry.acquire()
+        self._hurried = threading.Lock()  # held unless an urgent caller came: a lingering writer waits on it
+        self._hurried.acquire()
         self._writer = threading.Thread(target=self._run, name=name, daemon=True)
         self._writer.start()
 
     # -- handing over ------------------------------------------------------------------
 
-    def commit(self, op: Op, along: tuple[Op, ...] | list[Op] = ()) -> Any:
+    def commit(self, op: Op, along: tuple[Op, ...] | list[Op] = (), *, urgent: bool = False) -> Any:
         """Commit ``along`` and ``op`` in one transaction; return ``op``'s result or raise its error.
 
         ``along`` are companions reported through their own ``done`` (a
         worker hands over the previous task's outcome with its next claim).
-        Blocks until committed. Raises :class:`StoreClosed` after :meth:`close`. In the main
+        ``urgent``: the caller must not wait for company (see :attr:`linger`): a writer lingering
+        commits at once. Blocks until committed. Raises :class:`StoreClosed` after :meth:`close`. In the main
         thread, a ``KeyboardInterrupt`` (or ``SystemExit``) raised by a ``done`` callback of
         ``along`` is raised here once every op has been told: the ops are committed by then.
         """
@@ -141,9 +143,11 @@ class Committer:
             # writer's batch (else, under contention, the writer would starve for the connection).
             idle = not in_callback and self._pending == 0 and self._conn_lock.acquire(blocking=False)
             if not (idle or in_callback):  # busy: join the writer's next group commit
-                call = waiting(ops)
+                call = waiting(ops, urgent)
                 self._pending += 1
                 self._queued.put(call)
+                if urgent:  # after the put: a writer that re-arms from now on finds the call queued
+                    self._hurry()
         if idle or in_callback:
             if in_callback:
                 # A done callback committing more work: wait for the connection itself rather than
@@ -162,15 +166,6 @@ class Committer:
             raise error
         return result
 
-    def hurry(self) -> None:
-        """End a linger under way at once: a caller that must not wait for company (a worker about to
-        wait for its start's commit) is handing over. The ``linger`` callable must also return 0
-        while such a caller waits, or its hand-over, arriving alone, would linger in turn."""
-        try:
-            self._hurry.release()
-        except RuntimeError:  # released already: the next linger ends at once, and holds it again
-            pass
-
     def delivering(self) -> bool:
         """Whether this thread is running ``done`` callbacks of committed ops now (user code may run
         there: a Future resolved by a callback runs its own done-callbacks)."""
@@ -185,13 +180,15 @@ class Committer:
             self._queued.put(Call(ops))
 
     def flush(self) -> None:
-        """Block until every op handed over before this call is committed."""
-        call = waiting([Op(_nothing)])
+        """Block until every op handed over before this call is committed (urgent: the writer does
+        not linger for company meanwhile)."""
+        call = waiting([Op(_nothing)], urgent=True)
         with self._state:
             if self._closed:
                 return
             self._pending += 1
             self._queued.put(call)  # FIFO: behind everything already queued, even a batch being drained
+            self._hurry()
         call.ready.acquire()
 
     def close(self) -> None:
@@ -202,11 +199,18 @@ class Committer:
             self._closed = True
             self._pending += 1
             self._queued.put(_STOP)  # last: nothing can be queued after it
-        self.hurry()  # a lingering writer goes on at once
+        self._hurry()  # a lingering writer goes on at once
         self._writer.join()
         with self._conn_lock:  # a commit from a done callback may be waiting for it: it finds the flag
             self._conn.close()
             self._conn_closed = True
+
+    def _hurry(self) -> None:
+        """End a linger under way (or the next one, if none is): an urgent caller has handed over."""
+        try:
+            self._hurried.release()
+        except RuntimeError:  # released already
+            pass
 
     # -- the writer thread -----------------------------------------------------------------
 
@@ -215,14 +219,13 @@ class Committer:
         queued, stopping = self._queued, False
         while not stopping:
             calls = [queued.get()]
-            if self.linger is not None and calls[0] is not _STOP and queued.empty():
-                try:
-                    pause = self.linger()
-                    if pause > 0:  # hand-overs queue up meanwhile, callers waiting behind this one
-                        self._hurry.acquire(timeout=pause)  # ended early by hurry(); held again either way
-                except Exception:  # noqa: BLE001 - this thread must outlive any error: commit at once
-                    _log.exception("commit linger failed", extra={
-                        "event": "callback_error", "task_id": None, "idempotency_key": None})
+            if self.linger is not None and calls[0] is not _STOP and not calls[0].urgent:
+                # Re-arm first. An urgent call that came since the last linger is queued behind this
+                # one (so the queue is not empty: no linger) or committed already; one that comes from
+                # now on is queued before it ends the linger.
+                self._hurried.acquire(blocking=False)
+                if queued.empty():
+                    self._linger()
             with self._conn_lock:
                 # Drain only once the connection is ours: what queued up meanwhile joins this commit,
                 # up to max_batch ops.
@@ -245,6 +248,17 @@ class Committer:
             self._local.deliver(calls, results)
             with self._state:  # only now: a direct commit's callbacks never run before these
                 self._pending -= len(calls) + stopping
+
+    def _linger(self) -> None:
+        """Wait up to ``linger()`` seconds for company (hand-overs queue up meanwhile, their callers
+        waiting behind this one), or until an urgent caller hands over."""
+        try:
+            pause = self.linger()
+            if pause > 0:
+                self._hurried.acquire(timeout=pause)  # ended early by _hurry(); held again either way
+        except Exception:  # noqa: BLE001 - the writer must outlive any error: commit at once
+            _log.exception("commit linger failed", extra={
+                "event": "callback_error", "task_id": None, "idempotency_key": None})
 
     # -- running ops ------------------------------------------------------------------------
 

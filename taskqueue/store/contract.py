@@ -201,8 +201,10 @@ class TaskStore(Protocol):
         """Extend the lease of every open row this store owns -> rows renewed."""
 
     # -- committing ---------------------------------------------------------------------
-    def commit(self, op: Op, along: tuple[Op, ...] = ()) -> Any:
-        """Commit ``along`` and ``op`` together; block; return ``op``'s result or raise its error."""
+    def commit(self, op: Op, along: tuple[Op, ...] = (), *, urgent: bool = False) -> Any:
+        """Commit ``along`` and ``op`` together; block; return ``op``'s result or raise its error.
+        ``urgent``: the caller cannot go on until it is committed (a worker's start where there is no
+        ledger): the store must not hold it back to group it with later changes."""
     def post(self, *ops: Op) -> None:
         """Hand ``ops`` over without waiting; results go to their ``done``."""
     def flush(self) -> None:

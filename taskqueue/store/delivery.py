@@ -25,21 +25,23 @@ Results = list  # of (result, error) pairs, one per op, in order
 
 class Call:
     """Ops handed over together. A caller that waits holds ``ready`` (acquired): the committing
-    thread fills in ``results``, then releases it. A post has no ``ready`` and no ``results``."""
+    thread fills in ``results``, then releases it. A post has no ``ready`` and no ``results``.
+    ``urgent``: its caller must not wait for company (see ``Committer.commit``)."""
 
-    __slots__ = ("ops", "results", "ready")
+    __slots__ = ("ops", "results", "ready", "urgent")
 
-    def __init__(self, ops: Sequence["Op"], ready: Any = None) -> None:
+    def __init__(self, ops: Sequence["Op"], ready: Any = None, urgent: bool = False) -> None:
         self.ops = ops
         self.results: list | None = None
         self.ready = ready
+        self.urgent = urgent
 
 
-def waiting(ops: Sequence["Op"]) -> Call:
+def waiting(ops: Sequence["Op"], urgent: bool = False) -> Call:
     """A :class:`Call` whose caller will wait for its results."""
     ready = allocate_lock()
     ready.acquire()
-    return Call(ops, ready)
+    return Call(ops, ready, urgent)
 
 
 class Delivery(threading.local):

@@ -49,8 +49,8 @@ class StateMachine(Reads):
         each other (SQLite)."""
         return None
 
-    def commit(self, op: Op, along: tuple[Op, ...] | list[Op] = ()) -> Any:
-        return self.committer.commit(op, along)
+    def commit(self, op: Op, along: tuple[Op, ...] | list[Op] = (), *, urgent: bool = False) -> Any:
+        return self.committer.commit(op, along, urgent=urgent)
 
     def post(self, *ops: Op) -> None:
         self.committer.post(*ops)

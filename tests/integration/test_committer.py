@@ -449,16 +449,16 @@ def test_a_linger_that_raises_is_logged_and_the_writer_commits_at_once(store, ca
     assert store.commit(store.claim(make_task(2), 3)).inserted  # the committer still serves
 
 
-def test_hurry_ends_a_linger_under_way_for_a_caller_that_must_not_wait(store):
+def test_an_urgent_commit_ends_a_linger_under_way(store):
     """Found in review: on PostgreSQL (no start ledger) every worker waits for its start's commit, and
-    a lingering writer held each one up to the whole linger. A worker now hurries the writer."""
+    a lingering writer held each one up to the whole linger. A worker's start is committed as urgent."""
     lingering = threading.Event()
     calls = []
 
     def linger() -> float:
         calls.append("linger")
         lingering.set()
-        return 3600.0 if len(calls) == 1 else 0.0  # only hurry() can end the first one in time
+        return 3600.0 if len(calls) == 1 else 0.0  # only the urgent commit can end the first one in time
 
     queued = store.committer._queued = CountingQueue(store.committer._queued)
     store.committer.linger = linger
@@ -466,28 +466,73 @@ def test_hurry_ends_a_linger_under_way_for_a_caller_that_must_not_wait(store):
     store.post(store.claim(make_task(1), 3))
     assert lingering.wait(WAIT_S)
     claims: list = []
-    waiting = threading.Thread(target=lambda: claims.append(store.commit(store.claim(make_task(2), 3))))
+    waiting = threading.Thread(target=lambda: claims.append(store.commit(store.claim(make_task(2), 3), urgent=True)))
     waiting.start()
-    with queued.changed:  # the second hand-over waits behind the lingering writer
-        assert queued.changed.wait_for(lambda: queued.puts >= 2, WAIT_S)
-    store.committer.hurry()
-    waiting.join(WAIT_S)  # hang guard only: without hurry() the writer sleeps for an hour
+    waiting.join(WAIT_S)  # hang guard only: were it not urgent, the writer would sleep for an hour
     assert not waiting.is_alive() and claims[0].inserted
-    assert store.committer.commits - commits == 1  # the lingering hand-over and the hurried one, together
+    assert queued.puts == 2  # handed over behind the lingering writer, not committed directly
+    assert store.committer.commits - commits == 1  # the lingering hand-over and the urgent one, together
     assert calls == ["linger"]
 
 
-def test_a_hurry_with_no_linger_under_way_only_shortens_the_next_one(store):
-    store.committer.hurry()
-    store.committer.hurry()  # twice: no error
-    lingered = threading.Event()
+def test_the_writer_never_lingers_for_an_urgent_call_it_woke_for(store):
+    """An urgent call that arrives alone, while the writer is busy, is committed as soon as the writer
+    is free: it is not the company a linger waits for."""
+    running, gate = threading.Event(), threading.Event()
+    calls = []
+
+    def held(_conn) -> None:  # runs in the writer, after its drain: what is handed over now comes next, alone
+        running.set()
+        assert gate.wait(WAIT_S)
+
+    queued = store.committer._queued = CountingQueue(store.committer._queued)
+    store.post(Op(held))
+    assert running.wait(WAIT_S)
+    store.committer.linger = lambda: calls.append("linger") or 3600.0
+    claims: list = []
+    waiting = threading.Thread(target=lambda: claims.append(store.commit(store.claim(make_task(1), 3), urgent=True)))
+    waiting.start()
+    with queued.changed:  # queued behind the busy writer
+        assert queued.changed.wait_for(lambda: queued.puts >= 2, WAIT_S)
+    gate.set()
+    waiting.join(WAIT_S)  # hang guard only: a writer lingering for it would sleep for an hour
+    assert not waiting.is_alive() and claims[0].inserted
+    assert calls == []
+
+
+def test_an_urgent_call_already_committed_does_not_cut_the_next_linger_short(store):
+    """The urgent call that ends a linger (or finds none under way) must not end the next one too."""
+    running, gate, lingering = threading.Event(), threading.Event(), threading.Event()
+    pause = [0.0]
 
     def linger() -> float:
-        lingered.set()
-        return 3600.0  # ended at once by the hurry() made before
+        if pause[0]:
+            lingering.set()
+        return pause[0]
+
+    def held(_conn) -> None:
+        running.set()
+        assert gate.wait(WAIT_S)
 
     store.committer.linger = linger
-    assert store.commit(store.claim(make_task(1), 3)).inserted  # direct: the connection was idle
-    done = threading.Event()
-    store.post(store.claim(make_task(2), 3)._replace(done=lambda _r, _e: done.set()))
-    assert done.wait(WAIT_S) and lingered.is_set()
+    queued = store.committer._queued = CountingQueue(store.committer._queued)
+    store.post(Op(held))
+    assert running.wait(WAIT_S)
+    waiting = threading.Thread(target=lambda: store.commit(store.claim(make_task(1), 3), urgent=True))
+    waiting.start()
+    with queued.changed:  # an urgent call behind the busy writer, none lingering
+        assert queued.changed.wait_for(lambda: queued.puts >= 2, WAIT_S)
+    gate.set()
+    waiting.join(WAIT_S)
+    assert not waiting.is_alive()
+    pause[0] = 3600.0
+    commits = store.committer.commits
+    store.post(store.claim(make_task(2), 3))
+    assert lingering.wait(WAIT_S)  # a lone hand-over: the writer lingers for company
+    store.post(store.claim(make_task(3), 3))  # its company
+    ending = threading.Thread(target=lambda: store.commit(store.claim(make_task(4), 3), urgent=True))
+    ending.start()  # and the end of the linger
+    ending.join(WAIT_S)  # hang guard only
+    assert not ending.is_alive()
+    assert store.committer.commits - commits == 1  # all three together: the linger ran until the urgent call
+    assert store.counts()["queued"] == 4

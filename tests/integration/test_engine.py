@@ -1047,19 +1047,20 @@ def test_a_linger_of_zero_leaves_the_writer_committing_at_once(make_queue):
     assert make_queue(commit_linger_s=0).store.committer.linger is None
 
 
-def test_the_store_writer_never_lingers_while_a_worker_waits_for_its_start(make_queue, objects):
+def test_a_worker_waiting_for_its_start_commits_it_as_urgent(make_queue, objects):
     """Found in review: where a worker commits its start and waits (PostgreSQL, which has no start
-    ledger; SQLite after a freeze), a lingering writer held every start up to the whole linger."""
+    ledger; SQLite after a freeze), a lingering writer held every start up to the whole linger. The
+    writer never lingers for an urgent commit (see test_committer)."""
     processor = GatedProcessor(objects, gated=True)
     tq = make_queue(processor, commit_linger_s=0.1)  # 2 workers
     tq.store.ledger = None  # every start is committed and waited for, as on PostgreSQL
-    seen: list[float] = []
+    seen: list[bool] = []
     commit = tq.store.commit
 
-    def spying(op, along=()):
+    def spying(op, along=(), *, urgent=False):
         if threading.get_ident() in tq._worker_threads and op.fn.__name__ == "_start":
-            seen.append(tq._linger())  # what the writer would linger for while this worker waits
-        return commit(op, along)
+            seen.append(urgent)
+        return commit(op, along, urgent=urgent)
 
     tq.store.commit = spying
     tasks = make_tasks(objects, 6)
@@ -1069,4 +1070,4 @@ def test_the_store_writer_never_lingers_while_a_worker_waits_for_its_start(make_
     assert tq._linger() == 0.1
     processor.gate.set()
     assert [f.result(WAIT_S).status for f in futures] == [TaskStatus.SUCCESS] * 6
-    assert len(seen) == 6 and seen == [0.0] * 6
+    assert seen == [True] * 6
