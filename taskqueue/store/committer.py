@@ -218,8 +218,9 @@ class Committer:
         """Group-commit whatever was queued while the connection was busy, until the stop marker."""
         queued, stopping = self._queued, False
         while not stopping:
-            calls = [queued.get()]
-            if self.linger is not None and calls[0] is not _STOP and not calls[0].urgent:
+            first = queued.get()
+            stopping = first is _STOP
+            if self.linger is not None and not stopping and not first.urgent:
                 # Re-arm first. An urgent call that came since the last linger is queued behind this
                 # one (so the queue is not empty: no linger) or committed already; one that comes from
                 # now on is queued before it ends the linger.
@@ -228,19 +229,18 @@ class Committer:
                     self._linger()
             with self._conn_lock:
                 # Drain only once the connection is ours: what queued up meanwhile joins this commit,
-                # up to max_batch ops.
-                size = 0 if calls[0] is _STOP else len(calls[0].ops)
-                while size < self._max_batch:
+                # up to max_batch ops. Nothing is queued after the stop marker.
+                calls, ops = ([], []) if stopping else ([first], list(first.ops))
+                while not stopping and len(ops) < self._max_batch:
                     try:
                         call = queued.get_nowait()
                     except queue.Empty:
                         break
-                    calls.append(call)
-                    size += 0 if call is _STOP else len(call.ops)
-                stopping = calls[-1] is _STOP  # nothing is queued after the stop marker
-                if stopping:
-                    calls.pop()
-                ops = [op for call in calls for op in call.ops]
+                    if call is _STOP:
+                        stopping = True
+                    else:
+                        calls.append(call)
+                        ops += call.ops
                 try:
                     results = self._execute(ops)
                 except BaseException as exc:  # noqa: BLE001 - this thread must outlive any error
