@@ -187,7 +187,8 @@ class Config:
                               "at least 1: a busy process cannot promise to renew more often)")
     db_synchronous: str = _setting("normal", _choice("normal", "full"), "SQLite synchronous pragma")
     busy_timeout_ms: int = _setting(10000, _positive_int_at_most(MAX_BUSY_TIMEOUT_MS),
-                                    f"SQLite busy timeout in milliseconds (at most {MAX_BUSY_TIMEOUT_MS})")
+                                    f"SQLite busy timeout in milliseconds (at most {MAX_BUSY_TIMEOUT_MS}); "
+                                    "on PostgreSQL, how long status and dlq list wait for a lock")
     commit_linger_s: float = _setting(COMMIT_LINGER_S, _number(0.0, MAX_COMMIT_LINGER_S),
                                       "under load (every worker has a task waiting), how long the store's "
                                       "writer may wait for more changes to share one commit, in seconds "

@@ -45,7 +45,8 @@ def _existing_db(config: Config) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    reader = open_reader(_existing_db(config_from(args)))
+    config = config_from(args)
+    reader = open_reader(_existing_db(config), busy_timeout_ms=config.busy_timeout_ms)
     counts = reader.counts()
     failures = reader.recent_failures()
     if args.json:
@@ -60,7 +61,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq_list(args: argparse.Namespace) -> int:
-    rows = open_reader(_existing_db(config_from(args))).dead_letters()
+    config = config_from(args)
+    rows = open_reader(_existing_db(config), busy_timeout_ms=config.busy_timeout_ms).dead_letters()
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK

@@ -24,7 +24,7 @@ import time
 from typing import Any, Callable, Iterator
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from ..errors import ConfigError
+from ..errors import ConfigError, text_of
 from .committer import Committer
 from .machine import StateMachine
 from .reads import Reads
@@ -285,15 +285,21 @@ class PostgresStore(StateMachine):
 
 
 class PostgresReader(Reads):
-    """Reads of an existing queue database (``status``, ``dlq list``); creates nothing."""
+    """Reads of an existing queue database (``status``, ``dlq list``); creates nothing.
+
+    Each statement waits at most ``statement_timeout_ms`` (``TQ_BUSY_TIMEOUT_MS``, as SQLite's
+    busy timeout): a table another session holds locked (a migration, ``VACUUM FULL``) makes a
+    read fail with a message that says so, never hang.
+    """
 
     sql = PG_SQL
 
-    def __init__(self, url: str, *, connect_timeout_s: float = 10.0) -> None:
+    def __init__(self, url: str, *, connect_timeout_s: float = 10.0, statement_timeout_ms: int = 10000) -> None:
         driver()
         self.url = url
         self.location = redact(url)
         self._connect_timeout = connect_timeout_s
+        self._statement_timeout_ms = int(statement_timeout_ms)
         with self.reader() as conn:
             found = conn.execute("SELECT obj_description(to_regclass('tasks'), 'pg_class')").fetchone()[0]
         if found != MARK:
@@ -301,9 +307,15 @@ class PostgresReader(Reads):
 
     @contextlib.contextmanager
     def reader(self) -> Iterator[Any]:
+        psycopg = driver()
         conn = connect(self.url, connect_timeout_s=self._connect_timeout)
         try:
+            conn.execute(f"SET statement_timeout = {self._statement_timeout_ms}")
             yield conn
+        except psycopg.errors.QueryCanceled as exc:
+            raise psycopg.errors.QueryCanceled(
+                f"database {self.location}: no answer within {self._statement_timeout_ms} ms (TQ_BUSY_TIMEOUT_MS); "
+                f"another session may hold its tables locked ({text_of(exc)})") from exc
         finally:
             conn.close()
 
