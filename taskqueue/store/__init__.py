@@ -57,10 +57,10 @@ def probe(db: str) -> None:
 
 def open_reader(db: str, *, busy_timeout_ms: int = 10000):
     """Reads of an existing queue database at ``db`` (for ``status`` and ``dlq list``); writes nothing.
-    Each read waits at most ``busy_timeout_ms`` for a lock (PostgreSQL: its statement timeout)."""
+    Each read waits at most ``busy_timeout_ms`` for a lock (PostgreSQL: its ``lock_timeout``)."""
     if is_url(db):
         from .postgres import PostgresReader
-        return PostgresReader(db, statement_timeout_ms=busy_timeout_ms)
+        return PostgresReader(db, lock_timeout_ms=busy_timeout_ms)
     return SQLiteReader(db, busy_timeout_ms=busy_timeout_ms)
 
 

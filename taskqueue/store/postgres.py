@@ -287,19 +287,20 @@ class PostgresStore(StateMachine):
 class PostgresReader(Reads):
     """Reads of an existing queue database (``status``, ``dlq list``); creates nothing.
 
-    Each statement waits at most ``statement_timeout_ms`` (``TQ_BUSY_TIMEOUT_MS``, as SQLite's
-    busy timeout): a table another session holds locked (a migration, ``VACUUM FULL``) makes a
-    read fail with a message that says so, never hang.
+    Each statement waits at most ``lock_timeout_ms`` for a lock (``TQ_BUSY_TIMEOUT_MS``, as SQLite's
+    busy timeout; PostgreSQL's ``lock_timeout``): a table another session holds locked (a migration,
+    ``VACUUM FULL``) makes a read fail with a message that says so, never hang. A read that is only
+    slow (a big table) is not cut short.
     """
 
     sql = PG_SQL
 
-    def __init__(self, url: str, *, connect_timeout_s: float = 10.0, statement_timeout_ms: int = 10000) -> None:
+    def __init__(self, url: str, *, connect_timeout_s: float = 10.0, lock_timeout_ms: int = 10000) -> None:
         driver()
         self.url = url
         self.location = redact(url)
         self._connect_timeout = connect_timeout_s
-        self._statement_timeout_ms = int(statement_timeout_ms)
+        self._lock_timeout_ms = int(lock_timeout_ms)
         with self.reader() as conn:
             found = conn.execute("SELECT obj_description(to_regclass('tasks'), 'pg_class')").fetchone()[0]
         if found != MARK:
@@ -310,12 +311,12 @@ class PostgresReader(Reads):
         psycopg = driver()
         conn = connect(self.url, connect_timeout_s=self._connect_timeout)
         try:
-            conn.execute(f"SET statement_timeout = {self._statement_timeout_ms}")
+            conn.execute(f"SET lock_timeout = {self._lock_timeout_ms}")
             yield conn
-        except psycopg.errors.QueryCanceled as exc:
-            raise psycopg.errors.QueryCanceled(
-                f"database {self.location}: no answer within {self._statement_timeout_ms} ms (TQ_BUSY_TIMEOUT_MS); "
-                f"another session may hold its tables locked ({text_of(exc)})") from exc
+        except psycopg.errors.LockNotAvailable as exc:
+            raise psycopg.errors.LockNotAvailable(
+                f"database {self.location}: another session holds its tables locked; no lock within "
+                f"{self._lock_timeout_ms} ms (TQ_BUSY_TIMEOUT_MS) ({text_of(exc)})") from exc
         finally:
             conn.close()
 

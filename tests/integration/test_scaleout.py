@@ -180,7 +180,7 @@ def test_a_postgresql_url_without_psycopg_is_a_clear_error(tmp_path, workload):
 
 def test_status_and_dlq_list_on_a_locked_postgresql_table_fail_within_the_busy_timeout(tmp_path, request,
                                                                                        workload):
-    """Noticed in an earlier review: on PostgreSQL ``status`` and ``dlq list`` had no statement timeout,
+    """Noticed in an earlier review: on PostgreSQL ``status`` and ``dlq list`` had no timeout at all,
     so a table locked by another session (a migration, a VACUUM FULL) held them forever. As on SQLite, they wait
     at most TQ_BUSY_TIMEOUT_MS, then say so."""
     import psycopg
@@ -192,7 +192,7 @@ def test_status_and_dlq_list_on_a_locked_postgresql_table_fail_within_the_busy_t
         for argv in (["status"], ["dlq", "list"]):
             done = run(*argv, "--db", database.url, cwd=tmp_path, busy_timeout_ms=300)  # hangs without the timeout
             assert done.returncode == 2, (argv, done.stdout, done.stderr)
-            assert "no answer within 300 ms (TQ_BUSY_TIMEOUT_MS)" in done.stderr, done.stderr
+            assert "holds its tables locked; no lock within 300 ms (TQ_BUSY_TIMEOUT_MS)" in done.stderr, done.stderr
         locker.rollback()
     after = run("status", "--db", database.url, cwd=tmp_path, busy_timeout_ms=300)
     assert after.returncode == 0 and f"queued {len(workload['keys'])}" in after.stdout, after.stderr
