@@ -28,12 +28,12 @@ runs it right there.
 
 A writer that wakes for a lone hand-over may *linger* before it commits it (``linger``, set by the
 queue that owns the store: a few milliseconds, only while every worker has a task waiting), so that
-the hand-overs arriving meanwhile share its commit. A caller that must not wait for company (a
-worker that cannot go on until its start is committed) commits with ``urgent=True``: the writer
-never lingers for it, and ends a linger under way when it arrives. Each commit costs a wake-up of the writer
-and a write of every page it changed: with tasks some milliseconds long, a writer woken for every
+the hand-overs arriving meanwhile share its commit. Each commit costs a wake-up of the writer and a
+write of every page it changed: with tasks some milliseconds long, a writer woken for every
 hand-over committed two or three ops at a time, and spent on that about as much CPU per task as
-the rest of the engine together (see the README, "The commit path").
+the rest of the engine together (see the README, "The commit path"). A caller that must not wait
+for company (a worker that cannot go on until its start is committed) commits with
+``urgent=True``: the writer never lingers for it, and one that arrives ends a linger under way.
 
 The writer never dies silently: an error it cannot recover from (a ROLLBACK
 that fails) marks the committer broken, and every op, queued or later, fails
