@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -143,6 +144,20 @@ def make_image():
         return buf.getvalue()
 
     return make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sigint_at_its_default() -> Iterator[None]:
+    """A shell without job control starts a background command with SIGINT ignored (``./.ci/run &``
+    in a script), and every command a test starts would inherit that, and ignore the SIGINT its
+    test sends (a command keeps a signal ignored at its start, as a background job must). The
+    suite's commands start with SIGINT at its default, whatever started the suite."""
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a handler: reset to default at exec
+    yield
+    if ignored:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @pytest.fixture(scope="session")

@@ -227,7 +227,11 @@ def run_with_signals(target, on_signal, held: object, name: str) -> dict:
             outcome["error"] = exc
 
     main = threading.current_thread() is threading.main_thread()
-    previous = {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS} if main else {}
+    # A signal ignored when the process started stays ignored: a shell without job control starts a
+    # background command (``run ... &`` in a script) with SIGINT ignored, so that a Ctrl-C meant for
+    # the foreground does not stop it. Python's own start-up keeps that too (no KeyboardInterrupt).
+    previous = {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS
+                if signal.getsignal(signum) is not signal.SIG_IGN} if main else {}
     try:
         runner = threading.Thread(target=body, name=name)
         runner.start()  # inherits the held mask

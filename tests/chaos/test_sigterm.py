@@ -13,6 +13,7 @@ import json
 import re
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,25 @@ def test_signal_under_load_finishes_in_flight_work_and_exits_zero(tmp_path, sign
 
     rerun = _rerun_completes_everything(tmp_path, items)
     assert "0 unfinished" in rerun.stdout
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_ignored_when_the_run_started_stays_ignored(tmp_path, signum):
+    """A shell without job control starts ``run ... &`` with SIGINT ignored, so that a Ctrl-C meant
+    for the foreground leaves it alone; the run caught it anyway during the load and stopped."""
+    items = h.make_workload(tmp_path, 120, seed=35)
+    env = h.env(workers=4, fault_latency_s=0.02, fault_jitter_s=0.01, fault_seed=35)
+    ignoring = [sys.executable, "-c", f"import os, signal, sys; signal.signal({int(signum)}, signal.SIG_IGN); "
+                                      "os.execv(sys.argv[1], sys.argv[1:])"]
+    out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+        proc = subprocess.Popen([*ignoring, *h.run_command(tmp_path)], cwd=h.REPO, env=env, stdout=stdout,
+                                stderr=stderr)
+    code = _signal_when(proc, lambda: h.statuses(tmp_path / "tasks.db").get("success", 0) >= 20,
+                        "20 successes", signum, h.HANG)
+    assert code == 0, out.read_text() + err.read_text()
+    assert "stopping intake" not in err.read_text()
+    assert h.statuses(tmp_path / "tasks.db") == {"success": len(h.unique_keys(items))}  # it ran to the end
 
 
 def test_second_signal_exits_at_once_and_the_store_stays_consistent(tmp_path):
