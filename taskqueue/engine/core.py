@@ -252,9 +252,7 @@ class TaskQueue:
         else 0: an idle or draining queue commits at once. A worker that waits for its start's commit
         (PostgreSQL, which has no start ledger; see ``engine.worker``) commits it as urgent: the
         writer does not linger for it."""
-        if len(self._queue.queue) < self.config.workers:
-            return 0.0
-        return self.config.commit_linger_s
+        return self.config.commit_linger_s if len(self._queue.queue) >= self.config.workers else 0.0
 
     def depth(self) -> int:
         """Tasks waiting in the bounded queue now (a snapshot, read without its lock)."""

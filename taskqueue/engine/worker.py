@@ -103,7 +103,8 @@ def _attempt(tq: "TaskQueue", index: int, item: WorkItem, outcome: Op | None) ->
                                                  done=_start_committed(tq, item, slot, item.version)))
             item.version, item.attempts = item.version + 1, item.attempts + 1
         else:  # urgent: this worker cannot go on until it is committed
-            started = tq.store.commit(tq.store.start(item.row_id, item.version, item.attempts), along, urgent=True)
+            started: Attempt = tq.store.commit(tq.store.start(item.row_id, item.version, item.attempts), along,
+                                               urgent=True)
             item.version, item.attempts = started
             item.epoch = tq.inflight.epoch  # the row is ours, now
     except StaleVersion as exc:

@@ -77,8 +77,30 @@ class CountingQueue:
             self.puts += 1
             self.changed.notify_all()
 
+    def wait_for_puts(self, n: int) -> None:
+        with self.changed:
+            assert self.changed.wait_for(lambda: self.puts >= n, WAIT_S)
+
     def __getattr__(self, name):
         return getattr(self.inner, name)
+
+
+@contextlib.contextmanager
+def holding_the_writer(store: SQLiteStore) -> Iterator[None]:
+    """Hold the store's writer inside an op of its own, after its drain, until the block ends: what
+    is handed over meanwhile waits for its next drain."""
+    running, gate = threading.Event(), threading.Event()
+
+    def held(_conn) -> None:
+        running.set()
+        assert gate.wait(WAIT_S)
+
+    store.post(Op(held))
+    assert running.wait(WAIT_S)
+    try:
+        yield
+    finally:
+        gate.set()
 
 
 def test_operations_waiting_on_a_busy_database_share_commits(store, db):
@@ -96,8 +118,7 @@ def test_operations_waiting_on_a_busy_database_share_commits(store, db):
             t.start()
         # At most one caller found the connection idle (it is blocked in its INSERT now, holding the
         # connection); every other one handed its claim over. Nothing can commit meanwhile.
-        with queued.changed:
-            assert queued.changed.wait_for(lambda: queued.puts >= clients - 1, WAIT_S)
+        queued.wait_for_puts(clients - 1)
         assert raw(db, "SELECT COUNT(*) FROM tasks") == [(0,)]
     for t in threads:
         t.join(WAIT_S)
@@ -418,19 +439,12 @@ def test_a_lingering_writer_commits_what_arrives_meanwhile_with_the_hand_over_it
 def test_a_writer_that_finds_more_waiting_commits_at_once_without_lingering(store):
     """Only a lone hand-over waits: a writer that already has company (a busy queue at zero task
     length, where the writer is the bottleneck) must never idle."""
-    running, gate, second_done = threading.Event(), threading.Event(), threading.Event()
+    second_done = threading.Event()
     calls = []
-
-    def held(_conn) -> None:  # runs in the writer, after its drain: what is posted now waits for the next one
-        running.set()
-        assert gate.wait(WAIT_S)
-
     store.committer.linger = lambda: calls.append("linger") or 0.0
-    store.post(Op(held))
-    assert running.wait(WAIT_S)
-    store.post(store.claim(make_task(1), 3))
-    store.post(store.claim(make_task(2), 3)._replace(done=lambda _r, _e: second_done.set()))
-    gate.set()
+    with holding_the_writer(store):  # what is posted now waits for the next drain, together
+        store.post(store.claim(make_task(1), 3))
+        store.post(store.claim(make_task(2), 3)._replace(done=lambda _r, _e: second_done.set()))
     assert second_done.wait(WAIT_S)
     assert calls == ["linger"]  # for the lone first hand-over only: the next one found another behind it
     assert store.counts()["queued"] == 2
@@ -478,23 +492,14 @@ def test_an_urgent_commit_ends_a_linger_under_way(store):
 def test_the_writer_never_lingers_for_an_urgent_call_it_woke_for(store):
     """An urgent call that arrives alone, while the writer is busy, is committed as soon as the writer
     is free: it is not the company a linger waits for."""
-    running, gate = threading.Event(), threading.Event()
     calls = []
-
-    def held(_conn) -> None:  # runs in the writer, after its drain: what is handed over now comes next, alone
-        running.set()
-        assert gate.wait(WAIT_S)
-
     queued = store.committer._queued = CountingQueue(store.committer._queued)
-    store.post(Op(held))
-    assert running.wait(WAIT_S)
-    store.committer.linger = lambda: calls.append("linger") or 3600.0
     claims: list = []
     waiting = threading.Thread(target=lambda: claims.append(store.commit(store.claim(make_task(1), 3), urgent=True)))
-    waiting.start()
-    with queued.changed:  # queued behind the busy writer
-        assert queued.changed.wait_for(lambda: queued.puts >= 2, WAIT_S)
-    gate.set()
+    with holding_the_writer(store):  # what is handed over now comes next, alone
+        store.committer.linger = lambda: calls.append("linger") or 3600.0
+        waiting.start()
+        queued.wait_for_puts(2)  # queued behind the busy writer
     waiting.join(WAIT_S)  # hang guard only: a writer lingering for it would sleep for an hour
     assert not waiting.is_alive() and claims[0].inserted
     assert calls == []
@@ -502,7 +507,7 @@ def test_the_writer_never_lingers_for_an_urgent_call_it_woke_for(store):
 
 def test_an_urgent_call_already_committed_does_not_cut_the_next_linger_short(store):
     """The urgent call that ends a linger (or finds none under way) must not end the next one too."""
-    running, gate, lingering = threading.Event(), threading.Event(), threading.Event()
+    lingering = threading.Event()
     pause = [0.0]
 
     def linger() -> float:
@@ -510,19 +515,12 @@ def test_an_urgent_call_already_committed_does_not_cut_the_next_linger_short(sto
             lingering.set()
         return pause[0]
 
-    def held(_conn) -> None:
-        running.set()
-        assert gate.wait(WAIT_S)
-
     store.committer.linger = linger
     queued = store.committer._queued = CountingQueue(store.committer._queued)
-    store.post(Op(held))
-    assert running.wait(WAIT_S)
     waiting = threading.Thread(target=lambda: store.commit(store.claim(make_task(1), 3), urgent=True))
-    waiting.start()
-    with queued.changed:  # an urgent call behind the busy writer, none lingering
-        assert queued.changed.wait_for(lambda: queued.puts >= 2, WAIT_S)
-    gate.set()
+    with holding_the_writer(store):
+        waiting.start()
+        queued.wait_for_puts(2)  # an urgent call behind the busy writer, none lingering
     waiting.join(WAIT_S)
     assert not waiting.is_alive()
     pause[0] = 3600.0
