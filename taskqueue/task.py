@@ -26,6 +26,7 @@ MAX_PARAM_STRING = 256
 VARIANT_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _ID_PATTERN = re.compile(r"[A-Za-z0-9._:@/+=-]{1,%d}" % MAX_ID_LENGTH)
 _FIELDS = frozenset({"id", "image_key", "variant", "params"})
+NO_PARAMS: Mapping[str, Any] = MappingProxyType({})  # the params of a task without any (shared: it cannot change)
 
 
 class TaskStatus(str, enum.Enum):
@@ -86,9 +87,13 @@ class Task:
             raise InvalidTask(
                 f"field 'variant': {self.variant!r} is not a variant name "
                 f"(lowercase letters, digits and '_', starting with a letter, at most 32)")
-        _check_params(self.params)
-        # Freeze a private copy so a Task is a value: nobody can change it under the queue.
         params = self.params
+        if params is NO_PARAMS or (type(params) is dict and not params):  # most tasks: nothing to check or copy
+            object.__setattr__(self, "params", NO_PARAMS)
+            object.__setattr__(self, "_key", make_idempotency_key(self.image_key, self.variant))
+            return
+        _check_params(params)
+        # Freeze a private copy so a Task is a value: nobody can change it under the queue.
         object.__setattr__(self, "params", MappingProxyType(dict(params)))
         # Read several times on a task's way through the queue: made once (not a field, so not compared).
         object.__setattr__(self, "_key", make_idempotency_key(self.image_key, self.variant, params.get("format")))

@@ -157,7 +157,7 @@ class Committer:
                 results = self._execute(ops)
             finally:
                 self._conn_lock.release()
-            self._local.deliver([Call(ops)], results)
+            self._local.deliver([Call(ops)], ops, results)
         else:
             call.ready.acquire()
             results = call.results
@@ -245,7 +245,7 @@ class Committer:
                     results = self._execute(ops)
                 except BaseException as exc:  # noqa: BLE001 - this thread must outlive any error
                     results = [(None, exc)] * len(ops)
-            self._local.deliver(calls, results)
+            self._local.deliver(calls, ops, results)
             with self._state:  # only now: a direct commit's callbacks never run before these
                 self._pending -= len(calls) + stopping
 

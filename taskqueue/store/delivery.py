@@ -51,9 +51,9 @@ class Delivery(threading.local):
     delivering = False
     interrupted: BaseException | None = None
 
-    def deliver(self, calls: list[Call], results: Results) -> None:
-        """Report ``results`` (one per op of ``calls``, in order): ``done`` callbacks first (in this
-        thread), then wake the waiting callers."""
+    def deliver(self, calls: list[Call], ops: Sequence["Op"], results: Results) -> None:
+        """Report ``results`` (one per op of ``ops``: the ops of ``calls``, in order): ``done``
+        callbacks first (in this thread), then wake the waiting callers."""
         outer = self.delivering
         self.delivering = True
         position = 0
@@ -61,19 +61,17 @@ class Delivery(threading.local):
             if call.ready is not None:
                 call.results = results[position:position + len(call.ops)]
             position += len(call.ops)
-        each = iter(results)
         interrupted: BaseException | None = None
         try:
-            for call in calls:
-                for op, (result, error) in zip(call.ops, each):  # ops first: zip stops at the call's end
-                    if op.done is not None:
-                        try:
-                            op.done(result, error)
-                        except BaseException as exc:  # noqa: BLE001 - a callback must not stop delivery
-                            _log.exception("store callback failed", extra={
-                                "event": "callback_error", "task_id": None, "idempotency_key": None})
-                            if not isinstance(exc, Exception) and interrupted is None:
-                                interrupted = exc
+            for op, (result, error) in zip(ops, results):
+                if op.done is not None:
+                    try:
+                        op.done(result, error)
+                    except BaseException as exc:  # noqa: BLE001 - a callback must not stop delivery
+                        _log.exception("store callback failed", extra={
+                            "event": "callback_error", "task_id": None, "idempotency_key": None})
+                        if not isinstance(exc, Exception) and interrupted is None:
+                            interrupted = exc
         finally:
             self.delivering = outer
             for call in calls:

@@ -174,6 +174,15 @@ def test_params_are_copied_from_the_input():
     assert task.params == {"quality": 80}
 
 
+def test_empty_params_are_not_the_callers_dict():
+    params: dict = {}  # a task without params keeps none of the caller's: filling the dict later changes nothing
+    task = Task(id="t", image_key="k", variant="gzip", params=params)
+    params["format"] = "webp"
+    assert task.params == {} and task.idempotency_key == "k:gzip"
+    with pytest.raises(TypeError):
+        task.params["format"] = "webp"  # type: ignore[index]
+
+
 def test_params_cannot_be_mutated_through_the_task():
     task = Task.from_dict(with_(params={"quality": 80}))
     with pytest.raises(TypeError):
