@@ -26,7 +26,7 @@ from .. import workload
 from ..objectstore import LocalObjectStore
 from ..processor import FaultConfig, Processor
 from ..task import Task
-from . import clients, cputime, stats, thumbs
+from . import clients, cputime, hostspeed, stats, thumbs
 from .impls import TimedProcessor, make_impl
 from .sampling import SAMPLE_INTERVAL_S, Sampler, peak_rss_kib
 
@@ -91,6 +91,7 @@ def run_row(spec: dict) -> dict:
         drive = clients.open_loop if spec["open_loop"] else clients.closed_loop
         processor.reset()
         gc.collect()
+        probe_before = hostspeed.probe()  # the machine's speed now, the implementation idle
         try:
             with Sampler(impl.depth, impl.held) as sampler:
                 cpu0, threads0 = time.process_time(), cputime.thread_cpu()
@@ -101,7 +102,11 @@ def run_row(spec: dict) -> dict:
             metrics = impl.metrics()
         finally:
             impl.close()
+        probe_after = hostspeed.probe()
         result = _measurements(spec, load, metrics, processor, sampler, cpu_s)
+        # The fixed work's time around the load (see hostspeed): the row's host speed, and how it moved.
+        result["host_probe_ms"] = (probe_before + probe_after) / 2
+        result["host_probe_span_ms"] = [probe_before, probe_after]
         # Where the CPU went, per task: the implementation's threads by name, "client" the load's
         # client threads (gone by the end) and whatever else the process spent; None off Linux.
         result["cpu_us_per_task_by_thread"] = None if threads is None or not load.completed else {

@@ -132,7 +132,21 @@ def spread_target(rows: list[dict]) -> dict:
                 for r in found for low, high in [r["spread"]["throughput_per_s"]])
     detail = ", ".join(f"{r['label']} {r['spread']['throughput_per_s'][0]:.0f}-{r['spread']['throughput_per_s'][1]:.0f}"
                        f" around {r['throughput_per_s']:.0f}" for r in found)
-    return _target(name, worst <= TARGET_SPREAD, worst, f"widest {worst:.1%} ({detail}; {found[0]['repeats']} repeats)")
+    return _target(name, worst <= TARGET_SPREAD, worst,
+                   f"widest {worst:.1%} ({detail}; {found[0]['repeats']} repeats){host_moved(found)}")
+
+
+def host_moved(rows: list[dict]) -> str:
+    """How far the host's speed moved over the runs of ``rows`` (their ``host_probe_ms``, see
+    ``hostspeed``): "" for runs made before the probe existed. Said beside a spread, never in
+    place of it: a probe some 80 ms long tells a host that slowed for minutes, not what a row of
+    seconds met (on quiet stretches the rows moved while the probe did not, and the other way)."""
+    probes = [run.get("host_probe_ms") for row in rows for run in row["runs"]]
+    if not probes or any(probe is None for probe in probes):
+        return ""
+    middle = stats.median(probes)
+    return (f"; the host's speed probe moved {(max(probes) - min(probes)) / middle:.0%} over the same runs "
+            f"({min(probes):.1f}-{max(probes):.1f} ms)")
 
 
 FLAT_SHARE = 0.25  # "flat": the engine's RSS growth per task at most a quarter of the baseline's

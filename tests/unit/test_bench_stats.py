@@ -195,6 +195,29 @@ def test_the_processed_target_leaves_out_duplicates_answered_without_work_and_re
     assert "1000 duplicates" in target["detail"]
 
 
+def _spread_rows(engine, stdlib):
+    """io@100 engine and stdlib rows from (throughput, host probe ms) per repeat (None: no probe)."""
+    runs = []
+    for label, pairs in (("engine", engine), ("stdlib", stdlib)):
+        runs += [_run(label, repeat=r, throughput=t, host_probe_ms=p) for r, (t, p) in enumerate(pairs)]
+    return report.aggregate(runs)
+
+
+def test_the_spread_target_says_how_far_the_host_moved_beside_the_spread_as_measured():
+    # The host took 10 ms for the probe, then 12.5 ms (20 % slower): both rows lost 20 % in that repeat.
+    rows = _spread_rows(engine=[(1000.0, 10.0), (1000.0, 10.0), (800.0, 12.5)],
+                        stdlib=[(1100.0, 10.0), (1100.0, 10.0), (880.0, 12.5)])
+    target = verdict.spread_target(rows)
+    assert target["status"] == "MISSED" and target["value"] == pytest.approx(0.2)  # as measured: 800 vs 1000
+    assert target["detail"].endswith("; the host's speed probe moved 25% over the same runs (10.0-12.5 ms)")
+
+
+def test_the_spread_target_of_runs_made_before_the_probe_says_nothing_of_it():
+    rows = _spread_rows(engine=[(1000.0, None), (990.0, None)], stdlib=[(1100.0, None), (1090.0, None)])
+    target = verdict.spread_target(rows)
+    assert target["status"] == "MET" and "probe" not in target["detail"]
+
+
 def test_burst_growth_is_the_slope_between_the_two_sizes_per_1000_tasks():
     runs = [_burst("baseline", 1000, 1000, held_max=990), _burst("baseline", 5000, 9000, held_max=4900),
             _burst("engine", 1000, 6000, held_max=240), _burst("engine", 5000, 6400, held_max=244),
@@ -232,3 +255,18 @@ def test_burst_rss_target_needs_two_sizes():
     rss = verdict.rss_target(one_size)
     assert rss["status"] == "n/a" and "two sizes" in rss["detail"]
     assert report.burst_growth(one_size) is None
+
+
+# -- the host's speed probe -----------------------------------------------------------------
+
+def test_the_probe_is_the_fastest_of_its_rounds_in_ms():
+    from taskqueue.bench import hostspeed
+    ticks = iter([0.0, 0.020, 1.0, 1.030, 2.0, 2.010, 3.0, 3.025])  # rounds of 20, 30, 10 and 25 ms
+    assert hostspeed.probe(rounds=4, clock=lambda: next(ticks)) == pytest.approx(10.0)
+    with pytest.raises(ValueError, match="rounds must be at least 1"):
+        hostspeed.probe(rounds=0)
+
+
+def test_the_probes_work_is_the_same_every_time():
+    from taskqueue.bench import hostspeed
+    assert hostspeed.work() == hostspeed.work() > 0
