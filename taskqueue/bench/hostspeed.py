@@ -6,16 +6,24 @@ more CPU after the second of five rounds). A row that ran in such a stretch is s
 no implementation controls. Each row therefore times :func:`probe` just before and just after its
 load, with the implementation idle: the same work every time (compressing a fixed text with zlib,
 as the io rows do, and a loop of plain Python), so its time moves only with the machine. The
-report gives each row's median probe time and its spread beside the row's own (see
+rows that write outputs also wait for the disk, whose flushes are shared with the host's other
+tenants: :func:`fsync_probe` times what making one small file durable costs there, the same way.
+The report gives each row's median of both and their spread beside the row's own (see
 ``verdict.spread_target``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import statistics
 import time
 import zlib
 
+from ..confined import fsync_directory
+
 ROUNDS = 10  # the probe's figure is the fastest of this many timings (~8 ms each)
+FSYNC_ROUNDS = 10  # the fsync probe's figure is the median of this many (a few ms each on a disk)
 _TEXT = b"".join(b"line %6d: the quick brown fox jumps over the lazy dog %d\n" % (i, i * 7919 % 1000)
                  for i in range(2048))  # ~120 KiB, compressible as text is
 
@@ -43,3 +51,28 @@ def probe(rounds: int = ROUNDS, clock=time.perf_counter) -> float:
         work()
         timings.append((clock() - began) * 1000.0)
     return min(timings)
+
+
+def fsync_probe(directory: str, rounds: int = FSYNC_ROUNDS, clock=time.perf_counter) -> float:
+    """Milliseconds to make a small file durable in ``directory`` now, as the object store makes an
+    output: write 4 KiB to a new file, fsync it and the directory; the median of ``rounds`` (the
+    disk's flushes vary from one to the next, and a row meets them all). The file is removed."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds!r}")
+    path = os.path.join(directory, ".hostspeed-probe")
+    block = bytes(4096)
+    timings = []
+    try:
+        for _ in range(rounds):
+            began = clock()
+            with open(path, "wb") as f:
+                f.write(block)
+                f.flush()
+                os.fsync(f.fileno())
+            with contextlib.suppress(OSError):  # a file system that cannot sync a directory (Windows)
+                fsync_directory(directory)
+            timings.append((clock() - began) * 1000.0)
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+    return statistics.median(timings)

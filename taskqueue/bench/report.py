@@ -47,8 +47,10 @@ Memory and backlog metrics (per run, medians per row):
 
 Host speed (per run): ``host_probe_ms`` -- how long a fixed piece of work took on the machine
 (:mod:`.hostspeed`), the mean of a probe just before the load and one just after it
-(``host_probe_span_ms``), the implementation idle. It moves only with the machine: a row whose
-repeats spread while it moved as much ran on a host that changed speed.
+(``host_probe_span_ms``), the implementation idle; ``host_fsync_ms`` (``host_fsync_span_ms``) --
+how long making a small file durable took in the row's directory, the same way. They move only
+with the machine: a row whose repeats spread while they moved as much ran on a host (or a disk)
+that changed speed.
 
 :func:`burst_growth` turns the burst rows at two sizes into RSS growth per
 1000 tasks (the slope), which the burst memory target in ``verdict`` uses.
@@ -72,6 +74,7 @@ METRICS = (
     "dedup_hits", "process_calls", "queue_depth_max", "queue_depth_mean", "queue_depth_p95",
     "utilisation", "cpu_cores", "submit_blocked_s", "submit_max_ms", "submit_phase_s", "held_max",
     "rss_peak_kib", "rss_start_kib", "rss_growth_kib", "wall_s", "host_probe_ms",
+    "host_fsync_ms",
 )
 CSV_SPREAD = ("throughput_per_s", "latency_p95_ms")
 CSV_COLUMNS = IDENTITY + ("repeats",) + METRICS + tuple(

@@ -92,6 +92,7 @@ def run_row(spec: dict) -> dict:
         processor.reset()
         gc.collect()
         probe_before = hostspeed.probe()  # the machine's speed now, the implementation idle
+        fsync_before = hostspeed.fsync_probe(workdir)  # and its disk's, where the row writes
         try:
             with Sampler(impl.depth, impl.held) as sampler:
                 cpu0, threads0 = time.process_time(), cputime.thread_cpu()
@@ -102,11 +103,13 @@ def run_row(spec: dict) -> dict:
             metrics = impl.metrics()
         finally:
             impl.close()
-        probe_after = hostspeed.probe()
+        probe_after, fsync_after = hostspeed.probe(), hostspeed.fsync_probe(workdir)
         result = _measurements(spec, load, metrics, processor, sampler, cpu_s)
         # The fixed work's time around the load (see hostspeed): the row's host speed, and how it moved.
         result["host_probe_ms"] = (probe_before + probe_after) / 2
         result["host_probe_span_ms"] = [probe_before, probe_after]
+        result["host_fsync_ms"] = (fsync_before + fsync_after) / 2
+        result["host_fsync_span_ms"] = [fsync_before, fsync_after]
         # Where the CPU went, per task: the implementation's threads by name, "client" the load's
         # client threads (gone by the end) and whatever else the process spent; None off Linux.
         result["cpu_us_per_task_by_thread"] = None if threads is None or not load.completed else {

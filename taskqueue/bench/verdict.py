@@ -137,16 +137,18 @@ def spread_target(rows: list[dict]) -> dict:
 
 
 def host_moved(rows: list[dict]) -> str:
-    """How far the host's speed moved over the runs of ``rows`` (their ``host_probe_ms``, see
-    ``hostspeed``): "" for runs made before the probe existed. Said beside a spread, never in
-    place of it: a probe some 80 ms long tells a host that slowed for minutes, not what a row of
-    seconds met (on quiet stretches the rows moved while the probe did not, and the other way)."""
-    probes = [run.get("host_probe_ms") for row in rows for run in row["runs"]]
-    if not probes or any(probe is None for probe in probes):
-        return ""
-    middle = stats.median(probes)
-    return (f"; the host's speed probe moved {(max(probes) - min(probes)) / middle:.0%} over the same runs "
-            f"({min(probes):.1f}-{max(probes):.1f} ms)")
+    """How far the host's speed moved over the runs of ``rows``: its CPU (``host_probe_ms``) and its
+    disk (``host_fsync_ms``), see ``hostspeed``; nothing of a probe the runs were made without.
+    Said beside a spread, never in place of it: probes some 80 ms long tell a host that slowed for
+    minutes, not what a row of seconds met."""
+    out = ""
+    for field, what in (("host_probe_ms", "CPU"), ("host_fsync_ms", "fsync")):
+        probes = [run.get(field) for row in rows for run in row["runs"]]
+        if probes and all(probe is not None for probe in probes):
+            middle = stats.median(probes)
+            out += (f"; the host's {what} probe moved {(max(probes) - min(probes)) / middle:.0%} over the same "
+                    f"runs ({min(probes):.1f}-{max(probes):.1f} ms)")
+    return out
 
 
 FLAT_SHARE = 0.25  # "flat": the engine's RSS growth per task at most a quarter of the baseline's

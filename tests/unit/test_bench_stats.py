@@ -199,7 +199,8 @@ def _spread_rows(engine, stdlib):
     """io@100 engine and stdlib rows from (throughput, host probe ms) per repeat (None: no probe)."""
     runs = []
     for label, pairs in (("engine", engine), ("stdlib", stdlib)):
-        runs += [_run(label, repeat=r, throughput=t, host_probe_ms=p) for r, (t, p) in enumerate(pairs)]
+        runs += [_run(label, repeat=r, throughput=t, host_probe_ms=p, host_fsync_ms=None)
+                 for r, (t, p) in enumerate(pairs)]
     return report.aggregate(runs)
 
 
@@ -209,7 +210,15 @@ def test_the_spread_target_says_how_far_the_host_moved_beside_the_spread_as_meas
                         stdlib=[(1100.0, 10.0), (1100.0, 10.0), (880.0, 12.5)])
     target = verdict.spread_target(rows)
     assert target["status"] == "MISSED" and target["value"] == pytest.approx(0.2)  # as measured: 800 vs 1000
-    assert target["detail"].endswith("; the host's speed probe moved 25% over the same runs (10.0-12.5 ms)")
+    assert target["detail"].endswith("; the host's CPU probe moved 25% over the same runs (10.0-12.5 ms)")
+
+
+def test_the_spread_target_says_how_far_the_disk_moved_too():
+    runs = [_run(label, repeat=r, throughput=t, host_probe_ms=8.0, host_fsync_ms=f)
+            for label in ("engine", "stdlib") for r, (t, f) in enumerate([(1000.0, 2.0), (990.0, 3.0), (995.0, 2.0)])]
+    detail = verdict.spread_target(report.aggregate(runs))["detail"]
+    assert detail.endswith("; the host's CPU probe moved 0% over the same runs (8.0-8.0 ms)"
+                           "; the host's fsync probe moved 50% over the same runs (2.0-3.0 ms)")
 
 
 def test_the_spread_target_of_runs_made_before_the_probe_says_nothing_of_it():
@@ -270,3 +279,12 @@ def test_the_probe_is_the_fastest_of_its_rounds_in_ms():
 def test_the_probes_work_is_the_same_every_time():
     from taskqueue.bench import hostspeed
     assert hostspeed.work() == hostspeed.work() > 0
+
+
+def test_the_fsync_probe_is_the_median_in_ms_and_leaves_nothing_behind(tmp_path):
+    from taskqueue.bench import hostspeed
+    ticks = iter([0.0, 0.004, 1.0, 1.001, 2.0, 2.002])  # 4, 1 and 2 ms
+    assert hostspeed.fsync_probe(str(tmp_path), rounds=3, clock=lambda: next(ticks)) == pytest.approx(2.0)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="rounds must be at least 1"):
+        hostspeed.fsync_probe(str(tmp_path), rounds=0)

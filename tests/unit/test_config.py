@@ -33,7 +33,7 @@ def test_defaults():
     assert (c.workers, c.queue_size, c.on_full, c.put_timeout_s, c.max_attempts) == (8, 128, "block", None, 3)
     assert (c.retry_base_s, c.retry_cap_s, c.lease_s) == (0.1, 10.0, 300.0)
     assert (c.db_synchronous, c.busy_timeout_ms, c.chunk_size, c.fsync_outputs) == ("normal", 10000, 65536, True)
-    assert c.commit_linger_s == 0.005
+    assert c.commit_linger_s == 0.002
     assert (c.shutdown_grace_s, c.max_task_file_bytes, c.retry_seed) == (30.0, 64 * 1024 * 1024, None)
     assert (c.fault_latency_s, c.fault_jitter_s, c.fault_transient_rate, c.fault_permanent_rate,
             c.fault_timeout_s, c.fault_seed, c.log_level) == (0.0, 0.0, 0.0, 0.0, None, 0, None)
