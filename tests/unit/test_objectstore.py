@@ -224,8 +224,11 @@ def test_a_directory_swapped_for_a_symlink_after_its_path_was_resolved_is_never_
     """Found by a review (a real race, renameat2 against the store, leaked reads and writes within
     seconds): the path was resolved and checked, then opened by name, so a directory renamed away
     and replaced by a symlink in between was followed out of the root. The swap is injected at
-    that point here: the path is resolved, then ``d`` becomes a symlink to the canary directory."""
+    that point here: the path is resolved, then ``d`` becomes a symlink to the canary directory.
+    The key goes through a symlink inside the root (``alias`` -> ``d``), so it is resolved before it
+    is walked (a key without one is walked as written: see the test after this one)."""
     store.write("d/secret.txt", [b"inside"])
+    symlink(os.path.join(store.root, "d"), os.path.join(store.root, "alias"), target_is_directory=True)
     resolve = store.path_for
 
     def resolve_then_swap(key: str) -> str:
@@ -237,47 +240,121 @@ def test_a_directory_swapped_for_a_symlink_after_its_path_was_resolved_is_never_
 
     monkeypatch.setattr(store, "path_for", resolve_then_swap)
     if operation in ("read", "open_read", "size"):
-        call = {"read": lambda: b"".join(store.read_chunks("d/secret.txt")),
-                "open_read": lambda: store.open_read("d/secret.txt").read(),
-                "size": lambda: store.size("d/secret.txt")}[operation]
+        call = {"read": lambda: b"".join(store.read_chunks("alias/secret.txt")),
+                "open_read": lambda: store.open_read("alias/secret.txt").read(),
+                "size": lambda: store.size("alias/secret.txt")}[operation]
         with pytest.raises(SourceMissing):
             call()
     elif operation == "write":
         with pytest.raises(OutputWriteError):
-            store.write("d/planted.txt", [b"x"])
+            store.write("alias/planted.txt", [b"x"])
     elif operation == "exists":
-        assert store.exists("d/secret.txt") is False
+        assert store.exists("alias/secret.txt") is False
     else:
-        assert store.delete("d/secret.txt") is False
+        assert store.delete("alias/secret.txt") is False
     # the canary fixture fails the test at teardown if anything beside the store root changed
     assert (canary / "secret.txt").read_bytes() == b"do not touch\n" and not (canary / "planted.txt").exists()
 
 
 @pytest.mark.skipif(not confined.BENEATH, reason="no *at calls that refuse symlinks here")
+def test_a_key_without_a_symlink_is_walked_as_written_and_one_with_a_symlink_is_resolved_first(store, monkeypatch):
+    """Resolving a path (``realpath``) looks at every component of it, each a system call that gives
+    the GIL up: a key that passes no symlink is walked from the root as written instead, the walk
+    itself refusing any symlink (see ``_reach``). One that passes a symlink inside the root is
+    resolved first, as before."""
+    store.write("a/b/obj.txt", [b"x"])
+    symlink(os.path.join(store.root, "a"), os.path.join(store.root, "alias"), target_is_directory=True)
+    resolve, resolved = store.path_for, []
+    monkeypatch.setattr(store, "path_for", lambda key: resolved.append(key) or resolve(key))
+    assert b"".join(store.read_chunks("a/b/obj.txt")) == b"x"
+    store.write("a/c/new.txt", [b"y"])
+    assert store.exists("a/c/new.txt") and store.size("a/b/obj.txt") == 1 and store.delete("a/c/new.txt")
+    assert not store.exists("a/c/missing.txt")
+    assert resolved == []
+    assert b"".join(store.read_chunks("alias/b/obj.txt")) == b"x"
+    assert resolved == ["alias/b/obj.txt"]
+
+
+@pytest.mark.skipif(not confined.BENEATH, reason="no *at calls that refuse symlinks here")
+@pytest.mark.parametrize("operation", ["read", "open_read", "write", "exists", "size", "delete"])
+def test_a_directory_swapped_for_a_symlink_once_walked_is_never_followed_out(
+        store, canary, monkeypatch, operation):
+    """A key with no symlink is walked as written, not resolved first (see ``_reach``). Once the walk
+    holds ``d``, ``d`` is renamed away and replaced by a symlink to the canary directory: the
+    operation goes on in the directory the walk holds (the one renamed), never in the canary."""
+    store.write("d/secret.txt", [b"inside"])
+    walk = store._directory
+    swapped = []
+
+    def walk_then_swap(directory: str, *, create: bool = False):
+        fd = walk(directory, create=create)
+        if directory == os.path.join(store.root, "d") and not swapped:
+            os.rename(directory, os.path.join(store.root, "d-moved"))
+            symlink(canary, directory, target_is_directory=True)
+            swapped.append(directory)
+        return fd
+
+    monkeypatch.setattr(store, "_directory", walk_then_swap)
+    moved = os.path.join(store.root, "d-moved")
+    if operation == "read":
+        assert b"".join(store.read_chunks("d/secret.txt")) == b"inside"
+    elif operation == "open_read":
+        assert store.open_read("d/secret.txt").read() == b"inside"
+    elif operation == "size":
+        assert store.size("d/secret.txt") == 6
+    elif operation == "write":
+        store.write("d/planted.txt", [b"x"])
+        assert open(os.path.join(moved, "planted.txt"), "rb").read() == b"x"
+    elif operation == "exists":
+        assert store.exists("d/secret.txt") is True
+    else:
+        assert store.delete("d/secret.txt") is True and not os.path.exists(os.path.join(moved, "secret.txt"))
+    assert swapped  # the swap happened, after the walk
+    assert (canary / "secret.txt").read_bytes() == b"do not touch\n" and not (canary / "planted.txt").exists()
+
+
+@pytest.mark.skipif(not confined.BENEATH, reason="no *at calls that refuse symlinks here")
+@pytest.mark.parametrize("route", ["resolved", "walked"])
 @pytest.mark.parametrize("operation", ["read", "open_read", "exists", "size"])
 def test_an_object_swapped_for_a_symlink_after_its_path_was_resolved_is_never_followed_out(
-        store, canary, monkeypatch, operation):
+        store, canary, monkeypatch, operation, route):
     """Found by a review: the object itself swapped for a symlink to a file outside (the same window
     as a directory's) raised a raw ``OSError`` (ELOOP) from a read, and ``size`` answered with the
-    symlink's length."""
+    symlink's length. Injected once the key was resolved (reached through a symlink inside the root,
+    ``alias`` -> ``d``), or once the walk of a key without one has found a regular file there."""
     store.write("d/obj.txt", [b"inside"])
-    resolve = store.path_for
+    target = os.path.join(store.root, "d", "obj.txt")
 
-    def resolve_then_swap(key: str) -> str:
-        path = resolve(key)
-        monkeypatch.setattr(store, "path_for", resolve)  # once
-        os.replace(path, path + ".moved")
-        symlink(canary / "secret.txt", path)
-        return path
+    def swap() -> None:
+        os.replace(target, target + ".moved")
+        symlink(canary / "secret.txt", target)
 
-    monkeypatch.setattr(store, "path_for", resolve_then_swap)
-    if operation == "exists":
-        assert store.exists("d/obj.txt") is False
+    if route == "resolved":
+        symlink(os.path.join(store.root, "d"), os.path.join(store.root, "alias"), target_is_directory=True)
+        key, resolve = "alias/obj.txt", store.path_for
+
+        def resolve_then_swap(key: str) -> str:
+            path = resolve(key)
+            monkeypatch.setattr(store, "path_for", resolve)  # once
+            swap()
+            return path
+        monkeypatch.setattr(store, "path_for", resolve_then_swap)
     else:
-        call = {"read": lambda: b"".join(store.read_chunks("d/obj.txt")),
-                "open_read": lambda: store.open_read("d/obj.txt").read(),
-                "size": lambda: store.size("d/obj.txt")}[operation]
-        with pytest.raises(SourceMissing, match="'d/obj.txt' does not exist"):
+        key, reach = "d/obj.txt", store._reach
+
+        def reach_then_swap(key: str, *, create: bool = False):
+            found = reach(key, create=create)
+            monkeypatch.setattr(store, "_reach", reach)  # once
+            swap()
+            return found
+        monkeypatch.setattr(store, "_reach", reach_then_swap)
+    if operation == "exists":
+        assert store.exists(key) is False
+    else:
+        call = {"read": lambda: b"".join(store.read_chunks(key)),
+                "open_read": lambda: store.open_read(key).read(),
+                "size": lambda: store.size(key)}[operation]
+        with pytest.raises(SourceMissing, match=f"'{key}' does not exist"):
             call()
     assert (canary / "secret.txt").read_bytes() == b"do not touch\n"
 
