@@ -44,6 +44,10 @@ _TEMP_NAME = re.compile(r"\..+" + re.escape(TEMP_MARKER) + r"(?P<pid>[0-9]+)-[0-
 # Opening a named pipe for reading blocks until a writer comes: open without waiting, then look.
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
+# The buffer of an object's file, given explicitly: with the default, opening the file asks the
+# system twice more (whether it is a terminal, and its block size), each call giving the GIL up.
+# Big enough that a compressed output of tens of KiB, header and body, goes out in one write.
+FILE_BUFFER = 64 * 1024
 
 
 class LocalObjectStore:
@@ -196,7 +200,7 @@ class LocalObjectStore:
                 raise SourceMissing(f"object {key!r} does not exist (what is there is not a regular file)")
             if _NONBLOCK:
                 os.set_blocking(fd, True)
-            return os.fdopen(fd, "rb")
+            return os.fdopen(fd, "rb", buffering=FILE_BUFFER)
         except BaseException:
             os.close(fd)
             raise
@@ -219,7 +223,7 @@ class LocalObjectStore:
             fd = os.open(at(parent, directory, temp), os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | _BINARY,
                          0o666, dir_fd=parent)
             created = temp
-            with os.fdopen(fd, "wb") as f:
+            with os.fdopen(fd, "wb", buffering=FILE_BUFFER) as f:
                 yield f
                 if self.fsync:
                     f.flush()
