@@ -8,10 +8,11 @@ fsynced. A reader therefore sees an object complete or not at all.
 
 Keys are validated before any I/O (:mod:`taskqueue.keys`), and a path that would resolve outside the
 root (through ``..`` or a symlink) is refused: nothing is ever read or written
-outside the root. A key may use a symlink that stays inside the root: the path
-is resolved first, then (on POSIX) opened from the root one name at a time
-without following any symlink (:mod:`taskqueue.confined`), so a directory swapped for a symlink in
-between (another process renaming things under the root) is refused, never followed out.
+outside the root. On POSIX every access reaches its name from the root one name at a time
+without following any symlink (:mod:`taskqueue.confined`), so a directory swapped for a symlink
+(another process renaming things under the root) is refused, never followed out. A key that
+passes no symlink -- nearly all -- is walked so as written; a key may also use a symlink that
+stays inside the root: its path is resolved first, then walked the same way.
 """
 
 from __future__ import annotations
@@ -100,8 +101,8 @@ class LocalObjectStore:
         from the root follows no symlink and fails on one, so the key is walked as written first,
         then its entry looked at (``lstat``): when neither meets a symlink, ``realpath`` -- an
         ``lstat`` of every component, each a system call that gives the GIL up, for the other
-        threads to hold -- is saved (on io@100 the engine made 12 % more tasks/s without it, the
-        stdlib pool 6 %). Anything else (a symlink, a component missing or not a directory, an entry
+        threads to hold -- is saved (on io@100 the engine made 8 % more tasks/s, the stdlib pool 3 %:
+        see the README, "The commit path"). Anything else (a symlink, a component missing or not a directory, an entry
         that cannot be looked at) is resolved first, as before, and walked again: the same place,
         the same errors.
         """
