@@ -24,30 +24,37 @@ NOFOLLOW = os.O_NOFOLLOW if BENEATH else 0
 # would; O_PATH descriptors cannot be fsynced (see fsync_held). Elsewhere a directory is opened to read.
 _PATH = getattr(os, "O_PATH", 0)
 _WALK = (_PATH or os.O_RDONLY) | (os.O_DIRECTORY | os.O_NOFOLLOW if BENEATH else 0)
+_READ = os.O_RDONLY | (os.O_DIRECTORY | os.O_NOFOLLOW if BENEATH else 0)
 # What opening a name without following it says when the name is a symlink (or no longer a directory):
 # ELOOP (Linux, for a file; macOS), ENOTDIR (Linux, with O_DIRECTORY), EMLINK (FreeBSD).
 _NOT_THERE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EMLINK})
 
 
-def open_directory(root: str, directory: str, *, create: bool = False, fsync: bool = True) -> int | None:
+def open_directory(root: str, directory: str, *, create: bool = False, fsync: bool = True,
+                   names: list[str] | None = None, root_fd: int | None = None) -> int | None:
     """A descriptor of ``directory`` (a resolved path under ``root``, or ``root`` itself) for the
     ``*at`` calls; None where there are none (the caller then uses the resolved path, see :func:`at`).
 
     Reached from ``root`` one name at a time, never following a symlink: a directory swapped for a
     symlink since the path was resolved is refused (an ``OSError`` that :func:`missing` recognises).
-    ``create`` makes the missing directories, each one's entry made durable (its parent fsynced)
-    when ``fsync`` is on. The caller closes the descriptor. Raises ``OSError``.
+    ``names``: the names from ``root`` to ``directory``, when the caller has them (else derived).
+    ``root_fd``: a descriptor of ``root`` the caller holds (see :func:`hold`), to start from
+    instead of opening ``root`` again; it stays open. ``create`` makes the missing directories,
+    each one's entry made durable (its parent fsynced) when ``fsync`` is on, and opens the last
+    one to read where it may be, so that :func:`fsync_held` needs no second open. The caller
+    closes the descriptor. Raises ``OSError``.
     """
     if not BENEATH:
         if create:
             os.makedirs(directory, exist_ok=True)
         return None
-    fd = os.open(root, _WALK)
-    try:
+    if names is None:
         names = [] if directory == root else os.path.relpath(directory, root).split(os.sep)
-        for name in names:
+    fd = root_fd if names and root_fd is not None else _enter(root, None, create and not names)
+    try:
+        for index, name in enumerate(names, 1):
             try:
-                child = os.open(name, _WALK, dir_fd=fd)
+                child = _enter(name, fd, create and index == len(names))
             except FileNotFoundError:
                 if not create:
                     raise
@@ -55,13 +62,34 @@ def open_directory(root: str, directory: str, *, create: bool = False, fsync: bo
                     os.mkdir(name, dir_fd=fd)
                 if fsync:  # ... and may not have made its entry durable yet
                     fsync_held(fd)
-                child = os.open(name, _WALK, dir_fd=fd)
-            os.close(fd)
+                child = _enter(name, fd, index == len(names))
+            if fd != root_fd:
+                os.close(fd)
             fd = child
         return fd
     except BaseException:
-        os.close(fd)
+        if fd != root_fd:
+            os.close(fd)
         raise
+
+
+def hold(root: str) -> int | None:
+    """A descriptor of the directory ``root`` to walk from (see :func:`open_directory`), which the
+    caller keeps open and closes; None where there are no ``*at`` calls. Walking from a descriptor
+    held saves opening and closing the root again for every access: two system calls, each of which
+    gives the GIL up."""
+    return os.open(root, _WALK) if BENEATH else None
+
+
+def _enter(name: str, dir_fd: int | None, readable: bool) -> int:
+    """Open the directory ``name`` (beside ``dir_fd``) without following it; ``readable``: to read,
+    where this user may (see :data:`_WALK`), so that it can be fsynced as it is."""
+    if readable and _PATH:
+        try:
+            return os.open(name, _READ, dir_fd=dir_fd)
+        except PermissionError:
+            pass
+    return os.open(name, _WALK, dir_fd=dir_fd)
 
 
 def at(directory_fd: int | None, directory: str, name: str) -> str:
@@ -75,12 +103,15 @@ def missing(exc: OSError) -> bool:
 
 
 def fsync_held(directory_fd: int) -> None:
-    """fsync the directory ``directory_fd`` holds. An ``O_PATH`` descriptor cannot be: the directory
-    is opened again to read, which a user who may write in it but not list it (mode 0o733) may not
-    do; its entries then stay as durable as the file system makes them unasked."""
-    if not _PATH:
+    """fsync the directory ``directory_fd`` holds. An ``O_PATH`` descriptor cannot be (``EBADF``):
+    the directory is opened again to read, which a user who may write in it but not list it (mode
+    0o733) may not do; its entries then stay as durable as the file system makes them unasked."""
+    try:
         os.fsync(directory_fd)
         return
+    except OSError as exc:
+        if not (_PATH and exc.errno == errno.EBADF):
+            raise
     try:
         fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=directory_fd)
     except PermissionError:

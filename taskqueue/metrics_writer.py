@@ -3,7 +3,7 @@
 The engine writes ``--metrics-out`` once, at shutdown; :class:`PeriodicMetricsWriter`
 keeps the same file current while the run lasts, so a long run can be
 followed with nothing more than ``cat``. Each write goes through
-:func:`~taskqueue.objectstore.atomic_write_text` (temp file, fsync, rename):
+:func:`~taskqueue.tempfiles.atomic_write_text` (temp file, fsync, rename):
 a reader sees the previous snapshot or the next, never half of one.
 """
 
@@ -17,7 +17,7 @@ from typing import Callable
 
 from .errors import text_of
 from .logs import LOGGER_NAME
-from .objectstore import atomic_write_text
+from .tempfiles import atomic_write_text
 
 _log = logging.getLogger(LOGGER_NAME)
 

@@ -8,8 +8,8 @@ fsynced. A reader therefore sees an object complete or not at all.
 
 Keys are validated before any I/O (:mod:`taskqueue.keys`), and a path that would resolve outside the
 root (through ``..`` or a symlink) is refused: nothing is ever read or written
-outside the root. On POSIX every access reaches its name from the root one name at a time
-without following any symlink (:mod:`taskqueue.confined`), so a directory swapped for a symlink
+outside the root. On POSIX every access reaches its name from the root (a descriptor of it held
+open) one name at a time without following any symlink (:mod:`taskqueue.confined`), so a directory swapped for a symlink
 (another process renaming things under the root) is refused, never followed out. A key that
 passes no symlink -- nearly all -- is walked so as written; a key may also use a symlink that
 stays inside the root: its path is resolved first, then walked the same way.
@@ -19,31 +19,23 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
-import itertools
 import os
-import re
-import socket
 import stat
+import sys
+import weakref
 from typing import BinaryIO, Iterable, Iterator
 
-from .confined import BENEATH, NOFOLLOW, at, fsync_directory, fsync_held, missing, open_directory
+from .confined import BENEATH, NOFOLLOW, at, fsync_directory, fsync_held, hold, missing, open_directory
 from .errors import InvalidKey, OutputWriteError, SourceMissing, SourceReadError
 from .keys import MAX_KEY_LENGTH, MAX_SEGMENT_BYTES, MAX_SEGMENT_LENGTH, TEMP_MARKER, validate_key  # noqa: F401
+from .tempfiles import HOST_TAG, TEMP_NAME, abandoned, atomic_write_text, temp_name  # noqa: F401
 
 DEFAULT_CHUNK_SIZE = 64 * 1024
-_temp_counter = itertools.count()
-# Temp files end in "~<host tag>": on a store shared by several machines, a sweep removes only the
-# temp files of dead writers on its own host (another host's pids mean nothing here).
-HOST_TAG = hashlib.sha1(socket.gethostname().encode("utf-8", "surrogatepass")).hexdigest()[:8]
 
-
-# What _temp_name makes, and nothing else: a user's "holiday.tmp-edit.jpg" beside the objects is not ours
-# to sweep. (Names written before the host tag have none: they are this host's.)
-_TEMP_NAME = re.compile(r"\..+" + re.escape(TEMP_MARKER) + r"(?P<pid>[0-9]+)-[0-9]+(?:~(?P<host>[0-9A-Za-z]+))?")
-
-# Opening a named pipe for reading blocks until a writer comes: open without waiting, then look.
+# Opening a named pipe for reading blocks until a writer comes: open without waiting, then look. On
+# Linux the flag has no effect on a regular file (open(2)): it is left set there, one call fewer.
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_CLEAR_NONBLOCK = _NONBLOCK and not sys.platform.startswith("linux")
 _BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
 # The buffer of an object's file, given explicitly: with the default, opening the file asks the
 # system twice more (whether it is a terminal, and its block size), each call giving the GIL up.
@@ -71,6 +63,10 @@ class LocalObjectStore:
         self.root = os.path.realpath(root)
         self.chunk_size = chunk_size
         self.fsync = fsync
+        # Every access walks from this descriptor of the root (see confined.hold), closed with the store.
+        self._root_fd = hold(self.root)
+        if self._root_fd is not None:
+            weakref.finalize(self, os.close, self._root_fd)
 
     def __repr__(self) -> str:
         return f"LocalObjectStore({self.root!r})"
@@ -87,10 +83,12 @@ class LocalObjectStore:
             raise InvalidKey(f"object key {key!r} resolves outside the store root")
         return resolved
 
-    def _directory(self, directory: str, *, create: bool = False) -> int | None:
-        """A descriptor of ``directory`` (resolved, under the root), reached as
-        :func:`~taskqueue.confined.open_directory` says; None where there are no ``*at`` calls."""
-        return open_directory(self.root, directory, create=create, fsync=self.fsync)
+    def _directory(self, directory: str, *, create: bool = False, names: list[str] | None = None) -> int | None:
+        """A descriptor of ``directory`` (resolved, under the root; ``names`` from the root to it, if
+        known), reached as :func:`~taskqueue.confined.open_directory` says; None where there are no
+        ``*at`` calls."""
+        return open_directory(self.root, directory, create=create, fsync=self.fsync, names=names,
+                              root_fd=self._root_fd)
 
     def _reach(self, key: str, *, create: bool = False) -> tuple[str, str, int | None]:
         """Where ``key``'s entry is: its directory (resolved, under the root), the entry's name, and
@@ -111,7 +109,7 @@ class LocalObjectStore:
             *parents, name = key.split("/")
             directory = os.path.join(self.root, *parents)
             try:
-                fd = self._directory(directory, create=create)
+                fd = self._directory(directory, create=create, names=parents)
             except OSError as exc:
                 if not missing(exc):
                     raise
@@ -174,9 +172,7 @@ class LocalObjectStore:
         size = self.chunk_size if chunk_size is None else chunk_size
         if not isinstance(size, int) or size <= 0:
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-        return _ChunkReader(self.open_read(key), size, key)
-
-    # -- writes --------------------------------------------------------------
+        return _ChunkReader(self._open(key), size, key)
 
     def open_read(self, key: str):
         """Open ``key`` for reading as a binary file (for decoders that seek, like Pillow).
@@ -184,6 +180,16 @@ class LocalObjectStore:
         Only a regular file is an object: anything else at the key (a named pipe, whose open would
         block until a writer came, a device) is :class:`SourceMissing`, as :meth:`exists` says.
         """
+        fd = self._open(key)
+        try:
+            return os.fdopen(fd, "rb", buffering=FILE_BUFFER)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _open(self, key: str) -> int:
+        """:meth:`open_read`'s descriptor, before a file object is made of it (which costs two more
+        system calls: :meth:`read_chunks` reads the descriptor itself)."""
         try:
             directory, name, parent = self._reach(key)
             try:
@@ -199,12 +205,14 @@ class LocalObjectStore:
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise SourceMissing(f"object {key!r} does not exist (what is there is not a regular file)")
-            if _NONBLOCK:
+            if _CLEAR_NONBLOCK:
                 os.set_blocking(fd, True)
-            return os.fdopen(fd, "rb", buffering=FILE_BUFFER)
+            return fd
         except BaseException:
             os.close(fd)
             raise
+
+    # -- writes --------------------------------------------------------------
 
     @contextlib.contextmanager
     def open_write(self, key: str) -> Iterator[BinaryIO]:
@@ -217,18 +225,50 @@ class LocalObjectStore:
         are wrapped in :class:`OutputWriteError` with the ``OSError`` as
         ``__cause__``, so the retry policy can read its errno.
         """
-        parent = created = None
+        with self._publishing(key) as fd, os.fdopen(fd, "wb", buffering=FILE_BUFFER, closefd=False) as f:
+            yield f
+            f.flush()
+
+    def write(self, key: str, chunks: Iterable[bytes]) -> int:
+        """Publish ``chunks`` as object ``key`` atomically (see :meth:`open_write`); return the size.
+
+        Written to the descriptor itself, up to :data:`FILE_BUFFER` bytes at a time: a file object
+        would cost two more system calls to make."""
+        written, pending, held = 0, [], 0
+        with self._publishing(key) as fd:
+            for chunk in chunks:
+                pending.append(chunk)
+                held += len(chunk)
+                if held >= FILE_BUFFER:
+                    written += self._write_out(fd, b"".join(pending))
+                    pending, held = [], 0
+            written += self._write_out(fd, b"".join(pending))
+        return written
+
+    @staticmethod
+    def _write_out(fd: int, data: bytes) -> int:
+        """Write all of ``data`` to the temporary file ``fd`` (a write may take less than it is
+        given); return its length."""
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        return len(data)
+
+    @contextlib.contextmanager
+    def _publishing(self, key: str) -> Iterator[int]:
+        """:meth:`open_write` on a descriptor of the temporary file, which this closes."""
+        parent = created = fd = None
         try:
             directory, name, parent = self._reach(key, create=True)
-            temp = _temp_name(name)
+            temp = temp_name(name)
             fd = os.open(at(parent, directory, temp), os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | _BINARY,
                          0o666, dir_fd=parent)
             created = temp
-            with os.fdopen(fd, "wb", buffering=FILE_BUFFER) as f:
-                yield f
-                if self.fsync:
-                    f.flush()
-                    os.fsync(f.fileno())
+            yield fd
+            if self.fsync:
+                os.fsync(fd)
+            closing, fd = fd, None
+            os.close(closing)
             os.replace(at(parent, directory, temp), at(parent, directory, name), src_dir_fd=parent,
                        dst_dir_fd=parent)
             created = None
@@ -238,6 +278,8 @@ class LocalObjectStore:
                 else:
                     fsync_directory(directory)
         except BaseException as exc:
+            if fd is not None:
+                os.close(fd)
             if created is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(at(parent, directory, created), dir_fd=parent)
@@ -247,15 +289,6 @@ class LocalObjectStore:
         finally:
             if parent is not None:
                 os.close(parent)
-
-    def write(self, key: str, chunks: Iterable[bytes]) -> int:
-        """Publish ``chunks`` as object ``key`` atomically (see :meth:`open_write`); return the size."""
-        written = 0
-        with self.open_write(key) as f:
-            for chunk in chunks:
-                f.write(chunk)
-                written += len(chunk)
-        return written
 
     def delete(self, key: str) -> bool:
         try:
@@ -285,8 +318,7 @@ class LocalObjectStore:
         """
         removed = 0
         for directory, name, directory_fd in self._temp_entries():
-            pid, host = _TEMP_NAME.fullmatch(name).group("pid", "host")
-            if (host and host != HOST_TAG) or _pid_alive(int(pid)):
+            if not abandoned(name):
                 continue
             with contextlib.suppress(OSError):
                 os.unlink(at(directory_fd, directory, name), dir_fd=directory_fd)
@@ -299,17 +331,17 @@ class LocalObjectStore:
         what it deletes is in the directory it listed, whatever is renamed meanwhile."""
         if BENEATH and hasattr(os, "fwalk"):
             for directory, _dirs, files, directory_fd in os.fwalk(self.root):
-                yield from ((directory, name, directory_fd) for name in files if _TEMP_NAME.fullmatch(name))
+                yield from ((directory, name, directory_fd) for name in files if TEMP_NAME.fullmatch(name))
         else:
             for directory, _dirs, files in os.walk(self.root):
-                yield from ((directory, name, None) for name in files if _TEMP_NAME.fullmatch(name))
+                yield from ((directory, name, None) for name in files if TEMP_NAME.fullmatch(name))
 
 
 class _ChunkReader:
-    """An iterator over a file's chunks that owns the file from the start (closing it closes the file)."""
+    """An iterator over a file's chunks that owns its descriptor from the start (closing it closes that)."""
 
-    def __init__(self, f: BinaryIO, size: int, key: str) -> None:
-        self._f = f
+    def __init__(self, fd: int, size: int, key: str) -> None:
+        self._fd: int | None = fd
         self._size = size
         self._key = key
 
@@ -317,8 +349,10 @@ class _ChunkReader:
         return self
 
     def __next__(self) -> bytes:
+        if self._fd is None:
+            raise StopIteration
         try:
-            chunk = self._f.read(self._size) if not self._f.closed else b""
+            chunk = os.read(self._fd, self._size)
         except OSError as exc:  # say it was the source, not the output being written meanwhile
             self.close()
             raise SourceReadError(f"reading object {self._key!r}: {exc.strerror or exc}") from exc
@@ -328,7 +362,9 @@ class _ChunkReader:
         return chunk
 
     def close(self) -> None:
-        self._f.close()
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
     def __enter__(self) -> "_ChunkReader":
         return self
@@ -337,50 +373,4 @@ class _ChunkReader:
         self.close()
 
     def __del__(self) -> None:
-        self._f.close()
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` to the file ``path`` atomically (temp file in the same directory, fsync, rename).
-
-    For files outside any store (task files, metrics, reports). Creates the
-    directory if needed; no temp file survives an error.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    temp = os.path.join(directory, _temp_name(path))
-    try:
-        with open(temp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        _remove_quietly(temp)
-        raise
-    with contextlib.suppress(OSError):  # the rename durable too; a file system that cannot say so keeps it
-        fsync_directory(directory)
-
-
-def _temp_name(path: str) -> str:
-    """``.<name>.tmp-<pid>-<n>~<host tag>``: which process on which host is writing it."""
-    return f".{os.path.basename(path)}{TEMP_MARKER}{os.getpid()}-{next(_temp_counter)}~{HOST_TAG}"
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid() or os.name != "posix":  # os.kill(pid, 0) terminates on Windows
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
+        self.close()

@@ -13,7 +13,8 @@ import tempfile
 
 from ..config import Config
 from ..errors import ConfigError
-from ..objectstore import HOST_TAG, TEMP_MARKER
+from ..keys import TEMP_MARKER
+from ..tempfiles import HOST_TAG
 from ..store import check_database, is_url
 
 
@@ -62,7 +63,7 @@ def check_paths(config: Config, *, store: bool = True, outputs: bool = True, tas
         check_database(local_db)
 
 
-# What a temporary file's name adds to the name of the file it replaces (see objectstore.atomic_write_text):
+# What a temporary file's name adds to the name of the file it replaces (see tempfiles.atomic_write_text):
 # "." + name + ".tmp-" + pid + "-" + counter + "~" + host tag, with room for a 10-digit pid and a 12-digit count.
 _TEMP_EXTRA = len(f".{TEMP_MARKER}{'9' * 10}-{'9' * 12}~{HOST_TAG}")
 

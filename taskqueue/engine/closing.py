@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import QueueShutDown, text_of
 from ..logs import task_extra
-from ..objectstore import atomic_write_text
+from ..tempfiles import atomic_write_text
 from .inflight import STOP, WorkItem
 
 if TYPE_CHECKING:

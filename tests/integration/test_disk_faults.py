@@ -3,10 +3,10 @@
 Write faults are injected, not provoked: the tests run as root, for whom a
 read-only (chmod) directory does not stop a write, and a full disk cannot be
 staged portably. :class:`FaultyStore` is a real :class:`LocalObjectStore`
-whose ``open_write`` hands out a file that, for chosen keys and attempts,
-writes part of the data and then raises ``OSError(errno)`` -- the way a full
-disk (``ENOSPC``) or a revoked permission (``EACCES``/``EROFS``) shows up in
-the middle of a write. Everything else (the temporary file, the cleanup, the
+whose writes, for chosen keys and attempts, write part of the data and then
+raise ``OSError(errno)`` in the system call's place -- the way a full disk
+(``ENOSPC``) or a revoked permission (``EACCES``/``EROFS``) shows up in the
+middle of a write. Everything else (the temporary file, the cleanup, the
 wrapping in :class:`OutputWriteError`, the retry decision) is the code under
 test.
 
@@ -70,6 +70,9 @@ class FaultyStore(LocalObjectStore):
     fail with or None to write normally; writes past the end of the list
     succeed. ``writes[key]`` counts the writes started; ``partial_sizes``
     records the size of each partial temporary at the moment it failed.
+    ``write`` (how the gzip variant publishes) fails in the system call's
+    place, ``_write_out``; ``open_write`` (the image variants) hands out a
+    failing file.
     """
 
     def __init__(self, root, plan: dict[str, list], **kwargs) -> None:
@@ -78,14 +81,33 @@ class FaultyStore(LocalObjectStore):
         self.writes: Counter[str] = Counter()
         self.partial_sizes: list[int] = []
         self._lock = threading.Lock()
+        self._failing = threading.local()  # the errno the write under way in this thread fails with
 
-    @contextlib.contextmanager
-    def open_write(self, key: str) -> Iterator:
+    def _fault(self, key: str) -> int | None:
         with self._lock:
             self.writes[key] += 1
             n = self.writes[key]
         steps = self.plan.get(key, [])
-        code = steps[n - 1] if n <= len(steps) else None
+        return steps[n - 1] if n <= len(steps) else None
+
+    def write(self, key: str, chunks) -> int:
+        self._failing.code = self._fault(key)
+        try:
+            return super().write(key, chunks)
+        finally:
+            self._failing.code = None
+
+    def _write_out(self, fd: int, data: bytes) -> int:
+        code = getattr(self._failing, "code", None)
+        if code is None:
+            return super()._write_out(fd, data)
+        super()._write_out(fd, data[: max(1, len(data) // 2)])
+        self.partial_sizes.append(os.fstat(fd).st_size)  # a partial temporary really exists now
+        raise OSError(code, os.strerror(code))
+
+    @contextlib.contextmanager
+    def open_write(self, key: str) -> Iterator:
+        code = self._fault(key)
         with super().open_write(key) as real:
             yield real if code is None else _FailingFile(real, code, self.partial_sizes)
 
@@ -245,25 +267,28 @@ def test_several_keys_failing_at_once_leave_no_temporaries_and_the_rest_succeed(
 
 # Runs the real CLI with the store's writer patched to fail with ENOSPC for keys under src/full/.
 RUNNER = """
-import contextlib, errno, os, sys
+import contextlib, errno, os, sys, threading
 sys.path.insert(0, {repo!r})
 from taskqueue import objectstore, cli
 
-real_open_write = objectstore.LocalObjectStore.open_write
+real_write, real_write_out = objectstore.LocalObjectStore.write, objectstore.LocalObjectStore._write_out
+full = threading.local()
 
-class Failing:
-    def __init__(self, f): self.f = f
-    def write(self, data):
-        self.f.write(data[: len(data) // 2 or 1])
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.f.name)
-    def __getattr__(self, name): return getattr(self.f, name)
+def write(self, key, chunks):
+    full.on = key.startswith("variants/gzip/src/full/")
+    try:
+        return real_write(self, key, chunks)
+    finally:
+        full.on = False
 
-@contextlib.contextmanager
-def open_write(self, key):
-    with real_open_write(self, key) as f:
-        yield Failing(f) if key.startswith("variants/gzip/src/full/") else f
+def write_out(fd, data):
+    if not getattr(full, "on", False):
+        return real_write_out(fd, data)
+    real_write_out(fd, data[: len(data) // 2 or 1])
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-objectstore.LocalObjectStore.open_write = open_write
+objectstore.LocalObjectStore.write = write
+objectstore.LocalObjectStore._write_out = staticmethod(write_out)
 sys.exit(cli.main(sys.argv[1:]))
 """
 

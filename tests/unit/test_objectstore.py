@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import os
 import shutil
@@ -286,8 +287,8 @@ def test_a_directory_swapped_for_a_symlink_once_walked_is_never_followed_out(
     walk = store._directory
     swapped = []
 
-    def walk_then_swap(directory: str, *, create: bool = False):
-        fd = walk(directory, create=create)
+    def walk_then_swap(directory: str, **how):
+        fd = walk(directory, **how)
         if directory == os.path.join(store.root, "d") and not swapped:
             os.rename(directory, os.path.join(store.root, "d-moved"))
             symlink(canary, directory, target_is_directory=True)
@@ -444,8 +445,8 @@ def test_a_directory_another_writer_made_first_is_made_durable_too(store, monkey
     real_fsync, real_mkdir = os.fsync, os.mkdir
 
     def spy(fd: int) -> None:
+        real_fsync(fd)  # what it made durable, once it has (an O_PATH descriptor cannot be: EBADF)
         synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
 
     def beaten_to_it(name, mode=0o777, *, dir_fd=None):
         real_mkdir(name, mode, dir_fd=dir_fd)  # the other writer's mkdir lands first (its fsync still to come)
@@ -465,8 +466,8 @@ def test_every_directory_a_write_creates_is_made_durable_in_its_parent(store, mo
     real_fsync = os.fsync
 
     def spy(fd: int) -> None:
+        real_fsync(fd)  # what it made durable, once it has (an O_PATH descriptor cannot be: EBADF)
         synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
 
     monkeypatch.setattr(objectstore.os, "fsync", spy)
     store.write("a/b/c/obj", [b"x"])
@@ -476,6 +477,37 @@ def test_every_directory_a_write_creates_is_made_durable_in_its_parent(store, mo
     synced.clear()
     store.write("a/b/c/other", [b"y"])
     assert [path for path in synced if os.path.isdir(path)] == [f"{root}/a/b/c"]  # nothing new but the file
+
+
+@pytest.mark.skipif(not confined.BENEATH, reason="no *at calls that refuse symlinks here")
+def test_a_root_swapped_for_a_symlink_once_the_store_is_open_is_never_followed_out(store, canary, tmp_path):
+    """Every access walks from a descriptor of the root opened with the store (see ``confined.hold``):
+    a root renamed away and replaced by a symlink to the canary directory is still the directory
+    read and written (the one renamed), never the canary."""
+    store.write("d/obj.txt", [b"before"])
+    root, moved = store.root, tmp_path / "moved-root"
+    os.rename(root, moved)
+    symlink(canary, root, target_is_directory=True)
+    try:
+        assert store.write("d/planted.txt", [b"x"]) == 1
+        assert b"".join(store.read_chunks("d/obj.txt")) == b"before"
+        assert (moved / "d" / "planted.txt").read_bytes() == b"x"
+        with pytest.raises(InvalidKey):  # a key resolved first now resolves into the canary: refused
+            store.path_for("d/obj.txt")
+    finally:
+        os.remove(root)
+        os.rename(moved, root)
+    assert not (canary / "d").exists()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to count descriptors")
+def test_a_store_holds_no_descriptor_once_it_is_gone(tmp_path):
+    """The root's descriptor (see ``confined.hold``) is closed when the store is collected."""
+    before = len(os.listdir("/proc/self/fd"))
+    for n in range(50):
+        LocalObjectStore(tmp_path / f"s{n}").write("k/obj", [b"x"])
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) <= before
 
 
 def test_root_reached_through_a_symlink_works(tmp_path):
@@ -556,39 +588,63 @@ def test_a_named_pipe_at_a_key_reads_as_missing_at_once(store, call):
     assert [str(e) for e in outcome] == ["object 'upload.bin' does not exist (what is there is not a regular file)"]
 
 
+def _file_descriptors(monkeypatch) -> tuple[list[int], list[int]]:
+    """Spies: the descriptors the store opens on files (not directories), and those it closes."""
+    opened, closed = [], []
+    real_open, real_close = os.open, os.close
+
+    def spy_open(path, flags, *args, **kwargs):
+        fd = real_open(path, flags, *args, **kwargs)
+        if not flags & getattr(os, "O_DIRECTORY", 0):
+            opened.append(fd)
+        return fd
+
+    def spy_close(fd: int) -> None:
+        closed.append(fd)
+        real_close(fd)
+
+    monkeypatch.setattr(objectstore.os, "open", spy_open)
+    monkeypatch.setattr(objectstore.os, "close", spy_close)
+    return opened, closed
+
+
 def test_file_is_closed_when_iterator_is_exhausted_or_closed_midway(store, monkeypatch):
-    opened = []
-    real_fdopen = os.fdopen  # how open_read makes its file (after looking at what it opened)
-
-    def spy_open(*args, **kwargs):
-        f = real_fdopen(*args, **kwargs)
-        opened.append(f)
-        return f
-
-    monkeypatch.setattr(objectstore.os, "fdopen", spy_open)
     store.write("obj", [b"x" * 10])
-    opened.clear()
-    assert list(store.read_chunks("obj", chunk_size=3))
+    opened, closed = _file_descriptors(monkeypatch)
+    assert list(store.read_chunks("obj", chunk_size=3)) == [b"xxx"] * 3 + [b"x"]
+    assert len(opened) == 1 and closed[-1] == opened[0]
     it = store.read_chunks("obj", chunk_size=3)
-    next(it)
+    assert next(it) == b"xxx"
+    assert len(opened) == 2 and closed[-1] != opened[1]  # still open midway
     it.close()
-    assert len(opened) == 2 and all(f.closed for f in opened)
+    assert closed[-1] == opened[1]
+    assert next(it, None) is None  # closed: nothing more, and no read of a descriptor given up
 
 
 def test_file_is_closed_when_an_unstarted_iterator_is_closed(store, monkeypatch):
-    opened = []
-    real_fdopen = os.fdopen  # how open_read makes its file (after looking at what it opened)
-
-    def spy_open(*args, **kwargs):
-        f = real_fdopen(*args, **kwargs)
-        opened.append(f)
-        return f
-
     store.write("obj", [b"x"])
-    monkeypatch.setattr(objectstore.os, "fdopen", spy_open)
+    opened, closed = _file_descriptors(monkeypatch)
     it = store.read_chunks("obj")
     it.close()
-    assert opened[0].closed
+    assert len(opened) == 1 and closed[-1] == opened[0]
+    it.close()  # again: nothing (the number may belong to another file by now)
+    assert closed.count(opened[0]) == 1
+
+
+def test_a_write_the_system_takes_only_in_part_is_finished(store, monkeypatch):
+    """``write`` hands its bytes to the descriptor itself, where a write may take less than it is
+    given: what is left is written next, and the object is whole."""
+    real_write, sizes = os.write, []
+
+    def three_at_a_time(fd: int, data) -> int:
+        sizes.append(len(data))
+        return real_write(fd, bytes(data[:3]))
+
+    monkeypatch.setattr(objectstore.os, "write", three_at_a_time)
+    assert store.write("obj", [b"0123456789", b"abc"]) == 13
+    monkeypatch.undo()
+    assert sizes == [13, 10, 7, 4, 1]  # the chunks joined into one write, then what each left
+    assert b"".join(store.read_chunks("obj")) == b"0123456789abc"
 
 
 def test_exists_size_delete(store):
