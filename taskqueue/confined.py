@@ -31,15 +31,16 @@ _NOT_THERE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EMLINK})
 
 
 def open_directory(root: str, directory: str, *, create: bool = False, fsync: bool = True,
-                   names: list[str] | None = None, root_fd: int | None = None) -> int | None:
+                   names: list[str] | None = None) -> int | None:
     """A descriptor of ``directory`` (a resolved path under ``root``, or ``root`` itself) for the
     ``*at`` calls; None where there are none (the caller then uses the resolved path, see :func:`at`).
 
     Reached from ``root`` one name at a time, never following a symlink: a directory swapped for a
     symlink since the path was resolved is refused (an ``OSError`` that :func:`missing` recognises).
     ``names``: the names from ``root`` to ``directory``, when the caller has them (else derived).
-    ``root_fd``: a descriptor of ``root`` the caller holds (see :func:`hold`), to start from
-    instead of opening ``root`` again; it stays open. ``create`` makes the missing directories,
+    ``root`` is opened by its path each time: a root deleted and made again, or renamed and
+    replaced, is the new one (a descriptor held for the store's life saved two system calls a walk,
+    but kept every access in the old directory; found in review). ``create`` makes the missing directories,
     each one's entry made durable (its parent fsynced) when ``fsync`` is on, and opens the last
     one to read where it may be, so that :func:`fsync_held` needs no second open. The caller
     closes the descriptor. Raises ``OSError``.
@@ -50,7 +51,7 @@ def open_directory(root: str, directory: str, *, create: bool = False, fsync: bo
         return None
     if names is None:
         names = [] if directory == root else os.path.relpath(directory, root).split(os.sep)
-    fd = root_fd if names and root_fd is not None else _enter(root, None, create and not names)
+    fd = _enter(root, None, create and not names)
     try:
         for index, name in enumerate(names, 1):
             try:
@@ -63,22 +64,12 @@ def open_directory(root: str, directory: str, *, create: bool = False, fsync: bo
                 if fsync:  # ... and may not have made its entry durable yet
                     fsync_held(fd)
                 child = _enter(name, fd, index == len(names))
-            if fd != root_fd:
-                os.close(fd)
-            fd = child
+            parent, fd = fd, child  # before the close: an error there must not close it again
+            os.close(parent)
         return fd
     except BaseException:
-        if fd != root_fd:
-            os.close(fd)
+        os.close(fd)
         raise
-
-
-def hold(root: str) -> int | None:
-    """A descriptor of the directory ``root`` to walk from (see :func:`open_directory`), which the
-    caller keeps open and closes; None where there are no ``*at`` calls. Walking from a descriptor
-    held saves opening and closing the root again for every access: two system calls, each of which
-    gives the GIL up."""
-    return os.open(root, _WALK) if BENEATH else None
 
 
 def _enter(name: str, dir_fd: int | None, readable: bool) -> int:

@@ -8,8 +8,8 @@ fsynced. A reader therefore sees an object complete or not at all.
 
 Keys are validated before any I/O (:mod:`taskqueue.keys`), and a path that would resolve outside the
 root (through ``..`` or a symlink) is refused: nothing is ever read or written
-outside the root. On POSIX every access reaches its name from the root (a descriptor of it held
-open) one name at a time without following any symlink (:mod:`taskqueue.confined`), so a directory swapped for a symlink
+outside the root. On POSIX every access reaches its name from the root one name at a time
+without following any symlink (:mod:`taskqueue.confined`), so a directory swapped for a symlink
 (another process renaming things under the root) is refused, never followed out. A key that
 passes no symlink -- nearly all -- is walked so as written; a key may also use a symlink that
 stays inside the root: its path is resolved first, then walked the same way.
@@ -22,20 +22,20 @@ import errno
 import os
 import stat
 import sys
-import weakref
 from typing import BinaryIO, Iterable, Iterator
 
-from .confined import BENEATH, NOFOLLOW, at, fsync_directory, fsync_held, hold, missing, open_directory
+from .confined import BENEATH, NOFOLLOW, at, fsync_directory, fsync_held, missing, open_directory
 from .errors import InvalidKey, OutputWriteError, SourceMissing, SourceReadError
 from .keys import MAX_KEY_LENGTH, MAX_SEGMENT_BYTES, MAX_SEGMENT_LENGTH, TEMP_MARKER, validate_key  # noqa: F401
-from .tempfiles import HOST_TAG, TEMP_NAME, abandoned, atomic_write_text, temp_name  # noqa: F401
+from .tempfiles import HOST_TAG, atomic_write_text, sweep, temp_entries, temp_name  # noqa: F401
 
 DEFAULT_CHUNK_SIZE = 64 * 1024
 
 # Opening a named pipe for reading blocks until a writer comes: open without waiting, then look. On
-# Linux the flag has no effect on a regular file (open(2)): it is left set there, one call fewer.
+# Linux the flag has no effect on a regular file (open(2)): read_chunks leaves it set there (one call
+# fewer; an EAGAIN would still be a SourceReadError), open_read clears it on the file it hands out.
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
-_CLEAR_NONBLOCK = _NONBLOCK and not sys.platform.startswith("linux")
+_LINUX = sys.platform.startswith("linux")
 _BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
 # The buffer of an object's file, given explicitly: with the default, opening the file asks the
 # system twice more (whether it is a terminal, and its block size), each call giving the GIL up.
@@ -63,10 +63,6 @@ class LocalObjectStore:
         self.root = os.path.realpath(root)
         self.chunk_size = chunk_size
         self.fsync = fsync
-        # Every access walks from this descriptor of the root (see confined.hold), closed with the store.
-        self._root_fd = hold(self.root)
-        if self._root_fd is not None:
-            weakref.finalize(self, os.close, self._root_fd)
 
     def __repr__(self) -> str:
         return f"LocalObjectStore({self.root!r})"
@@ -87,8 +83,7 @@ class LocalObjectStore:
         """A descriptor of ``directory`` (resolved, under the root; ``names`` from the root to it, if
         known), reached as :func:`~taskqueue.confined.open_directory` says; None where there are no
         ``*at`` calls."""
-        return open_directory(self.root, directory, create=create, fsync=self.fsync, names=names,
-                              root_fd=self._root_fd)
+        return open_directory(self.root, directory, create=create, fsync=self.fsync, names=names)
 
     def _reach(self, key: str, *, create: bool = False) -> tuple[str, str, int | None]:
         """Where ``key``'s entry is: its directory (resolved, under the root), the entry's name, and
@@ -172,7 +167,12 @@ class LocalObjectStore:
         size = self.chunk_size if chunk_size is None else chunk_size
         if not isinstance(size, int) or size <= 0:
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-        return _ChunkReader(self._open(key), size, key)
+        fd = self._open(key)
+        try:
+            return _ChunkReader(fd, size, key)
+        except BaseException:
+            os.close(fd)
+            raise
 
     def open_read(self, key: str):
         """Open ``key`` for reading as a binary file (for decoders that seek, like Pillow).
@@ -180,16 +180,17 @@ class LocalObjectStore:
         Only a regular file is an object: anything else at the key (a named pipe, whose open would
         block until a writer came, a device) is :class:`SourceMissing`, as :meth:`exists` says.
         """
-        fd = self._open(key)
+        fd = self._open(key, blocking=True)
         try:
             return os.fdopen(fd, "rb", buffering=FILE_BUFFER)
         except BaseException:
             os.close(fd)
             raise
 
-    def _open(self, key: str) -> int:
+    def _open(self, key: str, *, blocking: bool = False) -> int:
         """:meth:`open_read`'s descriptor, before a file object is made of it (which costs two more
-        system calls: :meth:`read_chunks` reads the descriptor itself)."""
+        system calls: :meth:`read_chunks` reads the descriptor itself); ``O_NONBLOCK`` cleared if
+        ``blocking`` or off Linux (see :data:`_NONBLOCK`)."""
         try:
             directory, name, parent = self._reach(key)
             try:
@@ -205,7 +206,7 @@ class LocalObjectStore:
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise SourceMissing(f"object {key!r} does not exist (what is there is not a regular file)")
-            if _CLEAR_NONBLOCK:
+            if _NONBLOCK and (blocking or not _LINUX):
                 os.set_blocking(fd, True)
             return fd
         except BaseException:
@@ -237,7 +238,7 @@ class LocalObjectStore:
         written, pending, held = 0, [], 0
         with self._publishing(key) as fd:
             for chunk in chunks:
-                pending.append(chunk)
+                pending.append(chunk if type(chunk) is bytes else bytes(chunk))  # a buffer may be reused
                 held += len(chunk)
                 if held >= FILE_BUFFER:
                     written += self._write_out(fd, b"".join(pending))
@@ -308,33 +309,12 @@ class LocalObjectStore:
 
     def temp_files(self) -> list[str]:
         """Paths of temporary files under the root (left by a killed writer)."""
-        return [os.path.join(directory, name) for directory, name, _fd in self._temp_entries()]
+        return [os.path.join(directory, name) for directory, name, _fd in temp_entries(self.root)]
 
     def sweep_temp_files(self) -> int:
-        """Remove temporary files whose writing process on this host is gone; return how many.
-
-        A temp file of another host (its name's host tag differs) is left alone: on a
-        shared filesystem its writer may be alive there.
-        """
-        removed = 0
-        for directory, name, directory_fd in self._temp_entries():
-            if not abandoned(name):
-                continue
-            with contextlib.suppress(OSError):
-                os.unlink(at(directory_fd, directory, name), dir_fd=directory_fd)
-                removed += 1
-        return removed
-
-    def _temp_entries(self) -> Iterator[tuple[str, str, int | None]]:
-        """``(directory, name, descriptor of the directory or None)`` of each temporary file under the
-        root. On POSIX the walk holds each directory open (``os.fwalk``, never following a symlink), so
-        what it deletes is in the directory it listed, whatever is renamed meanwhile."""
-        if BENEATH and hasattr(os, "fwalk"):
-            for directory, _dirs, files, directory_fd in os.fwalk(self.root):
-                yield from ((directory, name, directory_fd) for name in files if TEMP_NAME.fullmatch(name))
-        else:
-            for directory, _dirs, files in os.walk(self.root):
-                yield from ((directory, name, None) for name in files if TEMP_NAME.fullmatch(name))
+        """Remove temporary files whose writing process on this host is gone; return how many
+        (another host's are left alone: on a shared file system their writers may be alive there)."""
+        return sweep(self.root)
 
 
 class _ChunkReader:
@@ -374,3 +354,4 @@ class _ChunkReader:
 
     def __del__(self) -> None:
         self.close()
+

@@ -16,7 +16,9 @@ import os
 import re
 import socket
 
-from .confined import fsync_directory
+from typing import Iterator
+
+from .confined import BENEATH, at, fsync_directory
 from .keys import TEMP_MARKER
 
 # Temp files end in "~<host tag>": on a store shared by several machines, a sweep removes only the
@@ -38,6 +40,30 @@ def abandoned(name: str) -> bool:
     Another host's is never: on a shared file system its writer may be alive there."""
     pid, host = TEMP_NAME.fullmatch(name).group("pid", "host")
     return not ((host and host != HOST_TAG) or _pid_alive(int(pid)))
+
+
+def temp_entries(root: str) -> Iterator[tuple[str, str, int | None]]:
+    """``(directory, name, descriptor of the directory or None)`` of each temporary file under
+    ``root``. On POSIX the walk holds each directory open (``os.fwalk``, never following a symlink),
+    so what a sweep deletes is in the directory it listed, whatever is renamed meanwhile."""
+    if BENEATH and hasattr(os, "fwalk"):
+        for directory, _dirs, files, directory_fd in os.fwalk(root):
+            yield from ((directory, name, directory_fd) for name in files if TEMP_NAME.fullmatch(name))
+    else:
+        for directory, _dirs, files in os.walk(root):
+            yield from ((directory, name, None) for name in files if TEMP_NAME.fullmatch(name))
+
+
+def sweep(root: str) -> int:
+    """Remove the temporary files under ``root`` that a writer on this host left as it died (see
+    :func:`abandoned`); return how many."""
+    removed = 0
+    for directory, name, directory_fd in temp_entries(root):
+        if abandoned(name):
+            with contextlib.suppress(OSError):
+                os.unlink(at(directory_fd, directory, name), dir_fd=directory_fd)
+                removed += 1
+    return removed
 
 
 def atomic_write_text(path: str, text: str) -> None:
