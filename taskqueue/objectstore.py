@@ -235,19 +235,18 @@ class LocalObjectStore:
 
         Written to the descriptor itself, up to :data:`FILE_BUFFER` bytes at a time: a file object
         would cost two more system calls to make."""
-        written, pending, held = 0, [], 0
+        written, pending = 0, bytearray()
         with self._publishing(key) as fd:
             for chunk in chunks:
-                pending.append(chunk if type(chunk) is bytes else bytes(chunk))  # a buffer may be reused
-                held += len(chunk)
-                if held >= FILE_BUFFER:
-                    written += self._write_out(fd, b"".join(pending))
-                    pending, held = [], 0
-            written += self._write_out(fd, b"".join(pending))
+                pending += chunk  # a copy: a producer may refill one buffer for every chunk
+                if len(pending) >= FILE_BUFFER:
+                    written += self._write_out(fd, pending)
+                    pending = bytearray()
+            written += self._write_out(fd, pending)
         return written
 
     @staticmethod
-    def _write_out(fd: int, data: bytes) -> int:
+    def _write_out(fd: int, data: bytes | bytearray) -> int:
         """Write all of ``data`` to the temporary file ``fd`` (a write may take less than it is
         given); return its length."""
         view = memoryview(data)

@@ -15,7 +15,6 @@ import itertools
 import os
 import re
 import socket
-
 from typing import Iterator
 
 from .confined import BENEATH, at, fsync_directory
