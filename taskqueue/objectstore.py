@@ -235,18 +235,19 @@ class LocalObjectStore:
 
         Written to the descriptor itself, up to :data:`FILE_BUFFER` bytes at a time: a file object
         would cost two more system calls to make."""
-        written, pending = 0, bytearray()
+        written, pending, held = 0, [], 0
         with self._publishing(key) as fd:
             for chunk in chunks:
-                pending += chunk  # a copy: a producer may refill one buffer for every chunk
-                if len(pending) >= FILE_BUFFER:
-                    written += self._write_out(fd, pending)
-                    pending = bytearray()
-            written += self._write_out(fd, pending)
+                pending.append(bytes(chunk))  # bytes as they are; anything else copied (a buffer may be refilled)
+                held += len(chunk)
+                if held >= FILE_BUFFER:
+                    written += self._write_out(fd, b"".join(pending))
+                    pending, held = [], 0
+            written += self._write_out(fd, b"".join(pending))
         return written
 
     @staticmethod
-    def _write_out(fd: int, data: bytes | bytearray) -> int:
+    def _write_out(fd: int, data: bytes) -> int:
         """Write all of ``data`` to the temporary file ``fd`` (a write may take less than it is
         given); return its length."""
         view = memoryview(data)
