@@ -12,6 +12,7 @@ on separate keys, then times the load.
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import gc
 import hashlib
@@ -21,6 +22,7 @@ import shutil
 import sys
 import tempfile
 import time
+from typing import Callable, ContextManager
 
 from .. import workload
 from ..objectstore import LocalObjectStore
@@ -63,12 +65,15 @@ def prepare_sources(root: str, spec: dict) -> int:
     return workload.create_sources(LocalObjectStore(root, fsync=False), raw + warm, seed=spec["seed"])
 
 
-def run_row(spec: dict) -> dict:
+def run_row(spec: dict, beside: Callable[[], ContextManager] | None = None) -> dict:
     """Run the row ``spec`` describes in a fresh temporary directory; return its measurements.
 
     The sources come from ``spec["sources_dir"]`` when given (made by
     :func:`prepare_sources` for an equal :func:`sources_key`; hard-linked, as
-    no implementation writes a source), else are generated here.
+    no implementation writes a source), else are generated here. ``beside()``,
+    if given, is a context manager entered for the timed load only (after the
+    warm-up and the host probes): something to run beside the implementation
+    (see :mod:`.gilload`).
     """
     with tempfile.TemporaryDirectory(prefix=f"tq-bench-{spec['scenario']}-") as workdir:
         seed = spec["seed"]
@@ -94,7 +99,7 @@ def run_row(spec: dict) -> dict:
         probe_before = hostspeed.probe()  # the machine's speed now, the implementation idle
         fsync_before = hostspeed.fsync_probe(workdir)  # and its disk's, where the row writes
         try:
-            with Sampler(impl.depth, impl.held) as sampler:
+            with Sampler(impl.depth, impl.held) as sampler, (beside or contextlib.nullcontext)():
                 cpu0, threads0 = time.process_time(), cputime.thread_cpu()
                 load = drive(impl, raw, spec["clients"], keep_outputs=bool(spec.get("record_outputs")),
                              on_start=sampler.mark, **timed)
