@@ -104,7 +104,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true",
                    help=f"the run the README quotes: io and overhead rows run {FULL_DURATION_S:g} s and "
                         f"{FULL_REPEAT} times each after {FULL_WARMUP} warm-up round, burst at 4000 and 16000 "
-                        f"tasks (about 14 minutes; 17 with thumbs)")
+                        f"tasks, thumbs {FULL_REPEAT} times (about 14 minutes; 20 with thumbs)")
     p.add_argument("--warmup", type=_non_negative_int, default=None,
                    help=f"rounds of the timed (io, overhead) rows run first and reported apart, not in "
                         f"the medians (default 0; with --full {FULL_WARMUP}; ignored with --tasks or --quick)")

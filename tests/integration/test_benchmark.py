@@ -221,6 +221,19 @@ def test_timed_rows_in_the_plan(tmp_path):
     assert {(s["duration_s"], s["tasks"]) for s in fixed} == {(None, 50)}
 
 
+def test_full_repeats_thumbs_as_often_as_the_timed_rows():
+    """thumbs' target (0.97x the pool) is closer than a 200-task row's noise: --full runs it
+    FULL_REPEAT times, as the timed rows; a short run, DEFAULT_REPEAT times."""
+    from taskqueue.bench import cli as bench_cli
+    for argv, expected in ((["--scenarios", "thumbs", "--full"], bench_cli.FULL_REPEAT),
+                           (["--scenarios", "thumbs"], bench_cli.DEFAULT_REPEAT),
+                           (["--scenarios", "thumbs", "--full", "--repeat", "2"], 2)):
+        plan = bench_cli.plan(bench_cli.parser().parse_args(argv))
+        assert sorted({s["repeat"] for s in plan}) == list(range(expected)), argv
+        assert not any(s.get("warmup") for s in plan)  # not a timed row: no warm-up round
+    assert bench_cli.FULL_REPEAT > bench_cli.DEFAULT_REPEAT
+
+
 def test_full_runs_a_warm_up_round_of_the_timed_rows_first():
     """The shared disk syncs faster after a pause: --full's first round of the timed rows is a
     warm-up, run before the measured repeats and flagged so that it enters no median."""
