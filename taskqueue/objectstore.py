@@ -354,4 +354,3 @@ class _ChunkReader:
 
     def __del__(self) -> None:
         self.close()
-

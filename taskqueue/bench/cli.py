@@ -115,11 +115,12 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def run_spec(spec: dict) -> dict:
-    """Run one row in a fresh interpreter; return its measurements. Raises RuntimeError on failure."""
+def run_spec(spec: dict, module: str = "taskqueue.bench.runner", options: tuple[str, ...] = ()) -> dict:
+    """Run one row in a fresh interpreter (``python -m module *options <spec JSON>``, which prints
+    its measurements as its last line of JSON); return them. Raises RuntimeError on failure."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.run([sys.executable, "-m", "taskqueue.bench.runner", json.dumps(spec)],
+    proc = subprocess.run([sys.executable, "-m", module, *options, json.dumps(spec)],
                           capture_output=True, text=True, env=env, cwd=str(REPO_ROOT),
                           timeout=spec["watchdog_s"] + ROW_TIMEOUT_GRACE_S)
     if proc.returncode != 0:

@@ -46,8 +46,7 @@ import time
 from typing import Callable, Iterator
 
 from . import runner
-from .cli import ROW_TIMEOUT_GRACE_S, _positive_float
-from .impls import REPO_ROOT
+from .cli import _positive_float, run_spec
 from .plan import prepare_sources
 from .scenarios import ALL_SCENARIOS, row_spec
 
@@ -183,8 +182,8 @@ def per_call_ms(result: dict) -> float | None:
 
 
 def _child(args: argparse.Namespace) -> int:
-    """Run the row ``args.row`` (a spec as JSON) with its load; print its measurements as JSON."""
-    spec = json.loads(args.row)
+    """Run the row ``args.spec`` (as JSON) with its load; print its measurements as JSON."""
+    spec = json.loads(args.spec)
     faulthandler.dump_traceback_later(spec.get("watchdog_s", 600.0), exit=True)  # as the runner does
     print(json.dumps(run_loaded_row(spec, args.load_us, args.period_us, args.load_in)), flush=True)
     return 0
@@ -199,19 +198,9 @@ def _variants(load_us: int) -> list[tuple[str, str, int, str]]:
 
 
 def _row(spec: dict, load_us: int, period_us: int, load_in: str) -> dict:
-    """Run one row in a fresh interpreter, as the benchmark does (see ``cli.run_spec``)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    out = subprocess.run([sys.executable, "-m", "taskqueue.bench.gilload", "--row", json.dumps(spec),
-                          "--load-us", str(load_us), "--period-us", str(period_us), "--load-in", load_in],
-                         capture_output=True, text=True, env=env, cwd=str(REPO_ROOT),
-                         timeout=spec["watchdog_s"] + ROW_TIMEOUT_GRACE_S)
-    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
-    if out.returncode != 0 or not lines:
-        tail = "\n".join(out.stderr.strip().splitlines()[-60:])
-        raise RuntimeError(f"row {spec['label']} (load {load_us} us in a {load_in}) exited with "
-                           f"{out.returncode}:\n{tail}")
-    return json.loads(lines[-1])
+    """Run one row with its load in a fresh interpreter, as the benchmark runs its rows."""
+    return run_spec(spec, "taskqueue.bench.gilload",
+                    ("--load-us", str(load_us), "--period-us", str(period_us), "--load-in", load_in))
 
 
 def _parent(args: argparse.Namespace) -> int:
@@ -256,7 +245,7 @@ def _parent(args: argparse.Namespace) -> int:
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:
             json.dump({"command": shlex.join(["python", "-m", "taskqueue.bench.gilload", *args.argv]),
-                       "settings": {k: v for k, v in vars(args).items() if k not in ("argv", "row", "load_in")},
+                       "settings": {k: v for k, v in vars(args).items() if k not in ("argv", "spec", "load_in")},
                        "summary": summary, "rows": rows}, fh, indent=1)
     return 0
 
@@ -302,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the load's period in µs (default 1000)")
     parser.add_argument("--clients", type=_int_within(1, 10000), default=100)
     parser.add_argument("--out", help="write the rows and medians here as JSON (its directory must exist)")
-    parser.add_argument("--row", help=argparse.SUPPRESS)  # the child: run this row spec, print its JSON
+    parser.add_argument("spec", nargs="?", help=argparse.SUPPRESS)  # a child: run this row spec, print its JSON
     parser.add_argument("--load-in", choices=LOADS, default="thread", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
@@ -310,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--load-us must be below --period-us, got {args.load_us} and {args.period_us}")
     if args.out is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
         parser.error(f"--out: no directory {os.path.dirname(os.path.abspath(args.out))!r} to write {args.out!r} in")
-    if args.row is not None:
+    if args.spec is not None:
         return _child(args)
     return _parent(args)
 
